@@ -12,5 +12,6 @@
     non_upper_case_globals
 )]
 #![allow(trivial_casts, unused_results, unused_mut, dead_code, unused_parens)]
+#![allow(mismatched_lifetime_syntaxes)]
 
 include!(concat!(env!("OUT_DIR"), "/aoc.rs"));

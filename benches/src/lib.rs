@@ -1,1 +1,1 @@
-//! Benchmarks of aoc-core.
+//! Benchmarks of aoc-core: criterion benches in `benches/`.

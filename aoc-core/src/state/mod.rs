@@ -8,6 +8,7 @@
 //! store lost. [`StateMachine::sync`] makes the state durable for real; the
 //! log is compacted only up to the index it returns.
 
+pub mod conformance;
 mod kv;
 mod mem_kv;
 mod sled_kv;

@@ -1,1 +1,514 @@
+//! [`SledKv`]: the key-value state machine on sled 0.34.
+//!
+//! Directory layout (`dir` is the argument of [`SledKv::open`]):
+//! - `dir/sled/`: sled's own directory (`conf`, `db`, `blobs/`, `snap.*`);
+//! - `dir/synced_index`: the applied index of the last [`StateMachine::sync`]
+//!   (see below).
+//!
+//! sled layout: one tree (the default one), three key prefixes:
+//! - `d` + key: the value of a pair;
+//! - `s` + client id (8 bytes, big endian): a session (the proto `Session`);
+//! - `m` + name: metadata: `m/applied_index` and `m/format` (8 bytes each,
+//!   big endian).
+//!
+//! Every [`ApplyBatch`] is written as ONE `sled::Batch`, so the data, the
+//! sessions and the applied index change together or not at all.
+//!
+//! Durability: sled's own `flush()` is not a real sync (it uses
+//! `sync_file_range`, which flushes neither the drive's cache nor the
+//! file's metadata, and sled never syncs the blob files it writes large
+//! pages to). [`StateMachine::sync`] therefore flushes and then fsyncs
+//! every file and directory under sled's directory itself.
+//!
+//! Why `synced_index`: sled 0.34 recovers a damaged log by truncating it at
+//! the first bad record, silently. Measured: garbage written over `db`
+//! opens as an EMPTY store (applied index 0); garbage in a blob file or in
+//! the middle of `db` opens as an older state (applied index 9 or 15 of a
+//! store synced at 50). The raft log may already be compacted past such a
+//! state, so opening it would lose acknowledged writes. The index recorded
+//! at each sync lets [`SledKv::open`] refuse a store that went back in time.
 
+use std::any::Any;
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use super::kv::{decode_session, encode_session, plan_batch, SnapshotData};
+use super::{ApplyBatch, KvStateMachine, Session, StateMachine};
+use crate::{Error, Result};
+
+const DATA_PREFIX: u8 = b'd';
+const SESSION_PREFIX: u8 = b's';
+const META_PREFIX: u8 = b'm';
+const META_APPLIED_INDEX: &[u8] = b"m/applied_index";
+const META_FORMAT: &[u8] = b"m/format";
+/// The version of the layout above.
+const FORMAT_VERSION: u64 = 1;
+
+/// The key-value state machine stored in a sled database.
+///
+/// Applied batches are atomic but not synced; [`StateMachine::sync`] makes
+/// them durable for real. After a crash the store holds the state of some
+/// batch at or after the last sync, never a mix of two batches; a store
+/// that holds less than the last sync (damaged files) is refused by
+/// [`SledKv::open`].
+pub struct SledKv {
+    db: sled::Db,
+    /// The directory given to [`SledKv::open`].
+    dir: PathBuf,
+    /// sled's directory, `dir/sled`.
+    sled_path: PathBuf,
+    applied_index: u64,
+    /// The index recorded in `dir/synced_index` (0 when there is no file).
+    recorded_sync: u64,
+    /// Whether `dir` and its entry in its parent have been synced.
+    dirs_synced: bool,
+}
+
+impl fmt::Debug for SledKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledKv")
+            .field("dir", &self.dir)
+            .field("applied_index", &self.applied_index)
+            .finish()
+    }
+}
+
+impl SledKv {
+    /// Opens (or creates) the store in `dir` (see the module documentation
+    /// for the layout).
+    ///
+    /// Refused with [`Error::Storage`] naming the file or directory and the
+    /// problem: a sled directory sled cannot open (sled errors and sled
+    /// panics alike), content that is not a store of this layout (a
+    /// metadata row of the wrong size, rows without an applied index, an
+    /// unknown format), a damaged `synced_index` file, and a store whose
+    /// applied index is below the last synced one (sled dropped synced
+    /// batches while recovering damaged files).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = Self::sled_dir(dir);
+        fs::create_dir_all(&path)
+            .map_err(|e| Error::storage(&path, format!("cannot create the directory: {e}")))?;
+        let recorded_sync = read_marker(&marker_path(dir))?.unwrap_or(0);
+        let config = sled::Config::new().path(&path);
+        let db = guarded(&path, "sled cannot open the store", || config.open())?;
+        let mut store = SledKv {
+            db,
+            dir: dir.to_path_buf(),
+            sled_path: path,
+            applied_index: 0,
+            recorded_sync,
+            dirs_synced: false,
+        };
+        store.applied_index = store.read_meta()?;
+        if store.applied_index < recorded_sync {
+            return Err(Error::storage(
+                &store.sled_path,
+                format!(
+                    "sled holds applied index {} but index {} was synced (recorded in {}): \
+                     sled dropped synced batches while recovering damaged files",
+                    store.applied_index,
+                    recorded_sync,
+                    marker_path(dir).display()
+                ),
+            ));
+        }
+        Ok(store)
+    }
+
+    /// The directory given to [`SledKv::open`].
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// sled's own directory inside the store's directory `dir`.
+    pub fn sled_dir(dir: &Path) -> PathBuf {
+        dir.join("sled")
+    }
+
+    /// Reads and checks the metadata rows; returns the applied index.
+    fn read_meta(&self) -> Result<u64> {
+        let format = self.read_u64(META_FORMAT)?;
+        let applied = self.read_u64(META_APPLIED_INDEX)?;
+        match (format, applied) {
+            (Some(FORMAT_VERSION), Some(applied)) => Ok(applied),
+            (Some(other), Some(_)) => Err(Error::storage(
+                &self.sled_path,
+                format!("unknown store format {other} (this build reads format {FORMAT_VERSION})"),
+            )),
+            (None, None) => {
+                // A new store, unless it already holds rows.
+                let first = self.call("cannot read the store", || self.db.first())?;
+                match first {
+                    None => Ok(0),
+                    Some((key, _)) => Err(Error::storage(
+                        &self.sled_path,
+                        format!(
+                            "the store holds rows (first key {:?}) but no applied index: \
+                             it was not written by this program or is damaged",
+                            String::from_utf8_lossy(&key)
+                        ),
+                    )),
+                }
+            }
+            (format, applied) => Err(Error::storage(
+                &self.sled_path,
+                format!(
+                    "incomplete metadata: format {}, applied index {}",
+                    describe(format),
+                    describe(applied)
+                ),
+            )),
+        }
+    }
+
+    /// Reads an 8-byte big-endian metadata row; a row of another size is a
+    /// storage error.
+    fn read_u64(&self, key: &'static [u8]) -> Result<Option<u64>> {
+        let Some(value) = self.call("cannot read the metadata", || self.db.get(key))? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| {
+            Error::storage(
+                &self.sled_path,
+                format!(
+                    "metadata row {:?} is {} bytes long, expected 8",
+                    String::from_utf8_lossy(key),
+                    value.len()
+                ),
+            )
+        })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    /// Runs a sled operation, turning its errors and panics into
+    /// [`Error::Storage`] for this store.
+    fn call<T>(&self, what: &str, f: impl FnOnce() -> sled::Result<T>) -> Result<T> {
+        guarded(&self.sled_path, what, f)
+    }
+
+    /// Every session row, checked.
+    fn read_sessions(&self) -> Result<Vec<Session>> {
+        let rows = self.call("cannot read the sessions", || {
+            self.db
+                .scan_prefix([SESSION_PREFIX])
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for (key, value) in rows {
+            let id_bytes: [u8; 8] = key.get(1..).unwrap_or_default().try_into().map_err(|_| {
+                Error::storage(
+                    &self.sled_path,
+                    format!("a session row has a key of {} bytes, expected 9", key.len()),
+                )
+            })?;
+            let client_id = u64::from_be_bytes(id_bytes);
+            let session = decode_session(&value).map_err(|e| {
+                Error::storage(
+                    &self.sled_path,
+                    format!("session {client_id} is damaged: {e}"),
+                )
+            })?;
+            if session.client_id != client_id {
+                return Err(Error::storage(
+                    &self.sled_path,
+                    format!(
+                        "the session row of client {client_id} holds client {}",
+                        session.client_id
+                    ),
+                ));
+            }
+            sessions.push(session);
+        }
+        Ok(sessions)
+    }
+
+    /// Every pair whose key starts with `prefix`.
+    fn read_pairs(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let rows = self.call("cannot read the data", || {
+            self.db
+                .scan_prefix(data_key(prefix))
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
+        // The prefix byte is there: scan_prefix matched it.
+        Ok(rows
+            .into_iter()
+            .map(|(key, value)| (key.get(1..).unwrap_or_default().to_vec(), value.to_vec()))
+            .collect())
+    }
+
+    /// Records `index` as synced in `dir/synced_index` (write a temporary
+    /// file, fsync it, rename it over the old one, fsync `dir`), unless it
+    /// is recorded already.
+    fn record_sync(&mut self, index: u64) -> Result<()> {
+        if index == self.recorded_sync && self.dirs_synced {
+            return Ok(());
+        }
+        let target = marker_path(&self.dir);
+        let temporary = self.dir.join("synced_index.tmp");
+        let mut bytes = Vec::with_capacity(MARKER_LEN);
+        bytes.extend_from_slice(MARKER_MAGIC);
+        bytes.extend_from_slice(&index.to_be_bytes());
+        bytes.extend_from_slice(&(!index).to_be_bytes());
+        fs::write(&temporary, &bytes)
+            .and_then(|()| File::open(&temporary)?.sync_all())
+            .map_err(|e| Error::storage(&temporary, format!("cannot write: {e}")))?;
+        fs::rename(&temporary, &target)
+            .map_err(|e| Error::storage(&target, format!("cannot replace: {e}")))?;
+        sync_dir(&self.dir)?;
+        self.recorded_sync = index;
+        if !self.dirs_synced {
+            // Once: the store's directory's own entry in its parent.
+            let absolute = if self.dir.is_absolute() {
+                self.dir.clone()
+            } else {
+                std::env::current_dir()
+                    .map_err(|e| {
+                        Error::storage(&self.dir, format!("cannot resolve the path: {e}"))
+                    })?
+                    .join(&self.dir)
+            };
+            if let Some(parent) = absolute.parent() {
+                sync_dir(parent)?;
+            }
+            self.dirs_synced = true;
+        }
+        Ok(())
+    }
+}
+
+impl StateMachine for SledKv {
+    fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    fn apply(&mut self, batch: &ApplyBatch<'_>) -> Result<Vec<Vec<u8>>> {
+        let effect = plan_batch(batch, |key| {
+            let value = self.call("cannot read a key", || self.db.get(data_key(key)))?;
+            Ok(value.map(|v| v.to_vec()))
+        })?;
+        let mut writes = sled::Batch::default();
+        for (key, value) in effect.writes {
+            match value {
+                Some(value) => writes.insert(data_key(&key), value),
+                None => writes.remove(data_key(&key)),
+            }
+        }
+        for (client_id, row) in effect.sessions {
+            match row {
+                Some(session) => writes.insert(session_key(client_id), encode_session(&session)),
+                None => writes.remove(session_key(client_id)),
+            }
+        }
+        writes.insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes()[..]);
+        writes.insert(META_APPLIED_INDEX, &effect.applied_index.to_be_bytes()[..]);
+        self.call("cannot apply a batch", || self.db.apply_batch(writes))?;
+        self.applied_index = effect.applied_index;
+        Ok(effect.responses)
+    }
+
+    fn sessions(&self) -> Result<Vec<Session>> {
+        self.read_sessions()
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        // `&self`: no batch is applied while the snapshot is read, so the
+        // pairs, the sessions and the applied index agree.
+        Ok(SnapshotData {
+            applied_index: self.applied_index,
+            pairs: self.read_pairs(&[])?,
+            sessions: self.read_sessions()?,
+        }
+        .encode())
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<()> {
+        let snapshot = SnapshotData::decode(index, data)?;
+        if index < self.recorded_sync {
+            // Going back to a lower index (raft does not, but the contract
+            // allows it): lower the record first, or a crash after the batch
+            // below would leave a store that open() refuses.
+            self.record_sync(index)?;
+        }
+        // One sled batch removes every row and writes the snapshot's rows
+        // and the applied index: a crash leaves either the old state or the
+        // new one, never a mix claiming the new index. (A `sled::Batch` is
+        // a map: an insert replaces the removal of the same key.)
+        let mut writes = sled::Batch::default();
+        let keys = self.call("cannot read the store", || {
+            self.db.iter().keys().collect::<sled::Result<Vec<_>>>()
+        })?;
+        for key in keys {
+            writes.remove(key);
+        }
+        for (key, value) in snapshot.pairs {
+            writes.insert(data_key(&key), value);
+        }
+        for session in &snapshot.sessions {
+            writes.insert(session_key(session.client_id), encode_session(session));
+        }
+        writes.insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes()[..]);
+        writes.insert(
+            META_APPLIED_INDEX,
+            &snapshot.applied_index.to_be_bytes()[..],
+        );
+        self.call("cannot write the restored state", || {
+            self.db.apply_batch(writes)
+        })?;
+        self.applied_index = snapshot.applied_index;
+        self.sync()?;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<u64> {
+        // `&mut self`: no batch is applied meanwhile, so everything up to
+        // this index is covered by the flush and the fsyncs below.
+        let index = self.applied_index;
+        self.call("cannot flush", || self.db.flush())?;
+        sync_tree(&self.sled_path)?;
+        self.record_sync(index)?;
+        Ok(index)
+    }
+}
+
+impl KvStateMachine for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let value = self.call("cannot read a key", || self.db.get(data_key(key)))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.read_pairs(prefix)
+    }
+}
+
+const MARKER_MAGIC: &[u8; 8] = b"AOCSYNC1";
+const MARKER_LEN: usize = 24;
+
+fn marker_path(dir: &Path) -> PathBuf {
+    dir.join("synced_index")
+}
+
+/// Reads `dir/synced_index`: the magic, the index, and the index's
+/// complement (a torn or damaged file does not pass for an index).
+fn read_marker(path: &Path) -> Result<Option<u64>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::storage(path, format!("cannot read: {e}"))),
+    };
+    if bytes.len() != MARKER_LEN {
+        return Err(Error::storage(
+            path,
+            format!(
+                "the file is {} bytes long, expected {MARKER_LEN}",
+                bytes.len()
+            ),
+        ));
+    }
+    let word = |at: usize| -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    if &bytes[..8] != MARKER_MAGIC || word(8) != !word(16) {
+        return Err(Error::storage(
+            path,
+            "the file is damaged (bad magic or check)",
+        ));
+    }
+    Ok(Some(word(8)))
+}
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(DATA_PREFIX);
+    out.extend_from_slice(key);
+    out
+}
+
+fn session_key(client_id: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    out.push(SESSION_PREFIX);
+    out.extend_from_slice(&client_id.to_be_bytes());
+    out
+}
+
+fn describe(value: Option<u64>) -> String {
+    value.map_or_else(|| "missing".to_string(), |v| v.to_string())
+}
+
+// The metadata prefix is only named through the full keys; keep the three
+// prefixes distinct.
+const _: () = assert!(
+    META_PREFIX != DATA_PREFIX && META_PREFIX != SESSION_PREFIX && DATA_PREFIX != SESSION_PREFIX
+);
+
+/// Runs a sled call, turning an error or a panic into [`Error::Storage`]
+/// for `path`.
+///
+/// sled 0.34 panics instead of returning an error on some damaged files
+/// (failed assertions or out-of-bounds slicing while recovering its log or
+/// reading a page), so every call into sled goes through `catch_unwind`.
+/// sled's state after such a panic is not trusted: the error tells the
+/// member to stop.
+fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> sled::Result<T>) -> Result<T> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Error::storage(path, format!("{what}: {e}"))),
+        Err(payload) => Err(Error::storage(
+            path,
+            format!(
+                "{what}: sled panicked (its files are probably damaged): {}",
+                panic_message(payload.as_ref())
+            ),
+        )),
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Fsyncs every file under `dir` (recursively) and every directory,
+/// `dir` included: sled's `flush` syncs neither the drive's cache nor its
+/// blob files. A file that disappears meanwhile (sled removes old
+/// snapshots and blobs) needs no sync.
+fn sync_tree(dir: &Path) -> Result<()> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| Error::storage(dir, format!("cannot list: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::storage(dir, format!("cannot list: {e}")))?;
+        let path = entry.path();
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::storage(&path, format!("cannot stat: {e}"))),
+        };
+        if file_type.is_dir() {
+            sync_tree(&path)?;
+        } else if file_type.is_file() {
+            match File::open(&path).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::storage(&path, format!("cannot fsync: {e}"))),
+            }
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory (its entries: created, renamed, removed files).
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::storage(dir, format!("cannot fsync the directory: {e}")))
+}

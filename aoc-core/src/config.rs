@@ -1,0 +1,151 @@
+//! Replica configuration: raft timing, message limits, sessions, compaction.
+
+use crate::{Error, Result};
+
+/// Configuration of one [`crate::Replica`]. Times are in ticks (the driver
+/// decides how long a tick is; the threaded node defaults to 100 ms) or in
+/// milliseconds where the name says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// This member's id (non-zero).
+    pub id: u64,
+    /// Ticks without hearing from a leader after which a follower's lease
+    /// ends; also CheckQuorum's period.
+    pub election_tick: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_tick: usize,
+    /// The randomized election timeout is drawn from
+    /// `[min_election_tick, max_election_tick)`.
+    pub min_election_tick: usize,
+    /// See `min_election_tick`.
+    pub max_election_tick: usize,
+    /// Largest append message in bytes (raft-rs's default sends one entry per
+    /// message).
+    pub max_size_per_msg_bytes: u64,
+    /// Append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// A session idle for this long (by the leaders' stamps) expires.
+    pub session_ttl_ms: u64,
+    /// At most this many client sessions; registering one more expires the
+    /// least recently active.
+    pub max_sessions: usize,
+    /// Sync the state machine and compact the log once this many entries
+    /// were applied since the last time.
+    pub compact_every_entries: u64,
+    /// Entries kept in the log below the durable applied index after a
+    /// compaction, so a briefly lagging follower catches up from the log.
+    pub compact_keep_entries: u64,
+    /// Sync the state machine and compact the log once the log holds this
+    /// many bytes.
+    pub compact_log_bytes: u64,
+    /// A snapshot stream not acknowledged in this many ticks is reported
+    /// failed, so raft sends a new one.
+    pub snapshot_timeout_ticks: usize,
+    /// A ReadIndex request not answered in this many ticks is sent again
+    /// (raft-rs drops them silently while a new leader has not committed in
+    /// its term).
+    pub read_retry_ticks: usize,
+    /// Proposals larger than this are refused with [`Error::TooLarge`].
+    pub max_proposal_bytes: usize,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            min_election_tick: 11,
+            max_election_tick: 14,
+            max_size_per_msg_bytes: 1024 * 1024,
+            max_inflight_msgs: 256,
+            session_ttl_ms: 3_600_000,
+            max_sessions: 10_000,
+            compact_every_entries: 10_000,
+            compact_keep_entries: 1_000,
+            compact_log_bytes: 64 * 1024 * 1024,
+            snapshot_timeout_ticks: 100,
+            read_retry_ticks: 4,
+            max_proposal_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl ReplicaConfig {
+    /// The default configuration for member `id`.
+    pub fn new(id: u64) -> Self {
+        ReplicaConfig {
+            id,
+            ..Default::default()
+        }
+    }
+
+    /// Checks the values; the error names the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.id == 0 {
+            return Err(Error::config("id", "must be non-zero"));
+        }
+        if self.heartbeat_tick == 0 {
+            return Err(Error::config("heartbeat_tick", "must be at least 1"));
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return Err(Error::config(
+                "election_tick",
+                format!(
+                    "must be greater than heartbeat_tick ({})",
+                    self.heartbeat_tick
+                ),
+            ));
+        }
+        if self.min_election_tick < self.election_tick {
+            return Err(Error::config(
+                "min_election_tick",
+                format!(
+                    "must be at least election_tick ({}): raft-rs requires it",
+                    self.election_tick
+                ),
+            ));
+        }
+        if self.max_election_tick <= self.min_election_tick {
+            return Err(Error::config(
+                "max_election_tick",
+                format!(
+                    "must be greater than min_election_tick ({})",
+                    self.min_election_tick
+                ),
+            ));
+        }
+        if self.max_inflight_msgs == 0 {
+            return Err(Error::config("max_inflight_msgs", "must be at least 1"));
+        }
+        if self.max_sessions == 0 {
+            return Err(Error::config("max_sessions", "must be at least 1"));
+        }
+        if self.compact_every_entries == 0 {
+            return Err(Error::config("compact_every_entries", "must be at least 1"));
+        }
+        if self.read_retry_ticks == 0 || self.snapshot_timeout_ticks == 0 {
+            return Err(Error::config(
+                "read_retry_ticks/snapshot_timeout_ticks",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.id,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            min_election_tick: self.min_election_tick,
+            max_election_tick: self.max_election_tick,
+            applied,
+            max_size_per_msg: self.max_size_per_msg_bytes,
+            max_inflight_msgs: self.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! The threaded node: a [`Replica`] driven by real time, a real log store,
+//! a state machine and a [`Transport`].
+//!
+//! Two threads per node:
+//! - the raft thread owns the replica. It takes ticks, peer messages and
+//!   requests (many at a time: proposals that arrive together become one
+//!   raft ready and one synced write), sends messages, applies entries and
+//!   completes requests;
+//! - the log thread persists the replica's writes: every write queued
+//!   while it was syncing is merged into the next one (group commit), and
+//!   each completion is reported back to the raft thread, which only then
+//!   releases the messages and acknowledgements that depend on it.
+//!
+//! ```
+//! use aoc_core::{Node, ReplicaConfig};
+//! use aoc_core::state::{KvCommand, KvStateMachine, MemKv};
+//! use aoc_core::storage::MemLogStore;
+//!
+//! # fn main() -> aoc_core::Result<()> {
+//! // A standalone member: one voter, committing on its own synced write.
+//! let node = Node::builder(ReplicaConfig::new(1))
+//!     .voters(vec![1])
+//!     .start(MemLogStore::new(), MemKv::new())?;
+//! node.propose(KvCommand::put("greeting", "hello").encode())?;
+//! let value = node.read(|kv| kv.get(b"greeting"))??;
+//! assert_eq!(value.as_deref(), Some(&b"hello"[..]));
+//! node.shutdown();
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::Message;
+use tracing::{error, info, info_span, warn};
+
+use crate::state::StateMachine;
+use crate::storage::{LogStore, LogWrite};
+use crate::transport::Transport;
+use crate::{Error, Event, Ready, Replica, ReplicaConfig, Result, Status};
+
+/// The response of an applied proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The index of the entry.
+    pub index: u64,
+    /// The state machine's response.
+    pub response: Vec<u8>,
+}
+
+type ReadFn<S> = Box<dyn FnOnce(Result<&S>) + Send>;
+
+enum Request<S> {
+    Propose {
+        command: Vec<u8>,
+        session: Option<(u64, u64)>,
+        reply: Sender<Result<Applied>>,
+    },
+    Register {
+        reply: Sender<Result<Applied>>,
+    },
+    Read(ReadFn<S>),
+    Campaign,
+    Stop,
+}
+
+enum LogJob {
+    Write(LogWrite),
+    Compact(u64),
+}
+
+/// Options of a [`Node`], set through [`NodeBuilder`].
+#[derive(Debug, Clone)]
+struct NodeOptions {
+    tick: Duration,
+    request_timeout: Duration,
+    voters: Vec<u64>,
+    peer_queue: usize,
+    request_queue: usize,
+    seed: Option<u64>,
+}
+
+/// Builds a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    cfg: ReplicaConfig,
+    opts: NodeOptions,
+}
+
+impl NodeBuilder {
+    /// The voters written into a blank log store at start (ignored when the
+    /// store already holds a configuration: a restart uses what is stored).
+    pub fn voters(mut self, voters: Vec<u64>) -> Self {
+        self.opts.voters = voters;
+        self
+    }
+
+    /// The length of a tick (default 100 ms).
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.opts.tick = tick;
+        self
+    }
+
+    /// How long a request may wait before [`Error::Timeout`] (default 5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.request_timeout = timeout;
+        self
+    }
+
+    /// Seeds the election timeouts (default: from the clock).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.opts.seed = Some(seed);
+        self
+    }
+
+    /// Starts a node with no transport (a standalone member).
+    pub fn start<L: LogStore, S: StateMachine>(self, log: L, sm: S) -> Result<Node<S>> {
+        self.start_with_transport(log, sm, Arc::new(NoTransport))
+    }
+
+    /// Starts a node that reaches its peers through `transport`.
+    pub fn start_with_transport<L: LogStore, S: StateMachine>(
+        self,
+        log: L,
+        sm: S,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node<S>> {
+        let id = self.cfg.id;
+        if !log.initial_state()?.initialized() {
+            if self.opts.voters.is_empty() {
+                return Err(Error::config(
+                    "voters",
+                    "the log store is blank: give the voters to bootstrap it",
+                ));
+            }
+            Replica::<L, S>::bootstrap(&log, &self.opts.voters)?;
+            info!(member = id, voters = ?self.opts.voters, "bootstrapped a blank log store");
+        }
+        let seed = self.opts.seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+                ^ id
+        });
+        let log = Arc::new(log);
+        let mut replica = Replica::new(self.cfg.clone(), ArcLog(log.clone()), sm, seed)?;
+        if replica.status().voters == vec![id] {
+            // A standalone member need not wait for an election timeout.
+            replica.campaign()?;
+        }
+        let (req_tx, req_rx) = channel::bounded(self.opts.request_queue);
+        let (msg_tx, msg_rx) = channel::bounded(self.opts.peer_queue);
+        let (done_tx, done_rx) = channel::unbounded();
+        let (log_tx, log_rx) = channel::unbounded();
+        let shared = Arc::new(Shared {
+            status: RwLock::new(replica.status()),
+            subscribers: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+        });
+        let log_thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("aoc-log-{id}"))
+                .spawn(move || log_loop(id, log, log_rx, done_tx, shared))
+                .map_err(|e| {
+                    Error::storage("thread", format!("cannot start the log thread: {e}"))
+                })?
+        };
+        let driver = Driver {
+            replica,
+            transport,
+            log_tx,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            next_token: 1,
+            shared: shared.clone(),
+            started: Instant::now(),
+        };
+        let tick = self.opts.tick;
+        let raft_thread = std::thread::Builder::new()
+            .name(format!("aoc-raft-{id}"))
+            .spawn(move || driver.run(tick, req_rx, msg_rx, done_rx))
+            .map_err(|e| Error::storage("thread", format!("cannot start the raft thread: {e}")))?;
+        Ok(Node {
+            id,
+            req_tx,
+            msg_tx,
+            shared,
+            timeout: self.opts.request_timeout,
+            threads: Arc::new(Mutex::new(vec![raft_thread, log_thread])),
+        })
+    }
+}
+
+struct NoTransport;
+
+impl Transport for NoTransport {
+    fn send(&self, _msg: Message) {}
+}
+
+/// A shared log store: the raft thread reads while the log thread writes.
+struct ArcLog<L>(Arc<L>);
+
+impl<L: LogStore> LogStore for ArcLog<L> {
+    fn initial_state(&self) -> Result<raft::RaftState> {
+        self.0.initial_state()
+    }
+    fn first_index(&self) -> Result<u64> {
+        self.0.first_index()
+    }
+    fn last_index(&self) -> Result<u64> {
+        self.0.last_index()
+    }
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        self.0.term(index)
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> raft::Result<Vec<raft::eraftpb::Entry>> {
+        self.0.entries(low, high, max_size)
+    }
+    fn snapshot_metadata(&self) -> Result<raft::eraftpb::SnapshotMetadata> {
+        self.0.snapshot_metadata()
+    }
+    fn write(&self, write: &LogWrite) -> Result<()> {
+        self.0.write(write)
+    }
+    fn compact(&self, index: u64) -> Result<()> {
+        self.0.compact(index)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+}
+
+struct Shared {
+    status: RwLock<Status>,
+    subscribers: Mutex<Vec<Sender<Event>>>,
+    failure: Mutex<Option<Error>>,
+}
+
+/// A handle on a running node; cheap to clone.
+pub struct Node<S> {
+    id: u64,
+    req_tx: Sender<Request<S>>,
+    msg_tx: Sender<Message>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl<S> Clone for Node<S> {
+    fn clone(&self) -> Self {
+        Node {
+            id: self.id,
+            req_tx: self.req_tx.clone(),
+            msg_tx: self.msg_tx.clone(),
+            shared: self.shared.clone(),
+            timeout: self.timeout,
+            threads: self.threads.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+impl Node<()> {
+    /// Starts building a node with `cfg`.
+    pub fn builder(cfg: ReplicaConfig) -> NodeBuilder {
+        NodeBuilder {
+            cfg,
+            opts: NodeOptions {
+                tick: Duration::from_millis(100),
+                request_timeout: Duration::from_secs(5),
+                voters: Vec::new(),
+                peer_queue: 4096,
+                request_queue: 65_536,
+                seed: None,
+            },
+        }
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Hands a message from a peer to this node. Never blocks: when the
+    /// node is overwhelmed the message is dropped (raft retransmits).
+    pub fn step(&self, msg: Message) {
+        if let Err(TrySendError::Full(_)) = self.msg_tx.try_send(msg) {
+            warn!(
+                member = self.id,
+                "peer message queue full; dropped a message"
+            );
+        }
+    }
+
+    fn request<T>(&self, req: Request<S>, rx: &Receiver<Result<T>>, what: &str) -> Result<T> {
+        self.req_tx
+            .send_timeout(req, self.timeout)
+            .map_err(|e| match e {
+                channel::SendTimeoutError::Timeout(_) => Error::Busy {
+                    reason: "the node's request queue is full".into(),
+                },
+                channel::SendTimeoutError::Disconnected(_) => Error::Stopped,
+            })?;
+        match rx.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(channel::RecvTimeoutError::Timeout) => Err(Error::Timeout { what: what.into() }),
+            Err(channel::RecvTimeoutError::Disconnected) => Err(Error::Stopped),
+        }
+    }
+
+    /// Proposes `command` and waits until it is committed and applied;
+    /// returns the state machine's response. Without a session a retry may
+    /// apply the command twice: use [`Node::propose_session`] for
+    /// exactly-once writes.
+    pub fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>> {
+        self.propose_with(command, None).map(|a| a.response)
+    }
+
+    /// Proposes `command` as write `sequence` of client session `client`
+    /// (see [`Node::register_client`]): however often it is retried, on
+    /// this member or another, it is applied once, and every retry gets the
+    /// original response.
+    pub fn propose_session(&self, client: u64, sequence: u64, command: Vec<u8>) -> Result<Applied> {
+        self.propose_with(command, Some((client, sequence)))
+    }
+
+    fn propose_with(&self, command: Vec<u8>, session: Option<(u64, u64)>) -> Result<Applied> {
+        let (tx, rx) = channel::bounded(1);
+        self.request(
+            Request::Propose {
+                command,
+                session,
+                reply: tx,
+            },
+            &rx,
+            "proposal",
+        )
+    }
+
+    /// Opens a client session and returns its client id.
+    pub fn register_client(&self) -> Result<u64> {
+        let (tx, rx) = channel::bounded(1);
+        let applied = self.request(Request::Register { reply: tx }, &rx, "client registration")?;
+        let bytes: [u8; 8] = applied
+            .response
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::decode("client id", "expected 8 bytes"))?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// Runs `f` on the state machine once a linearizable read is possible
+    /// (ReadIndex confirmed by a quorum, and applied up to it). Only the
+    /// leader serves reads: elsewhere the answer is [`Error::NotLeader`].
+    pub fn read<R: Send + 'static>(&self, f: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
+        let (tx, rx) = channel::bounded(1);
+        let job: ReadFn<S> = Box::new(move |sm| {
+            let _ = tx.send(sm.map(f));
+        });
+        self.request(Request::Read(job), &rx, "read")
+    }
+
+    /// Starts an election on this member now.
+    pub fn campaign(&self) -> Result<()> {
+        self.req_tx
+            .send(Request::Campaign)
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// The latest status (updated by the raft thread after every step).
+    pub fn status(&self) -> Status {
+        self.shared.status.read().clone()
+    }
+
+    /// Why the node stopped, if it failed.
+    pub fn failure(&self) -> Option<Error> {
+        self.shared.failure.lock().clone()
+    }
+
+    /// A stream of the node's events from now on.
+    pub fn events(&self) -> Receiver<Event> {
+        let (tx, rx) = channel::unbounded();
+        self.shared.subscribers.lock().push(tx);
+        rx
+    }
+
+    /// Stops the node and waits for its threads. Requests in flight fail
+    /// with [`Error::Stopped`].
+    pub fn shutdown(&self) {
+        let _ = self.req_tx.send(Request::Stop);
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn log_loop(
+    id: u64,
+    log: Arc<impl LogStore>,
+    jobs: Receiver<LogJob>,
+    done: Sender<Result<u64>>,
+    shared: Arc<Shared>,
+) {
+    let _span = info_span!("log", member = id).entered();
+    while let Ok(first) = jobs.recv() {
+        // Group commit: merge every write queued behind the first.
+        let mut write: Option<LogWrite> = None;
+        let mut compact = None;
+        for job in std::iter::once(first).chain(jobs.try_iter()) {
+            match job {
+                LogJob::Write(w) => match &mut write {
+                    Some(acc) => acc.merge(w),
+                    None => write = Some(w),
+                },
+                // Compaction targets only indexes below the durable commit,
+                // which no later write rewrites.
+                LogJob::Compact(to) => compact = Some(compact.unwrap_or(0).max(to)),
+            }
+        }
+        if let Some(w) = write {
+            let number = w.number;
+            if let Err(e) = log.write(&w) {
+                error!(member = id, error = %e, "log write failed; stopping");
+                *shared.failure.lock() = Some(e.clone());
+                let _ = done.send(Err(e));
+                return;
+            }
+            if done.send(Ok(number)).is_err() {
+                return;
+            }
+        }
+        if let Some(to) = compact {
+            if let Err(e) = log.compact(to) {
+                warn!(member = id, error = %e, "log compaction failed");
+            }
+        }
+    }
+}
+
+struct Driver<L: LogStore, S: StateMachine> {
+    replica: Replica<ArcLog<L>, S>,
+    transport: Arc<dyn Transport>,
+    log_tx: Sender<LogJob>,
+    proposals: HashMap<u64, Sender<Result<Applied>>>,
+    reads: HashMap<u64, ReadFn<S>>,
+    next_token: u64,
+    shared: Arc<Shared>,
+    started: Instant,
+}
+
+impl<L: LogStore, S: StateMachine> Driver<L, S> {
+    fn run(
+        mut self,
+        tick: Duration,
+        requests: Receiver<Request<S>>,
+        messages: Receiver<Message>,
+        persisted: Receiver<Result<u64>>,
+    ) {
+        let id = self.replica.id();
+        let ticker = channel::tick(tick);
+        let epoch_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        loop {
+            let span = info_span!("raft", member = id, term = self.replica.term());
+            let _e = span.enter();
+            channel::select! {
+                recv(ticker) -> _ => {
+                    let now_ms = epoch_ms + self.started.elapsed().as_millis() as u64;
+                    self.replica.tick(now_ms);
+                }
+                recv(messages) -> m => match m {
+                    Ok(m) => {
+                        self.replica.step(m);
+                        for m in messages.try_iter().take(1024) {
+                            self.replica.step(m);
+                        }
+                    }
+                    Err(_) => break,
+                },
+                recv(persisted) -> p => match p {
+                    Ok(Ok(n)) => self.replica.on_persisted(n),
+                    Ok(Err(e)) => { self.fail(e); break; }
+                    Err(_) => break,
+                },
+                recv(requests) -> r => {
+                    let Ok(r) = r else { break };
+                    if !self.request(r) {
+                        break;
+                    }
+                    // Batch: everything queued now goes into one ready.
+                    let mut stop = false;
+                    for r in requests.try_iter().take(4096) {
+                        if !self.request(r) {
+                            stop = true;
+                            break;
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.drain() {
+                self.fail(e);
+                break;
+            }
+            *self.shared.status.write() = self.replica.status();
+        }
+        self.stop_all();
+        info!(member = id, "raft thread stopped");
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    /// Handles one request; false on `Stop`.
+    fn request(&mut self, r: Request<S>) -> bool {
+        match r {
+            Request::Propose {
+                command,
+                session,
+                reply,
+            } => {
+                let t = self.token();
+                self.proposals.insert(t, reply);
+                self.replica.propose(t, command, session);
+            }
+            Request::Register { reply } => {
+                let t = self.token();
+                self.proposals.insert(t, reply);
+                self.replica.register_client(t);
+            }
+            Request::Read(f) => {
+                let t = self.token();
+                self.reads.insert(t, f);
+                self.replica.read(t);
+            }
+            Request::Campaign => {
+                if let Err(e) = self.replica.campaign() {
+                    warn!(error = %e, "campaign refused");
+                }
+            }
+            Request::Stop => return false,
+        }
+        true
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        while self.replica.has_ready() {
+            let rd = self.replica.ready()?;
+            self.carry_out(rd);
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, rd: Ready) {
+        let Ready {
+            messages,
+            write,
+            compact_to,
+            completions,
+            reads,
+            events,
+        } = rd;
+        for m in messages {
+            self.transport.send(m);
+        }
+        if let Some(w) = write {
+            let _ = self.log_tx.send(LogJob::Write(w));
+        }
+        if let Some(to) = compact_to {
+            let _ = self.log_tx.send(LogJob::Compact(to));
+        }
+        for c in completions {
+            if let Some(reply) = self.proposals.remove(&c.token) {
+                let _ = reply.send(c.result.map(|response| Applied {
+                    index: c.index,
+                    response,
+                }));
+            }
+        }
+        for (token, outcome) in reads {
+            if let Some(f) = self.reads.remove(&token) {
+                match outcome {
+                    Ok(()) => f(Ok(self.replica.state_machine())),
+                    Err(e) => f(Err(e)),
+                }
+            }
+        }
+        if !events.is_empty() {
+            let mut subs = self.shared.subscribers.lock();
+            for e in events {
+                subs.retain(|s| s.send(e.clone()).is_ok());
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        error!(member = self.replica.id(), error = %e, "node failed; stopping");
+        *self.shared.failure.lock() = Some(e);
+    }
+
+    fn stop_all(&mut self) {
+        for (_, reply) in self.proposals.drain() {
+            let _ = reply.send(Err(Error::Stopped));
+        }
+        for (_, f) in self.reads.drain() {
+            f(Err(Error::Stopped));
+        }
+    }
+}

@@ -1,0 +1,1092 @@
+//! The sans-I/O replica: raft-rs, the client table and the state machine,
+//! driven by inputs and answering with outputs.
+//!
+//! A driver (the threaded [`crate::Node`], or the simulation in
+//! [`crate::sim`]) owns the clock, the network and the disk. It feeds the
+//! replica [`Replica::tick`], [`Replica::step`], [`Replica::propose`],
+//! [`Replica::read`] and [`Replica::on_persisted`], and after each input
+//! takes a [`Ready`] and carries it out:
+//!
+//! 1. send `messages`;
+//! 2. persist `write` with [`crate::storage::LogStore::write`] (synced), then
+//!    call [`Replica::on_persisted`] with its number: only then are the
+//!    messages that depend on it (votes, append responses) released, in a
+//!    later `Ready`;
+//! 3. after the write (if any), compact the log to `compact_to`;
+//! 4. complete `completions` and `reads`, and publish `events`.
+//!
+//! Writes may be persisted later and merged (group commit), but in order.
+//! Acknowledgements are sound because a proposal completes only when its
+//! entry is applied, and raft-rs hands out entries to apply only once they
+//! are committed (persisted by a quorum) and persisted locally.
+
+mod sessions;
+mod view;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info, warn};
+
+use crate::config::ReplicaConfig;
+use crate::payload::{decode_context, encode_context, Payload};
+use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
+use crate::storage::{LogStore, LogWrite};
+use crate::{Error, Result};
+use sessions::{ClientTable, Decision};
+use view::LogView;
+
+/// A member's raft role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The leader: the only member that accepts writes and serves reads.
+    Leader,
+    /// Follows a leader.
+    Follower,
+    /// Stands for election.
+    Candidate,
+    /// Checks whether it could win before standing (PreVote).
+    PreCandidate,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Self {
+        match r {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+        }
+    }
+}
+
+/// Something the embedding program may want to know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This member's role changed.
+    RoleChanged {
+        /// The new role.
+        role: Role,
+        /// The term it holds the role in.
+        term: u64,
+    },
+    /// The leader this member knows of changed.
+    LeaderChanged {
+        /// The new leader, if any is known.
+        leader: Option<u64>,
+        /// The term.
+        term: u64,
+    },
+    /// A snapshot was installed: the state now reflects `index`.
+    SnapshotInstalled {
+        /// The snapshot's index.
+        index: u64,
+        /// The snapshot's term.
+        term: u64,
+    },
+    /// A snapshot was sent to a lagging member.
+    SnapshotSent {
+        /// The receiving member.
+        to: u64,
+        /// The snapshot's index.
+        index: u64,
+    },
+    /// The voter set changed.
+    MembershipChanged {
+        /// The voters now.
+        voters: Vec<u64>,
+        /// The learners now.
+        learners: Vec<u64>,
+    },
+}
+
+/// The outcome of a proposal: the state machine's response.
+pub type ProposalResult = Result<Vec<u8>>;
+
+/// A finished proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The token the proposal was made with.
+    pub token: u64,
+    /// The index of the entry that carried it (0 when refused before it
+    /// reached the log).
+    pub index: u64,
+    /// The state machine's response, or why there is none.
+    pub result: ProposalResult,
+}
+
+/// Work for the driver (see the module docs for the order).
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Messages to send now.
+    pub messages: Vec<Message>,
+    /// A write to persist (synced), then report with
+    /// [`Replica::on_persisted`].
+    pub write: Option<LogWrite>,
+    /// Compact the log up to this index once `write` is persisted.
+    pub compact_to: Option<u64>,
+    /// Completed proposals.
+    pub completions: Vec<Completion>,
+    /// Completed linearizable reads: (token, outcome). On `Ok` the state
+    /// machine may be read and the answer is linearizable.
+    pub reads: Vec<(u64, Result<()>)>,
+    /// Events, in order.
+    pub events: Vec<Event>,
+}
+
+impl Ready {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.write.is_none()
+            && self.compact_to.is_none()
+            && self.completions.is_empty()
+            && self.reads.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// A follower's replication progress, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The member.
+    pub id: u64,
+    /// The highest index known to be persisted on it.
+    pub matched: u64,
+    /// The next index to send.
+    pub next: u64,
+    /// raft-rs's progress state: `Probe`, `Replicate` or `Snapshot`.
+    pub state: String,
+}
+
+/// A snapshot of a replica's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This member.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// The commit index it knows of.
+    pub commit: u64,
+    /// The state machine's applied index.
+    pub applied: u64,
+    /// The first index in the log.
+    pub first_index: u64,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// The voters.
+    pub voters: Vec<u64>,
+    /// Open client sessions.
+    pub sessions: usize,
+    /// Followers' progress (on the leader only).
+    pub progress: Vec<PeerProgress>,
+}
+
+/// Where a ready's messages wait for its write.
+#[derive(Debug)]
+struct Held {
+    number: u64,
+    /// False for a ready that wrote nothing: it is released with the write
+    /// before it (messages leave in ready order).
+    needs_write: bool,
+    messages: Vec<Message>,
+    hard_state_commit: Option<u64>,
+}
+
+/// The sans-I/O replica (see the module docs).
+pub struct Replica<L: LogStore, S: StateMachine> {
+    cfg: ReplicaConfig,
+    raw: RawNode<LogView<L>>,
+    sm: S,
+    sessions: ClientTable,
+    rng: SmallRng,
+    last_timeout: usize,
+    last_term: u64,
+    last_role: StateRole,
+    last_leader: u64,
+    now_ms: u64,
+    ticks: u64,
+    pending_proposals: BTreeMap<u64, ()>,
+    /// Reads waiting for their ReadIndex answer: token -> tick issued.
+    reads_waiting_index: BTreeMap<u64, u64>,
+    /// Reads waiting for the state machine to reach their index.
+    reads_waiting_apply: Vec<(u64, u64)>,
+    held: VecDeque<Held>,
+    /// Commit index of the last durable hard state.
+    persisted_commit: u64,
+    applied_since_compact: u64,
+    /// Snapshot streams in flight: peer -> tick sent.
+    snapshots_in_flight: BTreeMap<u64, u64>,
+    /// Messages and completions produced outside `ready`.
+    out: Ready,
+}
+
+impl<L: LogStore, S: StateMachine> Replica<L, S> {
+    /// Writes the initial configuration (`voters`) into a blank log store.
+    /// Idempotent when the store already holds exactly these voters; an
+    /// error when it holds another configuration.
+    pub fn bootstrap(log: &L, voters: &[u64]) -> Result<()> {
+        if voters.is_empty() || voters.contains(&0) {
+            return Err(Error::config("voters", "must be non-empty and non-zero"));
+        }
+        let state = log.initial_state()?;
+        let mut wanted: Vec<u64> = voters.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if state.initialized() {
+            let mut have = state.conf_state.voters.clone();
+            have.sort_unstable();
+            if have == wanted {
+                return Ok(());
+            }
+            return Err(Error::config(
+                "voters",
+                format!("the log store already holds voters {have:?}, not {wanted:?}"),
+            ));
+        }
+        let mut cs = ConfState::default();
+        cs.voters = wanted;
+        log.write(&LogWrite {
+            conf_state: Some(cs),
+            hard_state: Some(HardState::default()),
+            ..Default::default()
+        })
+    }
+
+    /// Opens a replica on a bootstrapped log store and a state machine.
+    /// `seed` drives the randomized election timeouts (the simulation passes
+    /// its own, for reproducible runs).
+    pub fn new(cfg: ReplicaConfig, log: L, sm: S, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let state = log.initial_state()?;
+        if !state.initialized() {
+            return Err(Error::config(
+                "voters",
+                "the log store holds no configuration: bootstrap the member first",
+            ));
+        }
+        let first = log.first_index()?;
+        let last = log.last_index()?;
+        let sm_applied = sm.applied_index();
+        if sm_applied + 1 < first {
+            return Err(Error::storage(
+                "state machine",
+                format!(
+                    "the state machine is at index {sm_applied} but the log was compacted up \
+                     to {}: the state machine lost synced data",
+                    first - 1
+                ),
+            ));
+        }
+        // raft-rs requires applied <= min(commit, last persisted index).
+        // The state machine can be ahead of the local log only after a
+        // snapshot install whose log write was lost in a crash: raft then
+        // re-sends those entries and the replica skips what it has applied.
+        let applied = sm_applied.min(last);
+        let mut view = LogView::new(log);
+        view.applied = applied;
+        view.applied_term = view.store().term(applied).map_err(|e| {
+            Error::storage(
+                "log",
+                format!("no term for the applied index {applied}: {e}"),
+            )
+        })?;
+        view.applied_conf = state.conf_state.clone();
+        if state.hard_state.commit < applied {
+            // Entries the state machine applied were committed.
+            let mut hs = state.hard_state.clone();
+            hs.commit = applied;
+            view.store().write(&LogWrite {
+                hard_state: Some(hs),
+                ..Default::default()
+            })?;
+        }
+        let logger = crate::logging::raft_logger(cfg.id);
+        let raw = RawNode::new(&cfg.raft_config(applied), view, &logger)?;
+        let mut sessions = ClientTable::new(cfg.session_ttl_ms, cfg.max_sessions);
+        sessions.load(sm.sessions()?);
+        let persisted_commit = raw.raft.raft_log.committed;
+        let mut r = Replica {
+            last_term: raw.raft.term,
+            last_role: raw.raft.state,
+            last_leader: raw.raft.leader_id,
+            cfg,
+            raw,
+            sm,
+            sessions,
+            rng: SmallRng::seed_from_u64(seed),
+            last_timeout: 0,
+            now_ms: 0,
+            ticks: 0,
+            pending_proposals: BTreeMap::new(),
+            reads_waiting_index: BTreeMap::new(),
+            reads_waiting_apply: Vec::new(),
+            held: VecDeque::new(),
+            persisted_commit,
+            applied_since_compact: 0,
+            snapshots_in_flight: BTreeMap::new(),
+            out: Ready::default(),
+        };
+        r.after_input();
+        info!(member = r.cfg.id, applied, first, last, "replica opened");
+        Ok(r)
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+
+    /// The state machine (for reads after [`Ready::reads`] completes one).
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    /// Consumes the replica and returns its state machine (a simulated
+    /// crash keeps the "disk" state this way).
+    pub fn into_state_machine(self) -> S {
+        self.sm
+    }
+
+    /// The log store.
+    pub fn log_store(&self) -> &L {
+        self.raw.store().store()
+    }
+
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this member knows of.
+    pub fn leader(&self) -> Option<u64> {
+        let l = self.raw.raft.leader_id;
+        (l != 0).then_some(l)
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Advances logical time by one tick; `now_ms` is the driver's clock,
+    /// used only to stamp proposals (session expiry).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.ticks += 1;
+        self.raw.tick();
+        self.retry_reads();
+        self.check_snapshot_streams();
+        self.after_input();
+    }
+
+    /// Starts an election now (standalone start-up and tests).
+    pub fn campaign(&mut self) -> Result<()> {
+        self.raw.campaign()?;
+        self.after_input();
+        Ok(())
+    }
+
+    /// Steps a message from a peer. Invalid messages are dropped and logged.
+    pub fn step(&mut self, msg: Message) {
+        if msg.get_msg_type() == MessageType::MsgSnapshot
+            && msg.get_snapshot().get_data().is_empty()
+        {
+            // A data member refuses a snapshot that carries no state.
+            warn!(
+                member = self.cfg.id,
+                from = msg.from,
+                "refused a snapshot without state"
+            );
+            return;
+        }
+        if msg.to != self.cfg.id {
+            warn!(
+                member = self.cfg.id,
+                to = msg.to,
+                "dropped a message for another member"
+            );
+            return;
+        }
+        if let Err(e) = self.raw.step(msg) {
+            debug!(member = self.cfg.id, error = %e, "message not stepped");
+        }
+        self.after_input();
+    }
+
+    /// Proposes a command. The outcome arrives in [`Ready::completions`]
+    /// under `token` once the entry is applied (or at once on refusal).
+    /// `session` is (client id, sequence) for exactly-once writes.
+    pub fn propose(&mut self, token: u64, command: Vec<u8>, session: Option<(u64, u64)>) {
+        let payload = Payload::Command {
+            session,
+            stamp_ms: self.now_ms,
+            command,
+        };
+        self.propose_payload(token, payload);
+    }
+
+    /// Opens a client session. The completion carries the new client id
+    /// (8 bytes, little-endian).
+    pub fn register_client(&mut self, token: u64) {
+        let payload = Payload::RegisterClient {
+            stamp_ms: self.now_ms,
+        };
+        self.propose_payload(token, payload);
+    }
+
+    fn propose_payload(&mut self, token: u64, payload: Payload) {
+        let data = payload.encode();
+        if data.len() > self.cfg.max_proposal_bytes {
+            self.refuse(
+                token,
+                Error::TooLarge {
+                    what: "proposal".into(),
+                    size: data.len(),
+                    limit: self.cfg.max_proposal_bytes,
+                },
+            );
+            return;
+        }
+        if !self.is_leader() {
+            let hint = self.leader();
+            self.refuse(token, Error::NotLeader { leader_hint: hint });
+            return;
+        }
+        match self.raw.propose(encode_context(self.cfg.id, token), data) {
+            Ok(()) => {
+                self.pending_proposals.insert(token, ());
+            }
+            Err(e) => self.refuse(token, e.into()),
+        }
+        self.after_input();
+    }
+
+    fn refuse(&mut self, token: u64, error: Error) {
+        self.out.completions.push(Completion {
+            token,
+            index: 0,
+            result: Err(error),
+        });
+    }
+
+    /// Asks for a linearizable read (ReadIndex). The outcome arrives in
+    /// [`Ready::reads`] under `token`; on `Ok`, read the state machine.
+    pub fn read(&mut self, token: u64) {
+        if !self.is_leader() {
+            let hint = self.leader();
+            self.out
+                .reads
+                .push((token, Err(Error::NotLeader { leader_hint: hint })));
+            return;
+        }
+        self.reads_waiting_index.insert(token, self.ticks);
+        self.raw.read_index(token.to_le_bytes().to_vec());
+        self.after_input();
+    }
+
+    /// Reports that a message to `to` could not be delivered.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// Reports the outcome of a snapshot stream to `to`.
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        self.snapshots_in_flight.remove(&to);
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Whether [`Replica::ready`] has work.
+    pub fn has_ready(&self) -> bool {
+        !self.out.is_empty() || self.raw.has_ready() || self.reads_releasable()
+    }
+
+    fn reads_releasable(&self) -> bool {
+        let applied = self.sm.applied_index();
+        self.reads_waiting_apply.iter().any(|(i, _)| *i <= applied)
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        let r = &self.raw.raft;
+        let store = self.raw.store();
+        let mut progress = Vec::new();
+        if r.state == StateRole::Leader {
+            for (id, p) in r.prs().iter() {
+                if *id != self.cfg.id {
+                    progress.push(PeerProgress {
+                        id: *id,
+                        matched: p.matched,
+                        next: p.next_idx,
+                        state: format!("{:?}", p.state),
+                    });
+                }
+            }
+            progress.sort_by_key(|p| p.id);
+        }
+        let mut voters: Vec<u64> = r.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        Status {
+            id: self.cfg.id,
+            role: r.state.into(),
+            term: r.term,
+            leader: self.leader(),
+            commit: r.raft_log.committed,
+            applied: self.sm.applied_index(),
+            first_index: store.first_index().unwrap_or(0),
+            last_index: r.raft_log.last_index(),
+            voters,
+            sessions: self.sessions.len(),
+            progress,
+        }
+    }
+
+    /// The stored session of `client`, if open.
+    pub fn session(&self, client: u64) -> Option<Session> {
+        self.sessions.session(client)
+    }
+
+    /// Runs after every input: keeps the randomized election timeout drawn
+    /// from the replica's own seeded generator (raft-rs draws from a
+    /// thread-local one, which would make simulations irreproducible), and
+    /// reacts to role changes.
+    fn after_input(&mut self) {
+        let r = &mut self.raw.raft;
+        if r.term != self.last_term
+            || r.state != self.last_role
+            || r.election_elapsed == 0
+            || r.randomized_election_timeout() != self.last_timeout
+        {
+            let t = self
+                .rng
+                .gen_range(self.cfg.min_election_tick..self.cfg.max_election_tick);
+            r.set_randomized_election_timeout(t);
+            self.last_timeout = t;
+        }
+        let (term, role, leader) = (r.term, r.state, r.leader_id);
+        if role != self.last_role || term != self.last_term {
+            if self.last_role == StateRole::Leader && role != StateRole::Leader {
+                self.fail_pending(leader);
+            }
+            if role != self.last_role {
+                info!(member = self.cfg.id, term, role = ?role, "role changed");
+                self.out.events.push(Event::RoleChanged {
+                    role: role.into(),
+                    term,
+                });
+            }
+            if role == StateRole::Leader {
+                self.assert_commit_policy();
+            }
+        }
+        if leader != self.last_leader {
+            self.out.events.push(Event::LeaderChanged {
+                leader: (leader != 0).then_some(leader),
+                term,
+            });
+        }
+        self.last_role = role;
+        self.last_term = term;
+        self.last_leader = leader;
+    }
+
+    /// The commit rule: raft-rs keeps commit groups and the group-commit
+    /// switch in each member's own tracker, in memory, and does not reset
+    /// them on a role change, wipe them only on a snapshot restore, and
+    /// leave them 0 for new members. The core sets them explicitly at each
+    /// of those points. In this foundation every member commits on a plain
+    /// majority: group commit is off.
+    fn assert_commit_policy(&mut self) {
+        let r = &mut self.raw.raft;
+        if r.group_commit() {
+            r.enable_group_commit(false);
+        }
+        assert!(
+            !r.group_commit(),
+            "commit policy: group commit must be off in majority mode"
+        );
+    }
+
+    /// A leader that steps down fails what it was waiting for: the caller
+    /// retries on the new leader (with the same session sequence, a write
+    /// that did commit is not applied twice).
+    fn fail_pending(&mut self, leader: u64) {
+        let hint = (leader != 0).then_some(leader);
+        for (token, ()) in std::mem::take(&mut self.pending_proposals) {
+            self.refuse(token, Error::NotLeader { leader_hint: hint });
+        }
+        let waiting_index = std::mem::take(&mut self.reads_waiting_index);
+        let waiting_apply = std::mem::take(&mut self.reads_waiting_apply);
+        for token in waiting_index
+            .into_keys()
+            .chain(waiting_apply.into_iter().map(|(_, t)| t))
+        {
+            self.out
+                .reads
+                .push((token, Err(Error::NotLeader { leader_hint: hint })));
+        }
+    }
+
+    /// raft-rs drops ReadIndex requests silently on a leader that has not
+    /// committed in its term: ask again until answered.
+    fn retry_reads(&mut self) {
+        let due: Vec<u64> = self
+            .reads_waiting_index
+            .iter()
+            .filter(|(_, issued)| self.ticks - **issued >= self.cfg.read_retry_ticks as u64)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in due {
+            self.reads_waiting_index.insert(token, self.ticks);
+            self.raw.read_index(token.to_le_bytes().to_vec());
+        }
+    }
+
+    /// A snapshot stream that is neither acknowledged nor reported in time
+    /// is reported failed, or raft would keep the follower paused for good.
+    fn check_snapshot_streams(&mut self) {
+        let mut done = Vec::new();
+        for (&peer, &sent) in &self.snapshots_in_flight {
+            let in_snapshot = self
+                .raw
+                .raft
+                .prs()
+                .get(peer)
+                .is_some_and(|p| p.state == raft::ProgressState::Snapshot);
+            if !in_snapshot || !self.is_leader() {
+                done.push((peer, false));
+            } else if self.ticks - sent >= self.cfg.snapshot_timeout_ticks as u64 {
+                done.push((peer, true));
+            }
+        }
+        for (peer, failed) in done {
+            self.snapshots_in_flight.remove(&peer);
+            if failed {
+                warn!(
+                    member = self.cfg.id,
+                    peer, "snapshot stream timed out; retrying"
+                );
+                self.raw.report_snapshot(peer, SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    /// Takes the work produced since the last call. Errors are fatal for
+    /// this member (its state machine or log could not be updated).
+    pub fn ready(&mut self) -> Result<Ready> {
+        let mut out = std::mem::take(&mut self.out);
+        if self.raw.has_ready() {
+            self.handle_raft_ready(&mut out)?;
+        }
+        self.release_reads(&mut out);
+        self.maybe_compact(&mut out)?;
+        out.events.append(&mut self.out.events);
+        out.completions.append(&mut self.out.completions);
+        out.reads.append(&mut self.out.reads);
+        out.messages.append(&mut self.out.messages);
+        Ok(out)
+    }
+
+    fn handle_raft_ready(&mut self, out: &mut Ready) -> Result<()> {
+        let mut rd = self.raw.ready();
+        let number = rd.number();
+        let mut messages = rd.take_messages();
+        let failed_snapshots = self.fill_snapshots(&mut messages, &mut out.events)?;
+        out.messages.extend(messages);
+
+        let mut write = LogWrite {
+            number,
+            ..Default::default()
+        };
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            let meta = snap.get_metadata().clone();
+            // The state is durable before the log records the snapshot and
+            // before anything acknowledges it (the ack is a persisted
+            // message, released after `write`).
+            self.sm.restore(meta.index, snap.get_data())?;
+            self.sessions.load(self.sm.sessions()?);
+            let view = self.raw.mut_store();
+            view.applied = meta.index;
+            view.applied_term = meta.term;
+            view.applied_conf = meta.get_conf_state().clone();
+            info!(
+                member = self.cfg.id,
+                index = meta.index,
+                term = meta.term,
+                "snapshot installed"
+            );
+            out.events.push(Event::SnapshotInstalled {
+                index: meta.index,
+                term: meta.term,
+            });
+            write.conf_state = Some(meta.get_conf_state().clone());
+            write.snapshot = Some(meta);
+        }
+        write.entries = rd.take_entries();
+        write.hard_state = rd.hs().cloned();
+        let hard_state_commit = write.hard_state.as_ref().map(|h| h.commit);
+        let committed = rd.take_committed_entries();
+        let persisted_messages = rd.take_persisted_messages();
+        for rs in rd.take_read_states() {
+            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            let token = u64::from_le_bytes(bytes);
+            if self.reads_waiting_index.remove(&token).is_some() {
+                self.reads_waiting_apply.push((rs.index, token));
+            }
+        }
+        let conf_changed = self.apply_entries(committed, out)?;
+        if let Some(cs) = conf_changed {
+            write.conf_state = Some(cs);
+        }
+
+        let needs_write = !write.is_empty();
+        if needs_write {
+            self.raw.mut_store().push(&write);
+        }
+        self.raw.advance_append_async(rd);
+        self.advance_raft_applied();
+        if !write.snapshot.is_none() {
+            // raft-rs wipes commit groups on a snapshot restore.
+            self.assert_commit_policy();
+        }
+        for peer in failed_snapshots {
+            self.raw.report_snapshot(peer, SnapshotStatus::Failure);
+        }
+        if !needs_write && self.held.is_empty() {
+            self.raw.on_persist_ready(number);
+            out.messages.extend(persisted_messages);
+        } else {
+            // A ready without a write still waits behind earlier writes.
+            self.held.push_back(Held {
+                number,
+                needs_write,
+                messages: persisted_messages,
+                hard_state_commit,
+            });
+            if needs_write {
+                out.write = Some(write);
+            }
+        }
+        self.after_input();
+        Ok(())
+    }
+
+    /// Fills outgoing snapshots with the state machine's data. Returns the
+    /// peers whose snapshot could not be built (reported failed).
+    fn fill_snapshots(
+        &mut self,
+        messages: &mut Vec<Message>,
+        events: &mut Vec<Event>,
+    ) -> Result<Vec<u64>> {
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while i < messages.len() {
+            if messages[i].get_msg_type() != MessageType::MsgSnapshot {
+                i += 1;
+                continue;
+            }
+            let to = messages[i].to;
+            let index = messages[i].get_snapshot().get_metadata().index;
+            // raft-rs asked for the snapshot at the applied index of that
+            // moment; nothing was applied since (application happens only
+            // in `ready`, after messages are taken).
+            if self.sm.applied_index() != index {
+                warn!(
+                    member = self.cfg.id,
+                    to,
+                    index,
+                    applied = self.sm.applied_index(),
+                    "snapshot no longer matches the applied index; retrying"
+                );
+                messages.remove(i);
+                failed.push(to);
+                continue;
+            }
+            let data = self.sm.snapshot()?;
+            messages[i].mut_snapshot().set_data(data.into());
+            self.snapshots_in_flight.insert(to, self.ticks);
+            events.push(Event::SnapshotSent { to, index });
+            i += 1;
+        }
+        Ok(failed)
+    }
+
+    /// Applies committed entries to the state machine in one atomic batch.
+    /// Returns the new conf state if a membership change was applied.
+    fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut Ready) -> Result<Option<ConfState>> {
+        let Some(last) = entries.last() else {
+            return Ok(None);
+        };
+        let last_index = last.index;
+        let last_term = last.term;
+        let sm_applied = self.sm.applied_index();
+        let mut conf_changed = None;
+
+        // Pass 1: decide each entry against the client table.
+        enum Step {
+            Apply {
+                session: Option<SessionStamp>,
+            },
+            /// A retry of a write applied earlier in this same batch: its
+            /// response is known only after the batch is applied.
+            DuplicateInBatch(u64),
+            Done(ProposalResult),
+            Nothing,
+        }
+        let mut applied_in_batch = std::collections::BTreeSet::new();
+        let mut decided: Vec<(Entry, Step, Vec<u8>)> = Vec::with_capacity(entries.len());
+        let mut batch_new = Vec::new();
+        let mut batch_expired = Vec::new();
+        for e in entries {
+            if e.index <= sm_applied {
+                // Already in the state (a restart replays from the log).
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cs = self.apply_conf_change(&e)?;
+                    conf_changed = Some(cs);
+                    decided.push((e, Step::Nothing, Vec::new()));
+                }
+                EntryType::EntryNormal => {
+                    let (step, command) = match Payload::decode(&e.data) {
+                        Err(err) => (Step::Done(Err(err)), Vec::new()),
+                        Ok(Payload::Noop) => (Step::Nothing, Vec::new()),
+                        Ok(Payload::RegisterClient { stamp_ms }) => {
+                            batch_expired.extend(self.sessions.expire(stamp_ms));
+                            batch_expired.extend(self.sessions.register(e.index, stamp_ms));
+                            batch_new.push(Session {
+                                client_id: e.index,
+                                last_sequence: 0,
+                                last_response: Vec::new(),
+                                last_active_ms: stamp_ms,
+                            });
+                            (Step::Done(Ok(e.index.to_le_bytes().to_vec())), Vec::new())
+                        }
+                        Ok(Payload::Command {
+                            session,
+                            stamp_ms,
+                            command,
+                        }) => {
+                            batch_expired.extend(self.sessions.expire(stamp_ms));
+                            match session {
+                                None => (Step::Apply { session: None }, command),
+                                Some((client, seq)) => match self.sessions.decide(client, seq) {
+                                    Decision::Apply => {
+                                        // Recorded now so that a duplicate
+                                        // later in this batch is caught; the
+                                        // response is filled after apply.
+                                        self.sessions.record(client, seq, Vec::new(), stamp_ms);
+                                        applied_in_batch.insert(client);
+                                        let stamp = SessionStamp {
+                                            client_id: client,
+                                            sequence: seq,
+                                            stamp_ms,
+                                        };
+                                        (
+                                            Step::Apply {
+                                                session: Some(stamp),
+                                            },
+                                            command,
+                                        )
+                                    }
+                                    Decision::Duplicate(_)
+                                        if applied_in_batch.contains(&client) =>
+                                    {
+                                        (Step::DuplicateInBatch(client), Vec::new())
+                                    }
+                                    Decision::Duplicate(resp) => (Step::Done(Ok(resp)), Vec::new()),
+                                    Decision::Refuse(err) => (Step::Done(Err(err)), Vec::new()),
+                                },
+                            }
+                        }
+                    };
+                    decided.push((e, step, command));
+                }
+            }
+        }
+
+        // Pass 2: one atomic batch.
+        let mut batch = ApplyBatch {
+            applied_index: last_index,
+            commands: Vec::new(),
+            new_sessions: batch_new,
+            expired_sessions: batch_expired,
+        };
+        for (e, step, command) in &decided {
+            if let Step::Apply { session } = step {
+                batch.commands.push(ApplyCommand {
+                    index: e.index,
+                    command,
+                    session: *session,
+                });
+            }
+        }
+        let responses = if last_index > sm_applied {
+            self.sm.apply(&batch)?
+        } else {
+            Vec::new()
+        };
+        if responses.len() != batch.commands.len() {
+            return Err(Error::storage(
+                "state machine",
+                format!(
+                    "apply returned {} responses for {} commands",
+                    responses.len(),
+                    batch.commands.len()
+                ),
+            ));
+        }
+        debug_assert!(self.sm.applied_index() >= last_index || last_index <= sm_applied);
+        drop(batch);
+
+        // Pass 3: complete proposals of this member.
+        let mut responses = responses.into_iter();
+        let mut last_of_client: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for (e, step, _) in decided {
+            let result = match step {
+                Step::Apply { session } => {
+                    let resp = responses.next().unwrap_or_default();
+                    if let Some(s) = session {
+                        self.sessions
+                            .record(s.client_id, s.sequence, resp.clone(), s.stamp_ms);
+                        last_of_client.insert(s.client_id, resp.clone());
+                    }
+                    Some(Ok(resp))
+                }
+                Step::DuplicateInBatch(client) => {
+                    Some(Ok(last_of_client.get(&client).cloned().unwrap_or_default()))
+                }
+                Step::Done(r) => Some(r),
+                Step::Nothing => None,
+            };
+            if let (Some(result), Some((member, token))) = (result, decode_context(&e.context)) {
+                if member == self.cfg.id && self.pending_proposals.remove(&token).is_some() {
+                    out.completions.push(Completion {
+                        token,
+                        index: e.index,
+                        result,
+                    });
+                }
+            }
+        }
+        self.applied_since_compact += last_index.saturating_sub(sm_applied);
+        let view = self.raw.mut_store();
+        if last_index > view.applied {
+            view.applied = last_index;
+            view.applied_term = last_term;
+        }
+        if let Some(cs) = &conf_changed {
+            view.applied_conf = cs.clone();
+        }
+        Ok(conf_changed)
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<ConfState> {
+        let cs = if e.get_entry_type() == EntryType::EntryConfChange {
+            let cc = ConfChange::parse_from_bytes(&e.data)
+                .map_err(|err| Error::decode("conf change", err))?;
+            self.raw.apply_conf_change(&cc)?
+        } else {
+            let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                .map_err(|err| Error::decode("conf change", err))?;
+            self.raw.apply_conf_change(&cc)?
+        };
+        info!(member = self.cfg.id, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        self.out.events.push(Event::MembershipChanged {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+        });
+        self.assert_commit_policy();
+        Ok(cs)
+    }
+
+    fn release_reads(&mut self, out: &mut Ready) {
+        let applied = self.sm.applied_index();
+        self.reads_waiting_apply.retain(|&(index, token)| {
+            if index <= applied {
+                out.reads.push((token, Ok(())));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Syncs the state machine for real and compacts the log below the
+    /// durable applied index, once enough was applied or the log is large.
+    fn maybe_compact(&mut self, out: &mut Ready) -> Result<()> {
+        let store = self.raw.store().store();
+        let due = self.applied_since_compact >= self.cfg.compact_every_entries
+            || store.size_bytes() >= self.cfg.compact_log_bytes;
+        if !due || self.raw.store().has_pending() {
+            return Ok(());
+        }
+        self.applied_since_compact = 0;
+        let durable = self.sm.sync()?;
+        // Never past the durable commit: raft-rs restarts with commit at the
+        // compaction point at least, which must be a committed index.
+        let upto = durable
+            .min(self.persisted_commit)
+            .saturating_sub(self.cfg.compact_keep_entries);
+        if upto >= store.first_index()? {
+            debug!(member = self.cfg.id, upto, durable, "compacting the log");
+            out.compact_to = Some(upto);
+        }
+        Ok(())
+    }
+
+    /// Reports that every write up to `number` is durable. Releases the
+    /// messages that waited for it (in the next [`Replica::ready`]).
+    pub fn on_persisted(&mut self, number: u64) {
+        let mut released = 0;
+        while let Some(h) = self.held.front() {
+            if h.needs_write && h.number > number {
+                break;
+            }
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            released = released.max(h.number);
+            if let Some(c) = h.hard_state_commit {
+                self.persisted_commit = self.persisted_commit.max(c);
+            }
+            self.out.messages.extend(h.messages);
+        }
+        if released > 0 {
+            self.raw.mut_store().persisted(released);
+            self.raw.on_persist_ready(released);
+            self.advance_raft_applied();
+            self.after_input();
+        }
+    }
+
+    /// Tells raft-rs how far the state machine has applied, within what
+    /// raft-rs allows (applied <= min(commit, persisted); after a snapshot
+    /// install that holds only once the snapshot's write is persisted).
+    fn advance_raft_applied(&mut self) {
+        let applied = self.raw.store().applied;
+        let log = &self.raw.raft.raft_log;
+        if applied > log.applied && applied <= log.committed.min(log.persisted) {
+            self.raw.advance_apply_to(applied);
+        }
+    }
+}

@@ -1,0 +1,821 @@
+//! A deterministic test cluster: members in one thread, driven by one
+//! seeded random number generator, with a simulated clock, network and
+//! disks.
+//!
+//! The replicas are the very [`Replica`] the threaded node drives; only the
+//! I/O is simulated:
+//! - time is a counter in microseconds; each member ticks every `tick_us`
+//!   (with its own phase);
+//! - the network delays every message by a random time (which reorders
+//!   them), and can drop, duplicate, partition (one-way or both ways);
+//! - each disk completes one write at a time after a random latency and
+//!   merges the writes queued behind it into the next one (group commit);
+//!   a crash loses every queued write, and the write in progress either
+//!   reached the disk whole or not at all; a stalled disk completes nothing;
+//! - the state machine ([`MemKv`]) loses what was not synced on a crash.
+//!
+//! The same seed gives the same run: [`Cluster::trace`] records every
+//! event, and a test can run a seed twice and compare. Checks run all the
+//! time and are collected in [`Cluster::violations`]:
+//! - when a write is acknowledged, its entry is on a majority of the
+//!   members' durable logs (sync before acknowledgement);
+//! - no state machine applies an entry twice or out of order.
+//!
+//! ```
+//! use aoc_core::sim::{Cluster, SimOptions};
+//! use aoc_core::state::KvCommand;
+//!
+//! let mut c = Cluster::new(SimOptions::new(7));
+//! let leader = c.wait_for_leader(10_000_000).expect("a leader within 10 s");
+//! let t = c.propose(leader, KvCommand::put("k", "v").encode(), None);
+//! assert!(c.run_until(5_000_000, |c| c.outcome(t).is_some()));
+//! assert!(c.violations().is_empty());
+//! ```
+
+mod audit;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use raft::eraftpb::{Message, MessageType};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::state::{KvStateMachine, MemKv, StateMachine};
+use crate::storage::{LogStore, LogWrite, MemLogStore};
+use crate::{Error, Event, ProposalResult, Ready, Replica, ReplicaConfig, Result};
+use audit::{AuditKv, Violations};
+
+/// Network fault rates and delays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetFaults {
+    /// Per mille of messages dropped.
+    pub drop_per_mille: u32,
+    /// Per mille of messages delivered twice.
+    pub duplicate_per_mille: u32,
+    /// Delivery delay range in microseconds.
+    pub min_delay_us: u64,
+    /// See `min_delay_us`.
+    pub max_delay_us: u64,
+}
+
+impl Default for NetFaults {
+    fn default() -> Self {
+        NetFaults {
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+            min_delay_us: 50,
+            max_delay_us: 500,
+        }
+    }
+}
+
+/// Options of a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The seed: the same seed gives the same run.
+    pub seed: u64,
+    /// The members (all voters).
+    pub voters: Vec<u64>,
+    /// Length of a tick in microseconds.
+    pub tick_us: u64,
+    /// Replica configuration template (the id is set per member).
+    pub replica: ReplicaConfig,
+    /// Network faults.
+    pub net: NetFaults,
+    /// Disk write latency range in microseconds.
+    pub min_disk_us: u64,
+    /// See `min_disk_us`.
+    pub max_disk_us: u64,
+    /// Fault switch for checking the checks: every disk reports a write
+    /// persisted as soon as it is queued (it is readable at once, like a
+    /// write sitting in a volatile cache) and makes it durable only after
+    /// the latency. A correct sync-before-acknowledgement check must report
+    /// violations.
+    pub lying_disk: bool,
+}
+
+impl SimOptions {
+    /// Three voters (1, 2, 3), 100 ms ticks, a healthy network and disks.
+    pub fn new(seed: u64) -> Self {
+        SimOptions {
+            seed,
+            voters: vec![1, 2, 3],
+            tick_us: 100_000,
+            replica: ReplicaConfig::default(),
+            net: NetFaults::default(),
+            min_disk_us: 80,
+            max_disk_us: 300,
+            lying_disk: false,
+        }
+    }
+}
+
+/// What became of a request made through the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A proposal's outcome, with the index of its entry (0 if refused).
+    Proposal {
+        /// The entry's index.
+        index: u64,
+        /// The response.
+        result: ProposalResult,
+    },
+    /// A linearizable read of one key.
+    Read(Result<Option<Vec<u8>>>),
+}
+
+/// An acknowledged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// The request token.
+    pub token: u64,
+    /// The member that acknowledged it.
+    pub member: u64,
+    /// The entry's index.
+    pub index: u64,
+    /// Simulated time of the acknowledgement.
+    pub at_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum EventKind {
+    Tick { member: u64, incarnation: u64 },
+    Deliver { to: u64, msg: Vec<u8> },
+    DiskDone { member: u64, incarnation: u64 },
+}
+
+struct Member {
+    /// What the replica reads.
+    log: MemLogStore,
+    /// What survives a crash: the same store as `log`, except with a lying
+    /// disk.
+    durable: MemLogStore,
+    replica: Option<Replica<MemLogStore, AuditKv>>,
+    /// The state machine while the member is down.
+    parked: Option<MemKv>,
+    incarnation: u64,
+    /// Writes waiting for the disk.
+    queue: VecDeque<LogWrite>,
+    /// The write the disk is doing.
+    in_progress: Option<LogWrite>,
+    disk_stalled: bool,
+    /// Pending reads: token -> key.
+    reads: BTreeMap<u64, Vec<u8>>,
+}
+
+/// The deterministic cluster (see the module docs).
+pub struct Cluster {
+    opts: SimOptions,
+    rng: SmallRng,
+    now_us: u64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, EventKind)>>,
+    members: BTreeMap<u64, Member>,
+    /// Links that drop everything: (from, to).
+    cut: BTreeSet<(u64, u64)>,
+    /// Drop every snapshot message while set.
+    drop_snapshots: bool,
+    next_token: u64,
+    outcomes: BTreeMap<u64, Outcome>,
+    acked: Vec<Acked>,
+    trace: Vec<String>,
+    violations: Violations,
+    events_seen: Vec<(u64, Event)>,
+}
+
+impl Cluster {
+    /// Builds and starts a cluster.
+    pub fn new(opts: SimOptions) -> Self {
+        let mut c = Cluster {
+            rng: SmallRng::seed_from_u64(opts.seed),
+            opts,
+            now_us: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            members: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            drop_snapshots: false,
+            next_token: 1,
+            outcomes: BTreeMap::new(),
+            acked: Vec::new(),
+            trace: Vec::new(),
+            violations: Arc::new(Mutex::new(Vec::new())),
+            events_seen: Vec::new(),
+        };
+        for id in c.opts.voters.clone() {
+            let log = MemLogStore::new();
+            // The simulation's own logic: a fresh in-memory store takes the
+            // configuration.
+            Replica::<MemLogStore, AuditKv>::bootstrap(&log, &c.opts.voters)
+                .expect("bootstrap of a fresh in-memory log cannot fail");
+            c.members.insert(
+                id,
+                Member {
+                    durable: if c.opts.lying_disk {
+                        log.deep_clone()
+                    } else {
+                        log.clone()
+                    },
+                    log,
+                    replica: None,
+                    parked: Some(MemKv::new()),
+                    incarnation: 0,
+                    queue: VecDeque::new(),
+                    in_progress: None,
+                    disk_stalled: false,
+                    reads: BTreeMap::new(),
+                },
+            );
+            c.start(id);
+        }
+        c
+    }
+
+    /// The seed this cluster runs.
+    pub fn seed(&self) -> u64 {
+        self.opts.seed
+    }
+
+    /// Simulated time in microseconds.
+    pub fn now_us(&self) -> u64 {
+        self.now_us
+    }
+
+    fn schedule(&mut self, at_us: u64, kind: EventKind) {
+        self.seq += 1;
+        self.events.push(Reverse((at_us, self.seq, kind)));
+    }
+
+    fn start(&mut self, id: u64) {
+        let seed = self.rng.gen::<u64>();
+        let phase = self.rng.gen_range(0..self.opts.tick_us);
+        let mut cfg = self.opts.replica.clone();
+        cfg.id = id;
+        let violations = self.violations.clone();
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        let Some(sm) = m.parked.take() else {
+            return;
+        };
+        m.incarnation += 1;
+        let incarnation = m.incarnation;
+        match Replica::new(cfg, m.log.clone(), AuditKv::new(sm, id, violations), seed) {
+            Ok(r) => m.replica = Some(r),
+            Err(e) => {
+                self.violations
+                    .lock()
+                    .push(format!("member {id} failed to start: {e}"));
+                return;
+            }
+        }
+        self.trace.push(format!("{} start {id}", self.now_us));
+        self.schedule(
+            self.now_us + phase,
+            EventKind::Tick {
+                member: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// Crashes member `id`: queued writes are lost, the write in progress
+    /// is kept or lost at random, and the state machine loses what it had
+    /// not synced.
+    pub fn crash(&mut self, id: u64) {
+        let keep_in_progress = self.rng.gen_bool(0.5);
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        let Some(r) = m.replica.take() else {
+            return;
+        };
+        if let Some(w) = m.in_progress.take() {
+            if keep_in_progress && !m.disk_stalled {
+                // In-memory writes cannot fail.
+                let _ = m.durable.write(&w);
+            }
+        }
+        m.queue.clear();
+        if self.opts.lying_disk {
+            m.log = m.durable.deep_clone();
+        }
+        let mut sm = r.into_state_machine().inner;
+        sm.crash();
+        m.parked = Some(sm);
+        m.reads.clear();
+        self.trace.push(format!("{} crash {id}", self.now_us));
+    }
+
+    /// Restarts a crashed member on its disk.
+    pub fn restart(&mut self, id: u64) {
+        if self.members.get(&id).is_some_and(|m| m.replica.is_none()) {
+            self.start(id);
+        }
+    }
+
+    /// Whether member `id` is running.
+    pub fn is_up(&self, id: u64) -> bool {
+        self.members.get(&id).is_some_and(|m| m.replica.is_some())
+    }
+
+    /// Cuts (or restores) the link from `from` to `to` only.
+    pub fn set_link(&mut self, from: u64, to: u64, up: bool) {
+        if up {
+            self.cut.remove(&(from, to));
+        } else {
+            self.cut.insert((from, to));
+        }
+        self.trace.push(format!(
+            "{} link {from}->{to} {}",
+            self.now_us,
+            if up { "up" } else { "down" }
+        ));
+    }
+
+    /// Cuts member `id` off from every other member, both ways.
+    pub fn isolate(&mut self, id: u64) {
+        for other in self.opts.voters.clone() {
+            if other != id {
+                self.set_link(id, other, false);
+                self.set_link(other, id, false);
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+        self.trace.push(format!("{} heal", self.now_us));
+    }
+
+    /// Sets the network faults.
+    pub fn set_net(&mut self, net: NetFaults) {
+        self.opts.net = net;
+    }
+
+    /// Drops every snapshot message while `drop` is set (a cut stream).
+    pub fn drop_snapshots(&mut self, drop: bool) {
+        self.drop_snapshots = drop;
+    }
+
+    /// Stalls (or resumes) member `id`'s disk: no write completes while
+    /// stalled; the network stays up.
+    pub fn stall_disk(&mut self, id: u64, stalled: bool) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.disk_stalled = stalled;
+        }
+        if !stalled {
+            self.kick_disk(id);
+        }
+    }
+
+    /// The replica of member `id`, when it is up.
+    pub fn replica(&self, id: u64) -> Option<&Replica<MemLogStore, impl KvStateMachine>> {
+        self.members.get(&id).and_then(|m| m.replica.as_ref())
+    }
+
+    /// The durable log store ("disk") of member `id`.
+    pub fn log_store(&self, id: u64) -> Option<&MemLogStore> {
+        self.members.get(&id).map(|m| &m.durable)
+    }
+
+    /// The running leader with the highest term, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.members
+            .values()
+            .filter_map(|m| m.replica.as_ref())
+            .filter(|r| r.is_leader())
+            .max_by_key(|r| r.term())
+            .map(|r| r.id())
+    }
+
+    /// Runs until a leader exists, at most `max_us`.
+    pub fn wait_for_leader(&mut self, max_us: u64) -> Option<u64> {
+        self.run_until(max_us, |c| c.leader().is_some());
+        self.leader()
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    /// Proposes a command on member `id`; the outcome appears under the
+    /// returned token.
+    pub fn propose(&mut self, id: u64, command: Vec<u8>, session: Option<(u64, u64)>) -> u64 {
+        let token = self.token();
+        match self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
+            Some(r) => r.propose(token, command, session),
+            None => {
+                self.outcomes.insert(
+                    token,
+                    Outcome::Proposal {
+                        index: 0,
+                        result: Err(Error::Stopped),
+                    },
+                );
+            }
+        }
+        self.drain(id);
+        token
+    }
+
+    /// Opens a client session on member `id`; the outcome's response is the
+    /// client id (8 bytes, little-endian).
+    pub fn register_client(&mut self, id: u64) -> u64 {
+        let token = self.token();
+        if let Some(r) = self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
+            r.register_client(token);
+        }
+        self.drain(id);
+        token
+    }
+
+    /// A linearizable read of `key` on member `id`.
+    pub fn read(&mut self, id: u64, key: &[u8]) -> u64 {
+        let token = self.token();
+        match self.members.get_mut(&id) {
+            Some(m) if m.replica.is_some() => {
+                m.reads.insert(token, key.to_vec());
+                if let Some(r) = m.replica.as_mut() {
+                    r.read(token);
+                }
+            }
+            _ => {
+                self.outcomes
+                    .insert(token, Outcome::Read(Err(Error::Stopped)));
+            }
+        }
+        self.drain(id);
+        token
+    }
+
+    /// The outcome of a request, once known.
+    pub fn outcome(&self, token: u64) -> Option<&Outcome> {
+        self.outcomes.get(&token)
+    }
+
+    /// Every acknowledged write, in order.
+    pub fn acked(&self) -> &[Acked] {
+        &self.acked
+    }
+
+    /// The run's trace (one line per event).
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    /// Events published by the replicas: (member, event).
+    pub fn events(&self) -> &[(u64, Event)] {
+        &self.events_seen
+    }
+
+    /// Invariant violations seen so far (empty in a correct run).
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().clone()
+    }
+
+    /// Runs for `us` microseconds of simulated time.
+    pub fn run_for(&mut self, us: u64) {
+        let end = self.now_us + us;
+        self.run_until(us, |c| c.now_us >= end);
+        self.now_us = self.now_us.max(end);
+    }
+
+    /// Runs until `done` holds (checked after every event) or `max_us`
+    /// passed; returns whether `done` held.
+    pub fn run_until(&mut self, max_us: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+        let end = self.now_us + max_us;
+        loop {
+            if done(self) {
+                return true;
+            }
+            let Some(Reverse((at, _, _))) = self.events.peek() else {
+                return false;
+            };
+            if *at > end {
+                self.now_us = end;
+                return done(self);
+            }
+            let Some(Reverse((at, _, kind))) = self.events.pop() else {
+                return false;
+            };
+            self.now_us = at;
+            self.handle(kind);
+        }
+    }
+
+    fn handle(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Tick {
+                member,
+                incarnation,
+            } => {
+                let now_ms = self.now_us / 1000;
+                let Some(m) = self.members.get_mut(&member) else {
+                    return;
+                };
+                if m.incarnation != incarnation || m.replica.is_none() {
+                    return;
+                }
+                if let Some(r) = m.replica.as_mut() {
+                    r.tick(now_ms);
+                }
+                let next = self.now_us + self.opts.tick_us;
+                self.schedule(
+                    next,
+                    EventKind::Tick {
+                        member,
+                        incarnation,
+                    },
+                );
+                self.drain(member);
+            }
+            EventKind::Deliver { to, msg } => {
+                let Ok(msg) = <Message as protobuf::Message>::parse_from_bytes(&msg) else {
+                    return;
+                };
+                let Some(r) = self.members.get_mut(&to).and_then(|m| m.replica.as_mut()) else {
+                    return;
+                };
+                self.trace.push(format!(
+                    "{} deliver {}->{} {:?} t{} i{} c{}",
+                    self.now_us,
+                    msg.from,
+                    msg.to,
+                    msg.get_msg_type(),
+                    msg.term,
+                    msg.index,
+                    msg.commit
+                ));
+                r.step(msg);
+                self.drain(to);
+            }
+            EventKind::DiskDone {
+                member,
+                incarnation,
+            } => {
+                let Some(m) = self.members.get_mut(&member) else {
+                    return;
+                };
+                if m.incarnation != incarnation {
+                    return;
+                }
+                if m.disk_stalled {
+                    // The write stays in progress until the disk resumes.
+                    return;
+                }
+                let Some(w) = m.in_progress.take() else {
+                    return;
+                };
+                // In-memory writes cannot fail.
+                let _ = m.durable.write(&w);
+                if !self.opts.lying_disk {
+                    if let Some(r) = m.replica.as_mut() {
+                        r.on_persisted(w.number);
+                    }
+                }
+                self.trace
+                    .push(format!("{} persisted {member} #{}", self.now_us, w.number));
+                self.kick_disk(member);
+                self.drain(member);
+            }
+        }
+    }
+
+    /// Starts the next disk write if the disk is idle: everything queued
+    /// is merged into one synced write.
+    fn kick_disk(&mut self, id: u64) {
+        let latency = self
+            .rng
+            .gen_range(self.opts.min_disk_us..=self.opts.max_disk_us);
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        if m.disk_stalled || m.replica.is_none() {
+            return;
+        }
+        if m.in_progress.is_some() {
+            // A write resumed after a stall completes now.
+            let incarnation = m.incarnation;
+            self.schedule(
+                self.now_us + latency,
+                EventKind::DiskDone {
+                    member: id,
+                    incarnation,
+                },
+            );
+            return;
+        }
+        let Some(mut w) = m.queue.pop_front() else {
+            return;
+        };
+        while let Some(next) = m.queue.pop_front() {
+            w.merge(next);
+        }
+        m.in_progress = Some(w);
+        let incarnation = m.incarnation;
+        self.schedule(
+            self.now_us + latency,
+            EventKind::DiskDone {
+                member: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// Carries out member `id`'s ready work until it has none.
+    fn drain(&mut self, id: u64) {
+        for _ in 0..64 {
+            let Some(m) = self.members.get_mut(&id) else {
+                return;
+            };
+            let Some(r) = m.replica.as_mut() else {
+                return;
+            };
+            if !r.has_ready() {
+                return;
+            }
+            match r.ready() {
+                Ok(rd) => self.carry_out(id, rd),
+                Err(e) => {
+                    self.violations
+                        .lock()
+                        .push(format!("member {id} failed: {e}"));
+                    self.crash(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn carry_out(&mut self, id: u64, rd: Ready) {
+        let Ready {
+            messages,
+            write,
+            compact_to,
+            completions,
+            reads,
+            events,
+        } = rd;
+        for msg in messages {
+            self.send(msg);
+        }
+        let lying_disk = self.opts.lying_disk;
+        if let Some(m) = self.members.get_mut(&id) {
+            if let Some(w) = write {
+                if lying_disk {
+                    let _ = m.log.write(&w);
+                    if let Some(r) = m.replica.as_mut() {
+                        r.on_persisted(w.number);
+                    }
+                }
+                m.queue.push_back(w);
+            }
+            if let Some(to) = compact_to {
+                if lying_disk {
+                    let _ = m.log.compact(to);
+                }
+                if let Err(e) = m.durable.compact(to) {
+                    self.violations
+                        .lock()
+                        .push(format!("member {id}: compaction failed: {e}"));
+                }
+            }
+        }
+        self.kick_disk(id);
+        for c in completions {
+            if c.result.is_ok() {
+                self.check_durable(id, c.index, c.token);
+                self.acked.push(Acked {
+                    token: c.token,
+                    member: id,
+                    index: c.index,
+                    at_us: self.now_us,
+                });
+            }
+            self.trace.push(format!(
+                "{} complete {id} token {} index {} ok {}",
+                self.now_us,
+                c.token,
+                c.index,
+                c.result.is_ok()
+            ));
+            self.outcomes.insert(
+                c.token,
+                Outcome::Proposal {
+                    index: c.index,
+                    result: c.result,
+                },
+            );
+        }
+        for (token, result) in reads {
+            let Some(m) = self.members.get_mut(&id) else {
+                continue;
+            };
+            let key = m.reads.remove(&token).unwrap_or_default();
+            let value = match (result, m.replica.as_ref()) {
+                (Ok(()), Some(r)) => r.state_machine().get(&key),
+                (Ok(()), None) => Err(Error::Stopped),
+                (Err(e), _) => Err(e),
+            };
+            self.outcomes.insert(token, Outcome::Read(value));
+        }
+        for e in events {
+            self.trace.push(format!("{} event {id} {e:?}", self.now_us));
+            self.events_seen.push((id, e));
+        }
+    }
+
+    /// Sync before acknowledgement: an acknowledged entry must be on a
+    /// majority of the members' durable logs.
+    fn check_durable(&mut self, member: u64, index: u64, token: u64) {
+        let Some(term) = self
+            .members
+            .get(&member)
+            .and_then(|m| m.durable.term(index).ok())
+        else {
+            self.violations.lock().push(format!(
+                "member {member} acknowledged token {token} at index {index} not in its durable log"
+            ));
+            return;
+        };
+        let holders = self
+            .members
+            .values()
+            .filter(|m| {
+                m.durable.term(index).ok() == Some(term)
+                    || m.durable.first_index().is_ok_and(|f| f > index)
+            })
+            .count();
+        let majority = self.opts.voters.len() / 2 + 1;
+        if holders < majority {
+            self.violations.lock().push(format!(
+                "member {member} acknowledged index {index} (token {token}) held durably by \
+                 {holders} of {} members",
+                self.opts.voters.len()
+            ));
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        let (from, to) = (msg.from, msg.to);
+        if self.cut.contains(&(from, to))
+            || (self.drop_snapshots && msg.get_msg_type() == MessageType::MsgSnapshot)
+        {
+            return;
+        }
+        let net = self.opts.net.clone();
+        if self.rng.gen_range(0..1000) < net.drop_per_mille {
+            return;
+        }
+        let copies = if self.rng.gen_range(0..1000) < net.duplicate_per_mille {
+            2
+        } else {
+            1
+        };
+        let bytes = match protobuf::Message::write_to_bytes(&msg) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        for _ in 0..copies {
+            let delay = self.rng.gen_range(net.min_delay_us..=net.max_delay_us);
+            self.schedule(
+                self.now_us + delay,
+                EventKind::Deliver {
+                    to,
+                    msg: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    /// The key-value pairs and applied index of member `id`'s state machine.
+    pub fn state_of(&self, id: u64) -> Option<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+        let r = self.members.get(&id)?.replica.as_ref()?;
+        let sm = r.state_machine();
+        Some((sm.applied_index(), sm.scan(b"").ok()?))
+    }
+
+    /// Replay hint for a failing test.
+    pub fn replay_hint(&self) -> String {
+        format!(
+            "seed {} (replay: set the same seed in SimOptions::new)",
+            self.opts.seed
+        )
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("seed", &self.opts.seed)
+            .field("now_us", &self.now_us)
+            .finish()
+    }
+}
