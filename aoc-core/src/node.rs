@@ -70,7 +70,7 @@ enum Request<S> {
 }
 
 enum LogJob {
-    Write(LogWrite),
+    Write(Box<LogWrite>),
     Compact(u64),
 }
 
@@ -328,11 +328,11 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Proposes `command` and waits until it is committed and applied;
-    /// returns the state machine's response. Without a session a retry may
-    /// apply the command twice: use [`Node::propose_session`] for
-    /// exactly-once writes.
-    pub fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>> {
-        self.propose_with(command, None).map(|a| a.response)
+    /// returns the entry's index and the state machine's response. Without
+    /// a session a retry may apply the command twice: use
+    /// [`Node::propose_session`] for exactly-once writes.
+    pub fn propose(&self, command: Vec<u8>) -> Result<Applied> {
+        self.propose_with(command, None)
     }
 
     /// Proposes `command` as write `sequence` of client session `client`
@@ -429,8 +429,8 @@ fn log_loop(
         for job in std::iter::once(first).chain(jobs.try_iter()) {
             match job {
                 LogJob::Write(w) => match &mut write {
-                    Some(acc) => acc.merge(w),
-                    None => write = Some(w),
+                    Some(acc) => acc.merge(*w),
+                    None => write = Some(*w),
                 },
                 // Compaction targets only indexes below the durable commit,
                 // which no later write rewrites.
@@ -591,7 +591,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             self.transport.send(m);
         }
         if let Some(w) = write {
-            let _ = self.log_tx.send(LogJob::Write(w));
+            let _ = self.log_tx.send(LogJob::Write(Box::new(w)));
         }
         if let Some(to) = compact_to {
             let _ = self.log_tx.send(LogJob::Compact(to));

@@ -240,3 +240,125 @@ fn a_member_down_past_compaction_catches_up_by_snapshot() {
     assert_eq!(states[0], states[1]);
     assert_eq!(states[1], states[2]);
 }
+
+/// A log store that records each durable write (member, first and last
+/// entry index) after it returns, so a test can check that every
+/// acknowledgement came after the syncs that cover it.
+struct RecordingLog {
+    member: u64,
+    inner: EngineLogStore,
+    record: Arc<parking_lot::Mutex<Vec<(u64, u64, u64)>>>,
+}
+
+impl aoc_core::storage::LogStore for RecordingLog {
+    fn initial_state(&self) -> aoc_core::Result<raft::RaftState> {
+        self.inner.initial_state()
+    }
+    fn first_index(&self) -> aoc_core::Result<u64> {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> aoc_core::Result<u64> {
+        self.inner.last_index()
+    }
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        self.inner.term(index)
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> raft::Result<Vec<raft::eraftpb::Entry>> {
+        self.inner.entries(low, high, max_size)
+    }
+    fn snapshot_metadata(&self) -> aoc_core::Result<raft::eraftpb::SnapshotMetadata> {
+        self.inner.snapshot_metadata()
+    }
+    fn write(&self, write: &aoc_core::storage::LogWrite) -> aoc_core::Result<()> {
+        self.inner.write(write)?;
+        if let (Some(first), Some(last)) = (write.entries.first(), write.entries.last()) {
+            self.record
+                .lock()
+                .push((self.member, first.index, last.index));
+        }
+        Ok(())
+    }
+    fn compact(&self, index: u64) -> aoc_core::Result<()> {
+        self.inner.compact(index)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+}
+
+/// Every acknowledged write was already synced on a majority when the
+/// acknowledgement reached the caller.
+#[test]
+fn acknowledgements_follow_the_syncs_that_cover_them() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = LocalNetwork::new();
+    let record = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let (log, kv) = open(dirs[id as usize - 1].path());
+        let log = RecordingLog {
+            member: id,
+            inner: log,
+            record: record.clone(),
+        };
+        let node = Node::builder(config(id))
+            .voters(vec![1, 2, 3])
+            .tick(TICK)
+            .seed(id)
+            .start_with_transport(log, kv, Arc::new(net.transport()))
+            .expect("node starts");
+        net.attach(id, node.clone());
+        nodes.push(node);
+    }
+    let leader = {
+        let start = Instant::now();
+        loop {
+            if let Some(n) = nodes.iter().find(|n| n.status().role == Role::Leader) {
+                break n.clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no leader");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let acks = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let leader = leader.clone();
+                let record = record.clone();
+                s.spawn(move || {
+                    let mut checked = 0;
+                    for i in 0..100 {
+                        let applied = leader
+                            .propose(KvCommand::put(format!("{t}/{i}"), "v").encode())
+                            .expect("write");
+                        let holders: std::collections::BTreeSet<u64> = record
+                            .lock()
+                            .iter()
+                            .filter(|(_, first, last)| {
+                                *first <= applied.index && applied.index <= *last
+                            })
+                            .map(|(m, _, _)| *m)
+                            .collect();
+                        assert!(
+                            holders.len() >= 2,
+                            "index {} acknowledged while synced on {holders:?} only",
+                            applied.index
+                        );
+                        checked += 1;
+                    }
+                    checked
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum::<u32>()
+    });
+    assert_eq!(acks, 400);
+    for n in &nodes {
+        n.shutdown();
+    }
+}

@@ -79,6 +79,14 @@ fn the_same_seed_gives_the_same_trace() {
 /// make it durable on a majority.
 #[test]
 fn crashes_never_lose_acknowledged_writes() {
+    // AOC_SIM_SEED=N replays one seed; AOC_SIM_SEEDS=N runs seeds 0..N.
+    if let Some(seed) = std::env::var("AOC_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        run_crash_schedule(seed);
+        return;
+    }
     let seeds: u64 = std::env::var("AOC_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -89,6 +97,7 @@ fn crashes_never_lose_acknowledged_writes() {
 }
 
 fn run_crash_schedule(seed: u64) {
+    eprintln!("crash schedule seed {seed} (replay: AOC_SIM_SEED={seed} cargo test -p aoc-core --test sim_cluster crashes)");
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
     let mut opts = SimOptions::new(seed);
@@ -349,4 +358,74 @@ fn the_durability_check_catches_an_acknowledgement_before_sync() {
         v.iter().any(|v| v.contains("acknowledged")),
         "the check reported nothing: {v:?}"
     );
+}
+
+/// A crash at each step of a snapshot install: after the state machine was
+/// restored but before the log recorded the snapshot, and after the log
+/// recorded it. Either way the member restarts, converges, and nothing
+/// acknowledged is lost.
+#[test]
+fn crashes_during_a_snapshot_install_lose_nothing() {
+    for (seed, step) in [
+        (21, "restored"),
+        (22, "recorded"),
+        (23, "restored"),
+        (24, "recorded"),
+    ] {
+        let mut opts = SimOptions::new(seed);
+        opts.replica.compact_every_entries = 10;
+        opts.replica.compact_keep_entries = 2;
+        // A slow disk widens the window between the restore and the write.
+        opts.min_disk_us = 2_000;
+        opts.max_disk_us = 4_000;
+        let mut c = Cluster::new(opts);
+        let leader = c.wait_for_leader(10 * SECOND_US).expect("a leader");
+        let lagging = if leader == 1 { 3 } else { 1 };
+        c.crash(lagging);
+        let tokens: Vec<u64> = (0..80)
+            .map(|i| put(&mut c, leader, &format!("k{i}"), "v"))
+            .collect();
+        assert!(c.run_until(10 * SECOND_US, |c| tokens.iter().all(|t| ok(c, *t))));
+        c.run_for(SECOND_US);
+        let seen = c.events().len();
+        c.restart(lagging);
+        let installed = |c: &Cluster| {
+            c.events()[seen..].iter().any(|(m, e)| {
+                *m == lagging && matches!(e, aoc_core::Event::SnapshotInstalled { .. })
+            })
+        };
+        assert!(
+            c.run_until(10 * SECOND_US, installed),
+            "seed {seed}: no snapshot install"
+        );
+        if step == "recorded" {
+            let recorded = |c: &Cluster| {
+                c.log_store(lagging)
+                    .is_some_and(|l| aoc_core::storage::LogStore::first_index(l).unwrap() > 1)
+            };
+            assert!(
+                c.run_until(SECOND_US, recorded),
+                "seed {seed}: snapshot never recorded"
+            );
+        } else {
+            assert_eq!(
+                c.log_store(lagging)
+                    .map(|l| aoc_core::storage::LogStore::first_index(l).unwrap()),
+                Some(1),
+                "seed {seed}: the crash must come before the log records the snapshot"
+            );
+        }
+        c.crash(lagging);
+        c.restart(lagging);
+        assert!(
+            c.run_until(10 * SECOND_US, |c| c.state_of(lagging).map(|s| s.1.len())
+                == Some(80)),
+            "seed {seed} ({step}): the member did not converge"
+        );
+        assert_eq!(
+            c.state_of(lagging).unwrap().1,
+            c.state_of(leader).unwrap().1
+        );
+        assert_clean(&c);
+    }
 }

@@ -14,10 +14,12 @@ fn log_write(c: &mut Criterion) {
     c.bench_function("raft-engine synced write, one 256-byte entry", |b| {
         b.iter(|| {
             index += 1;
-            let mut e = Entry::default();
-            e.index = index;
-            e.term = 1;
-            e.data = vec![7u8; 256].into();
+            let e = Entry {
+                index,
+                term: 1,
+                data: vec![7u8; 256].into(),
+                ..Default::default()
+            };
             log.write(&LogWrite {
                 entries: vec![e],
                 ..Default::default()

@@ -254,8 +254,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 format!("the log store already holds voters {have:?}, not {wanted:?}"),
             ));
         }
-        let mut cs = ConfState::default();
-        cs.voters = wanted;
+        let cs = ConfState {
+            voters: wanted,
+            ..Default::default()
+        };
         log.write(&LogWrite {
             conf_state: Some(cs),
             hard_state: Some(HardState::default()),
@@ -763,7 +765,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.raw.advance_append_async(rd);
         self.advance_raft_applied();
-        if !write.snapshot.is_none() {
+        if write.snapshot.is_some() {
             // raft-rs wipes commit groups on a snapshot restore.
             self.assert_commit_policy();
         }

@@ -237,9 +237,11 @@ impl<L: LogStore> Storage for LogView<L> {
             ));
         }
         let mut snap = Snapshot::default();
-        let mut meta = SnapshotMetadata::default();
-        meta.index = self.applied;
-        meta.term = self.applied_term;
+        let mut meta = SnapshotMetadata {
+            index: self.applied,
+            term: self.applied_term,
+            ..Default::default()
+        };
         meta.set_conf_state(self.applied_conf.clone());
         snap.set_metadata(meta);
         Ok(snap)

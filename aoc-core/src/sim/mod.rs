@@ -48,6 +48,9 @@ use crate::storage::{LogStore, LogWrite, MemLogStore};
 use crate::{Error, Event, ProposalResult, Ready, Replica, ReplicaConfig, Result};
 use audit::{AuditKv, Violations};
 
+/// Key-value pairs in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Network fault rates and delays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetFaults {
@@ -796,7 +799,7 @@ impl Cluster {
     }
 
     /// The key-value pairs and applied index of member `id`'s state machine.
-    pub fn state_of(&self, id: u64) -> Option<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+    pub fn state_of(&self, id: u64) -> Option<(u64, Pairs)> {
         let r = self.members.get(&id)?.replica.as_ref()?;
         let sm = r.state_machine();
         Some((sm.applied_index(), sm.scan(b"").ok()?))

@@ -276,12 +276,12 @@ impl EngineLogStore {
         })?;
 
         let files = recovery::list(dir)?;
-        let tails = recovery::check(&files)?;
+        let newest = recovery::check(&files)?;
         // Only the newest file of each queue can be truncated by this mode,
         // and `check` has verified that everything it would drop is a torn
         // write or empty space; without such a tail, the strict mode turns
         // any disagreement between `check` and raft-engine into an error.
-        let recovery_mode = if tails.is_empty() {
+        let recovery_mode = if newest.iter().all(|n| n.tail.is_none()) {
             RecoveryMode::AbsoluteConsistency
         } else {
             RecoveryMode::TolerateTailCorruption
@@ -302,7 +302,7 @@ impl EngineLogStore {
             ..Config::default()
         };
         let engine = open_engine(dir, cfg)?;
-        let recovery_note = recovery::confirm(&tails)?;
+        let recovery_note = recovery::confirm(&newest)?;
         let state = load_state(&engine, dir)?;
         Ok(EngineLogStore {
             dir: dir.to_path_buf(),
@@ -596,17 +596,18 @@ fn load_state(engine: &Engine, dir: &Path) -> Result<State> {
         ..State::default()
     };
     state.last = state.meta.index;
-    let (first, last) =
-        match (engine.first_index(REGION), engine.last_index(REGION)) {
-            (None, None) => return Ok(state),
-            (Some(first), Some(last)) if first <= last => (first, last),
-            (first, last) => return Err(Error::storage(
+    let (first, last) = match (engine.first_index(REGION), engine.last_index(REGION)) {
+        (None, None) => return Ok(state),
+        (Some(first), Some(last)) if first <= last => (first, last),
+        (first, last) => {
+            return Err(Error::storage(
                 dir,
                 format!(
                     "raft-engine reports an inconsistent log span: first {first:?}, last {last:?}"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if first != state.first() {
         return Err(Error::storage(
             dir,
@@ -715,13 +716,16 @@ mod recovery {
         TornHeader,
     }
 
-    /// The tail of the newest file of a queue that raft-engine will drop.
+    /// What the check found in the newest file of a queue, and so what
+    /// raft-engine must leave of it.
     #[derive(Debug, Clone)]
-    pub(super) struct Tail {
+    pub(super) struct Newest {
         pub path: PathBuf,
-        /// Where the tail starts: the length raft-engine must cut the file to.
+        /// Where the tail starts (the file's length when there is none):
+        /// the length raft-engine must leave.
         pub offset: usize,
-        pub kind: TailKind,
+        /// What raft-engine must drop, if anything.
+        pub tail: Option<TailKind>,
     }
 
     /// Lists the directory: only raft-engine's own file names may appear,
@@ -786,35 +790,36 @@ mod recovery {
         digits.parse().ok()
     }
 
-    /// Checks every byte of every file (see the module docs). Returns the
-    /// tails raft-engine must drop, at most one per queue.
-    pub(super) fn check(files: &LogFiles) -> Result<Vec<Tail>> {
-        let mut tails = Vec::new();
-        for queue in [&files.append, &files.rewrite] {
+    /// Checks every byte of every file (see the module docs). Returns what
+    /// it found in the newest file of each queue.
+    pub(super) fn check(files: &LogFiles) -> Result<Vec<Newest>> {
+        let mut verdicts = Vec::new();
+        for (queue, rewrite) in [(&files.append, false), (&files.rewrite, true)] {
             for (i, file) in queue.iter().enumerate() {
                 let newest = i + 1 == queue.len();
-                if let Some(tail) = check_file(file, newest)? {
-                    tails.push(tail);
+                let verdict = check_file(file, newest, rewrite)?;
+                if newest {
+                    verdicts.push(verdict);
                 }
             }
         }
-        Ok(tails)
+        Ok(verdicts)
     }
 
-    fn check_file(file: &LogFile, newest: bool) -> Result<Option<Tail>> {
+    fn check_file(file: &LogFile, newest: bool, rewrite: bool) -> Result<Newest> {
         let path = &file.path;
         let bytes = std::fs::read(path)
             .map_err(|e| Error::storage(path, format!("cannot read the log file: {e}")))?;
         let len = bytes.len();
-        let header_len = match parse_header(&bytes) {
-            Ok(header_len) => header_len,
+        let (header_len, version) = match parse_header(&bytes) {
+            Ok(header) => header,
             Err(reason) => {
                 if newest && is_torn_header(&bytes) {
-                    return Ok(Some(Tail {
+                    return Ok(Newest {
                         path: path.clone(),
                         offset: 0,
-                        kind: TailKind::TornHeader,
-                    }));
+                        tail: Some(TailKind::TornHeader),
+                    });
                 }
                 return Err(Error::storage(
                     path,
@@ -822,17 +827,21 @@ mod recovery {
                 ));
             }
         };
-        let signature = Some(file.seq as u32);
+        // raft-engine signs batches with the low 32 bits of the sequence
+        // number from format V2 on.
+        let signature = (version >= 2).then_some(file.seq as u32);
         let mut offset = header_len;
         while offset < len {
             match check_batch(&bytes[offset..], signature) {
                 Ok(batch_len) => offset += batch_len,
-                Err(reason) => {
-                    return damaged(file, &bytes, offset, reason, newest).map(Some);
-                }
+                Err(reason) => return damaged(file, &bytes, offset, reason, newest, rewrite),
             }
         }
-        Ok(None)
+        Ok(Newest {
+            path: path.clone(),
+            offset: len,
+            tail: None,
+        })
     }
 
     /// The verdict on a file whose bytes from `offset` on are not a valid
@@ -843,7 +852,8 @@ mod recovery {
         offset: usize,
         reason: String,
         newest: bool,
-    ) -> Result<Tail> {
+        rewrite: bool,
+    ) -> Result<Newest> {
         let path = &file.path;
         let len = bytes.len();
         let what = format!("damaged at byte {offset} of {len}: {reason}");
@@ -882,37 +892,59 @@ mod recovery {
             .iter()
             .rposition(|&b| b != 0)
             .map_or(0, |p| p + 1);
-        let kind = if written == 0 {
-            TailKind::Preallocated
-        } else {
-            TailKind::TornWrite {
-                bytes: written,
-                reason,
-            }
+        if written == 0 {
+            return Ok(Newest {
+                path: path.clone(),
+                offset,
+                tail: Some(TailKind::Preallocated),
+            });
+        }
+        // raft-engine copies live entries and key/values from old append
+        // files into the rewrite queue, syncs, THEN deletes the old files:
+        // the last write of the newest rewrite file may be the only copy of
+        // live data (the conf state, say), so dropping it is not safe even
+        // when it looks torn.
+        if rewrite {
+            return Err(Error::storage(
+                path,
+                format!(
+                    "{what}; the rewrite queue can hold the only copy of live entries and key/values, so this cannot be dropped as a torn write (if a power loss interrupted a purge, this is its torn copy; otherwise the file is damaged): rebuild this member from its peers"
+                ),
+            ));
+        }
+        let kind = TailKind::TornWrite {
+            bytes: written,
+            reason,
         };
-        Ok(Tail {
+        Ok(Newest {
             path: path.clone(),
             offset,
-            kind,
+            tail: Some(kind),
         })
     }
 
-    /// Checks what raft-engine did with the tails (its truncation must be
-    /// exactly ours), reports them, and returns the note for the caller.
-    pub(super) fn confirm(tails: &[Tail]) -> Result<Option<String>> {
+    /// Checks what raft-engine left of the newest files (exactly what the
+    /// check expected: in `TolerateTailCorruption` mode it would otherwise
+    /// cut a file silently), reports the dropped tails, and returns the note
+    /// for the caller.
+    pub(super) fn confirm(verdicts: &[Newest]) -> Result<Option<String>> {
         let mut notes = Vec::new();
-        for tail in tails {
-            let path = &tail.path;
-            let len = std::fs::metadata(path)
-                .map_err(|e| Error::storage(path, format!("cannot read the log file: {e}")))?
-                .len();
+        for verdict in verdicts {
+            let path = &verdict.path;
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::storage(path, format!("cannot read the log file: {e}")))?;
+            let len = bytes.len();
             // A file with a torn header is emptied, then raft-engine writes
-            // a fresh header into it.
-            let expected = match tail.kind {
-                TailKind::TornHeader => v2_header().len(),
-                _ => tail.offset,
+            // a fresh header into it (in format V1: it resets the file's
+            // format to the default, V1, and keeps writing V1 batches there,
+            // which it reads back fine).
+            let expected = match verdict.tail {
+                Some(TailKind::TornHeader) => {
+                    parse_header(&bytes).map_or(0, |(header_len, _)| header_len)
+                }
+                _ => verdict.offset,
             };
-            if len != expected as u64 {
+            if len != expected || expected == 0 {
                 return Err(Error::storage(
                     path,
                     format!(
@@ -920,22 +952,23 @@ mod recovery {
                     ),
                 ));
             }
-            match &tail.kind {
-                TailKind::Preallocated => tracing::info!(
+            match &verdict.tail {
+                None => {}
+                Some(TailKind::Preallocated) => tracing::info!(
                     path = %path.display(),
-                    offset = tail.offset,
+                    offset = verdict.offset,
                     "the previous run did not shut down cleanly; preallocated, never written space after the last complete write was discarded (nothing lost)"
                 ),
-                TailKind::TornWrite { bytes, reason } => {
+                Some(TailKind::TornWrite { bytes, reason }) => {
                     let note = format!(
                         "{}: dropped an incomplete last write ({bytes} bytes from byte {}: {reason}); it was being written when the previous run stopped, so it was never acknowledged",
                         path.display(),
-                        tail.offset
+                        verdict.offset
                     );
                     tracing::warn!("{note}");
                     notes.push(note);
                 }
-                TailKind::TornHeader => {
+                Some(TailKind::TornHeader) => {
                     let note = format!(
                         "{}: the newest log file was being created when the previous run stopped; its incomplete header was discarded (it held no write)",
                         path.display()
@@ -956,14 +989,14 @@ mod recovery {
         h
     }
 
-    /// Parses a file header; returns its length.
-    fn parse_header(bytes: &[u8]) -> std::result::Result<usize, String> {
+    /// Parses a file header; returns its length and the format version.
+    fn parse_header(bytes: &[u8]) -> std::result::Result<(usize, u64), String> {
         if !bytes.starts_with(MAGIC) {
             return Err("the file does not start with raft-engine's magic header".to_owned());
         }
         let version = read_u64_be(bytes, MAGIC.len()).ok_or("the file header is cut short")?;
         match version {
-            1 => Ok(MAGIC.len() + 8),
+            1 => Ok((MAGIC.len() + 8, 1)),
             2 => {
                 let alignment =
                     read_u64_be(bytes, MAGIC.len() + 8).ok_or("the file header is cut short")?;
@@ -972,7 +1005,7 @@ mod recovery {
                         "the file uses block alignment {alignment}, which this store never writes"
                     ));
                 }
-                Ok(MAGIC.len() + 16)
+                Ok((MAGIC.len() + 16, 2))
             }
             other => Err(format!("unknown log file version {other}")),
         }
@@ -1045,7 +1078,11 @@ mod recovery {
     /// The first offset at or after `from` where a complete batch (for this
     /// file, or for a V1 file that has no signature) starts.
     fn find_batch(bytes: &[u8], from: usize, seq: u64) -> Option<usize> {
-        (from..bytes.len()).find(|&p| {
+        // A batch header's first 8 bytes hold its non-zero length: no batch
+        // starts after the last non-zero byte (preallocated space can be
+        // megabytes of zeros).
+        let end = bytes.iter().rposition(|&b| b != 0)? + 1;
+        (from..end).find(|&p| {
             let rest = &bytes[p..];
             check_batch(rest, Some(seq as u32)).is_ok() || check_batch(rest, None).is_ok()
         })
