@@ -66,6 +66,8 @@ enum Request<S> {
     },
     Read(ReadFn<S>),
     Campaign,
+    Unreachable(u64),
+    SnapshotOutcome(u64, bool),
     Stop,
 }
 
@@ -386,6 +388,20 @@ impl<S: StateMachine> Node<S> {
             .map_err(|_| Error::Stopped)
     }
 
+    /// Reports that messages to `to` could not be delivered (a transport
+    /// calls this when a connection fails), so raft probes it again.
+    pub fn report_unreachable(&self, to: u64) {
+        let _ = self.req_tx.try_send(Request::Unreachable(to));
+    }
+
+    /// Reports the outcome of a snapshot stream to `to`. Without a report,
+    /// a stream is taken as failed after `snapshot_timeout_ticks`.
+    pub fn report_snapshot(&self, to: u64, delivered: bool) {
+        let _ = self
+            .req_tx
+            .try_send(Request::SnapshotOutcome(to, delivered));
+    }
+
     /// The latest status (updated by the raft thread after every step).
     pub fn status(&self) -> Status {
         self.shared.status.read().clone()
@@ -560,6 +576,8 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.reads.insert(t, f);
                 self.replica.read(t);
             }
+            Request::Unreachable(to) => self.replica.report_unreachable(to),
+            Request::SnapshotOutcome(to, delivered) => self.replica.report_snapshot(to, delivered),
             Request::Campaign => {
                 if let Err(e) = self.replica.campaign() {
                     warn!(error = %e, "campaign refused");

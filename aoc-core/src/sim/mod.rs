@@ -39,12 +39,15 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::Message;
+
+use crate::proto::SnapshotChunk;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::state::{KvStateMachine, MemKv, StateMachine};
 use crate::storage::{LogStore, LogWrite, MemLogStore};
+use crate::transport::{split_snapshot, Reassembler};
 use crate::{Error, Event, ProposalResult, Ready, Replica, ReplicaConfig, Result};
 use audit::{AuditKv, Violations};
 
@@ -92,6 +95,8 @@ pub struct SimOptions {
     pub min_disk_us: u64,
     /// See `min_disk_us`.
     pub max_disk_us: u64,
+    /// Snapshot messages travel in chunks of this many bytes.
+    pub snapshot_chunk_bytes: usize,
     /// Fault switch for checking the checks: every disk reports a write
     /// persisted as soon as it is queued (it is readable at once, like a
     /// write sitting in a volatile cache) and makes it durable only after
@@ -112,6 +117,7 @@ impl SimOptions {
             min_disk_us: 80,
             max_disk_us: 300,
             lying_disk: false,
+            snapshot_chunk_bytes: 1024,
         }
     }
 }
@@ -147,6 +153,7 @@ pub struct Acked {
 enum EventKind {
     Tick { member: u64, incarnation: u64 },
     Deliver { to: u64, msg: Vec<u8> },
+    DeliverChunk { to: u64, chunk: Vec<u8> },
     DiskDone { member: u64, incarnation: u64 },
 }
 
@@ -167,6 +174,8 @@ struct Member {
     disk_stalled: bool,
     /// Pending reads: token -> key.
     reads: BTreeMap<u64, Vec<u8>>,
+    /// Snapshot streams being received.
+    chunks: Reassembler,
 }
 
 /// The deterministic cluster (see the module docs).
@@ -179,8 +188,11 @@ pub struct Cluster {
     members: BTreeMap<u64, Member>,
     /// Links that drop everything: (from, to).
     cut: BTreeSet<(u64, u64)>,
-    /// Drop every snapshot message while set.
+    /// Cut every snapshot stream in the middle while set.
     drop_snapshots: bool,
+    /// Per sender and receiver, when the last chunk of a stream arrives:
+    /// chunks of one stream arrive in order, as on a TCP connection.
+    stream_clock: BTreeMap<(u64, u64), u64>,
     next_token: u64,
     outcomes: BTreeMap<u64, Outcome>,
     acked: Vec<Acked>,
@@ -201,6 +213,7 @@ impl Cluster {
             members: BTreeMap::new(),
             cut: BTreeSet::new(),
             drop_snapshots: false,
+            stream_clock: BTreeMap::new(),
             next_token: 1,
             outcomes: BTreeMap::new(),
             acked: Vec::new(),
@@ -230,6 +243,7 @@ impl Cluster {
                     in_progress: None,
                     disk_stalled: false,
                     reads: BTreeMap::new(),
+                    chunks: Reassembler::new(u64::MAX),
                 },
             );
             c.start(id);
@@ -360,7 +374,7 @@ impl Cluster {
         self.opts.net = net;
     }
 
-    /// Drops every snapshot message while `drop` is set (a cut stream).
+    /// Cuts every snapshot stream in the middle while `drop` is set.
     pub fn drop_snapshots(&mut self, drop: bool) {
         self.drop_snapshots = drop;
     }
@@ -558,6 +572,37 @@ impl Cluster {
                 ));
                 r.step(msg);
                 self.drain(to);
+            }
+            EventKind::DeliverChunk { to, chunk } => {
+                let Ok(chunk) = <SnapshotChunk as protobuf::Message>::parse_from_bytes(&chunk)
+                else {
+                    return;
+                };
+                let Some(m) = self.members.get_mut(&to) else {
+                    return;
+                };
+                if m.replica.is_none() {
+                    return;
+                }
+                match m.chunks.push(chunk) {
+                    Ok(Some(msg)) => {
+                        self.trace.push(format!(
+                            "{} deliver {}->{} snapshot i{}",
+                            self.now_us,
+                            msg.from,
+                            msg.to,
+                            msg.get_snapshot().get_metadata().index
+                        ));
+                        if let Some(r) = m.replica.as_mut() {
+                            r.step(msg);
+                        }
+                        self.drain(to);
+                    }
+                    Ok(None) => {}
+                    Err(e) => self
+                        .trace
+                        .push(format!("{} stream to {to} broken: {e}", self.now_us)),
+                }
             }
             EventKind::DiskDone {
                 member,
@@ -768,9 +813,11 @@ impl Cluster {
 
     fn send(&mut self, msg: Message) {
         let (from, to) = (msg.from, msg.to);
-        if self.cut.contains(&(from, to))
-            || (self.drop_snapshots && msg.get_msg_type() == MessageType::MsgSnapshot)
-        {
+        if self.cut.contains(&(from, to)) {
+            return;
+        }
+        if let Some(chunks) = split_snapshot(&msg, self.opts.snapshot_chunk_bytes) {
+            self.send_stream(from, to, chunks);
             return;
         }
         let net = self.opts.net.clone();
@@ -796,6 +843,27 @@ impl Cluster {
                 },
             );
         }
+    }
+
+    /// Sends a snapshot stream: chunks arrive in order, each can be lost;
+    /// a lost chunk breaks the stream.
+    fn send_stream(&mut self, from: u64, to: u64, chunks: Vec<SnapshotChunk>) {
+        let net = self.opts.net.clone();
+        let cut_at = (self.drop_snapshots).then_some(chunks.len() / 2);
+        let mut at = self
+            .now_us
+            .max(self.stream_clock.get(&(from, to)).copied().unwrap_or(0));
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            at += self.rng.gen_range(net.min_delay_us..=net.max_delay_us) / 4 + 1;
+            if Some(i) == cut_at || self.rng.gen_range(0..1000) < net.drop_per_mille {
+                continue;
+            }
+            let Ok(bytes) = protobuf::Message::write_to_bytes(&chunk) else {
+                continue;
+            };
+            self.schedule(at, EventKind::DeliverChunk { to, chunk: bytes });
+        }
+        self.stream_clock.insert((from, to), at);
     }
 
     /// The key-value pairs and applied index of member `id`'s state machine.

@@ -5,6 +5,13 @@
 //! (raft retransmits). The receiving side hands each message to its node
 //! with [`crate::Node::step`]. The TCP transport lives with the binaries;
 //! [`LocalNetwork`] connects nodes inside one process (tests, demos).
+//! Snapshot messages travel in chunks ([`split_snapshot`], [`Reassembler`]).
+
+mod chunk;
+
+pub use crate::proto::SnapshotChunk;
+use chunk::split;
+pub use chunk::{split as split_snapshot, Reassembler};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,6 +42,8 @@ impl<S: crate::state::StateMachine> Inbox for Node<S> {
 struct Net {
     members: HashMap<u64, Arc<dyn Inbox>>,
     cut: BTreeSet<(u64, u64)>,
+    /// Snapshot streams being received, per receiving member.
+    streams: HashMap<u64, Arc<parking_lot::Mutex<Reassembler>>>,
 }
 
 /// An in-process network of nodes, with links that can be cut.
@@ -97,7 +106,11 @@ impl LocalNetwork {
     }
 }
 
-/// The sending side of a [`LocalNetwork`].
+/// Snapshot chunks on the local network (small, to exercise streaming).
+const LOCAL_CHUNK_BYTES: usize = 16 * 1024;
+
+/// The sending side of a [`LocalNetwork`]. Snapshot messages go through
+/// the same chunked streaming as on a real network.
 #[derive(Clone, Debug)]
 pub struct LocalTransport {
     net: LocalNetwork,
@@ -105,15 +118,35 @@ pub struct LocalTransport {
 
 impl Transport for LocalTransport {
     fn send(&self, msg: Message) {
-        let inbox = {
-            let net = self.net.net.read();
-            if net.cut.contains(&(msg.from, msg.to)) {
+        let to = msg.to;
+        let (inbox, stream) = {
+            let mut net = self.net.net.write();
+            if net.cut.contains(&(msg.from, to)) {
                 return;
             }
-            net.members.get(&msg.to).cloned()
+            let stream = net
+                .streams
+                .entry(to)
+                .or_insert_with(|| Arc::new(parking_lot::Mutex::new(Reassembler::new(u64::MAX))))
+                .clone();
+            (net.members.get(&to).cloned(), stream)
         };
-        if let Some(inbox) = inbox {
-            inbox.deliver(msg);
+        let Some(inbox) = inbox else { return };
+        match split(&msg, LOCAL_CHUNK_BYTES) {
+            None => inbox.deliver(msg),
+            Some(chunks) => {
+                let mut stream = stream.lock();
+                for c in chunks {
+                    match stream.push(c) {
+                        Ok(Some(whole)) => inbox.deliver(whole),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(to, error = %e, "snapshot stream broken");
+                            return;
+                        }
+                    }
+                }
+            }
         }
     }
 }
