@@ -42,9 +42,11 @@ impl LogWrite {
     pub fn merge(&mut self, later: LogWrite) {
         self.number = self.number.max(later.number);
         if later.snapshot.is_some() {
-            // A snapshot discards every entry before it, including ours.
+            // A snapshot discards every entry before it, including ours, and
+            // replaces the configuration with its own.
             self.snapshot = later.snapshot;
             self.entries = later.entries;
+            self.conf_state = None;
         } else if let Some(first) = later.entries.first() {
             let first_index = first.index;
             self.entries.retain(|e| e.index < first_index);

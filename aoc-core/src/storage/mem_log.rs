@@ -22,6 +22,12 @@ struct Inner {
     hard_state: HardState,
     conf_state: ConfState,
     writes: u64,
+    /// Bytes of the stored entries (kept as entries come and go).
+    bytes: u64,
+}
+
+fn entry_bytes(e: &Entry) -> u64 {
+    (e.data.len() + e.context.len() + 24) as u64
 }
 
 impl Inner {
@@ -61,6 +67,7 @@ impl MemLogStore {
                 hard_state: g.hard_state.clone(),
                 conf_state: g.conf_state.clone(),
                 writes: g.writes,
+                bytes: g.bytes,
             })),
         }
     }
@@ -122,6 +129,7 @@ impl LogStore for MemLogStore {
         if let Some(meta) = &write.snapshot {
             g.meta = meta.clone();
             g.entries.clear();
+            g.bytes = 0;
             g.conf_state = meta.get_conf_state().clone();
         }
         if let Some(first) = write.entries.first() {
@@ -134,8 +142,11 @@ impl LogStore for MemLogStore {
                 g.last_index()
             );
             let keep = (first_index - g.first_index()) as usize;
+            let dropped: u64 = g.entries[keep..].iter().map(entry_bytes).sum();
+            let added: u64 = write.entries.iter().map(entry_bytes).sum();
             g.entries.truncate(keep);
             g.entries.extend(write.entries.iter().cloned());
+            g.bytes = g.bytes - dropped + added;
         }
         if let Some(hs) = &write.hard_state {
             g.hard_state = hs.clone();
@@ -158,17 +169,15 @@ impl LogStore for MemLogStore {
         );
         let term = g.entries[(index - g.first_index()) as usize].term;
         let drop = (index + 1 - g.first_index()) as usize;
+        let dropped: u64 = g.entries[..drop].iter().map(entry_bytes).sum();
         g.entries.drain(..drop);
+        g.bytes -= dropped;
         g.meta.index = index;
         g.meta.term = term;
         Ok(())
     }
 
     fn size_bytes(&self) -> u64 {
-        let g = self.inner.lock();
-        g.entries
-            .iter()
-            .map(|e| (e.data.len() + e.context.len() + 24) as u64)
-            .sum()
+        self.inner.lock().bytes
     }
 }
