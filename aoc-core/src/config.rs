@@ -35,8 +35,8 @@ pub struct ReplicaConfig {
     /// Entries kept in the log below the durable applied index after a
     /// compaction, so a briefly lagging follower catches up from the log.
     pub compact_keep_entries: u64,
-    /// Sync the state machine and compact the log once the log holds this
-    /// many bytes.
+    /// Sync the state machine and compact the log once this many bytes of
+    /// entries were written since the last time.
     pub compact_log_bytes: u64,
     /// A snapshot stream not acknowledged in this many ticks is reported
     /// failed, so raft sends a new one.

@@ -608,3 +608,49 @@ fn reads_run_concurrently_with_writes_and_compactions() {
     }
     reader.join().unwrap();
 }
+
+#[test]
+fn raft_engine_alone_misses_damage_in_entry_data() {
+    // Why `EngineLogStore::open` verifies every batch itself: raft-engine
+    // 0.4.2 checks the entries checksum of the last batch of each file only,
+    // so damaged entry data elsewhere opens fine, even in strict mode, and
+    // fails only when the entry is read.
+    let dir = tempfile::tempdir().unwrap();
+    fill(&open(dir.path(), small()), 1..=60);
+    let first = log_files(dir.path())[0].clone();
+    let bytes = std::fs::read(&first).unwrap();
+    // Entry 2's data: 200 bytes of value 3 (the last batch of the file holds
+    // a later entry).
+    let at = bytes
+        .windows(200)
+        .position(|w| w.iter().all(|&b| b == 3))
+        .unwrap();
+    let image = copy_dir(dir.path());
+    overwrite(
+        &image.path().join(first.file_name().unwrap()),
+        at + 100,
+        &[0],
+    );
+    let cfg = raft_engine::Config {
+        dir: image.path().to_str().unwrap().to_owned(),
+        recovery_mode: raft_engine::RecoveryMode::AbsoluteConsistency,
+        enable_log_recycle: false,
+        ..Default::default()
+    };
+    struct Ext;
+    impl raft_engine::MessageExt for Ext {
+        type Entry = Entry;
+        fn index(e: &Entry) -> u64 {
+            e.index
+        }
+    }
+    let engine = raft_engine::Engine::open(cfg).expect("raft-engine opens the damaged log");
+    let mut out = Vec::new();
+    assert!(engine
+        .fetch_entries_to::<Ext>(1, 2, 3, None, &mut out)
+        .is_err());
+    drop(engine);
+    let (path, reason) = storage_error(EngineLogStore::open(image.path(), small()));
+    assert!(path.ends_with(first.file_name().unwrap()), "{reason}");
+    assert!(reason.contains("entries block"), "{reason}");
+}

@@ -225,6 +225,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Commit index of the last durable hard state.
     persisted_commit: u64,
     applied_since_compact: u64,
+    /// Entry bytes written to the log since the last compaction.
+    bytes_since_compact: u64,
     /// Snapshot streams in flight: peer -> tick sent.
     snapshots_in_flight: BTreeMap<u64, u64>,
     /// Messages and completions produced outside `ready`.
@@ -336,6 +338,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             held: VecDeque::new(),
             persisted_commit,
             applied_since_compact: 0,
+            bytes_since_compact: 0,
             snapshots_in_flight: BTreeMap::new(),
             out: Ready::default(),
         };
@@ -761,6 +764,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
         let needs_write = !write.is_empty();
         if needs_write {
+            self.bytes_since_compact += write.entry_bytes() as u64;
             self.raw.mut_store().push(&write);
         }
         self.raw.advance_append_async(rd);
@@ -1037,12 +1041,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// durable applied index, once enough was applied or the log is large.
     fn maybe_compact(&mut self, out: &mut Ready) -> Result<()> {
         let store = self.raw.store().store();
+        // Counted by the replica, not asked of the store: a store's size on
+        // disk moves in whole files and need not shrink at each compaction.
         let due = self.applied_since_compact >= self.cfg.compact_every_entries
-            || store.size_bytes() >= self.cfg.compact_log_bytes;
+            || self.bytes_since_compact >= self.cfg.compact_log_bytes;
         if !due || self.raw.store().has_pending() {
             return Ok(());
         }
         self.applied_since_compact = 0;
+        self.bytes_since_compact = 0;
         let durable = self.sm.sync()?;
         // Never past the durable commit: raft-rs restarts with commit at the
         // compaction point at least, which must be a committed index.

@@ -24,14 +24,23 @@
 //! that every unclean shutdown leaves at the end of the newest file. So
 //! before raft-engine sees the directory, [`EngineLogStore::open`] checks
 //! every file itself (names, sequence, and every checksum of every batch,
-//! entries included) and accepts exactly one kind of damage: bytes after the
-//! last complete write of the newest file of a queue that contain no complete
-//! write (a write torn by the crash, never acknowledged) and nothing but
-//! zeros beyond the torn write's own extent. That tail is dropped (raft-engine
-//! in `TolerateTailCorruption` mode truncates it; the resulting length is
-//! then checked against ours) and reported with `tracing::warn!` and
-//! [`EngineLogStore::recovery_note`]. Anything else is an
-//! [`Error::Storage`] naming the file and what is wrong with it.
+//! entries included) and accepts only what a crash leaves after the last
+//! complete write of the newest file of a queue:
+//! - zeros (space raft-engine preallocated): dropped, logged at info level;
+//! - a header cut short (a file being created): dropped and reported;
+//! - in the append queue only, bytes that contain no complete write and
+//!   nothing but zeros beyond the announced extent of the broken write: a
+//!   write torn by the crash, never acknowledged. Dropped and reported with
+//!   `tracing::warn!` and [`EngineLogStore::recovery_note`]. (A torn-looking
+//!   last write of the rewrite queue is refused: raft-engine deletes the
+//!   originals once it is synced, so it may be the only copy of live data.)
+//!
+//! raft-engine then opens in `TolerateTailCorruption` mode (which truncates
+//! those tails), and the length it leaves of every newest file is checked
+//! against ours. Anything else is an [`Error::Storage`] naming the file and
+//! what is wrong with it, and nothing is changed. A damaged last write that
+//! HAD been acknowledged cannot be told from a torn one: it is dropped too,
+//! with the same warning.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -262,7 +271,9 @@ impl EngineLogStore {
     /// crash at the end of the newest file is dropped and reported (a
     /// `tracing::warn!` and [`Self::recovery_note`]); any other damage, an
     /// unexpected or missing file, or a directory another process holds is
-    /// an [`Error::Storage`] naming the path, and nothing is changed.
+    /// an [`Error::Storage`] naming the path, found before any file is
+    /// changed. (The consistency of the recovered state, checked last, is
+    /// the exception: by then raft-engine has dropped the torn tail, if any.)
     pub fn open(dir: &Path, opts: EngineLogOptions) -> Result<Self> {
         opts.validate()?;
         std::fs::create_dir_all(dir)
@@ -595,10 +606,17 @@ fn load_state(engine: &Engine, dir: &Path) -> Result<State> {
         conf_state: get_message(engine, dir, KEY_CONF_STATE)?.unwrap_or_default(),
         ..State::default()
     };
+    // Index arithmetic (`index + 1`) must not overflow on what was read.
+    if state.meta.index == u64::MAX {
+        return Err(Error::storage(
+            dir,
+            "the stored compaction point has an impossible index",
+        ));
+    }
     state.last = state.meta.index;
     let (first, last) = match (engine.first_index(REGION), engine.last_index(REGION)) {
         (None, None) => return Ok(state),
-        (Some(first), Some(last)) if first <= last => (first, last),
+        (Some(first), Some(last)) if first <= last && last < u64::MAX => (first, last),
         (first, last) => {
             return Err(Error::storage(
                 dir,
@@ -1033,7 +1051,9 @@ mod recovery {
         let compression = len_and_type & 0xff;
         let plausible = compression <= 1
             && footer >= BATCH_HEADER_LEN
-            && footer + CHECKSUM_LEN < len
+            && footer
+                .checked_add(CHECKSUM_LEN)
+                .is_some_and(|end| end < len)
             && len <= rest.len();
         plausible.then_some((len, footer))
     }
