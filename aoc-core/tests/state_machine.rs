@@ -44,6 +44,22 @@ fn sled_reopen(s: SledKv) -> SledKv {
     SledKv::open(&dir).expect("reopen the sled store")
 }
 
+/// Opens a store's sled directory directly, waiting while a store closed
+/// just before still holds sled's lock (its flusher thread lets go later).
+fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::open(SledKv::sled_dir(dir)) {
+            Ok(db) => return db,
+            Err(e) if start.elapsed() < std::time::Duration::from_secs(5) => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("raw sled: {e}"),
+        }
+    }
+}
+
 #[test]
 fn mem_kv_conformance() {
     conformance::run_all(MemKv::new);
@@ -263,7 +279,7 @@ fn sled_bad_meta_rows_are_refused() {
     apply(&mut s, &OwnedBatch::of(1, &[KvCommand::put(b"a", b"1")]));
     drop(s);
     {
-        let db = sled::open(SledKv::sled_dir(&dir)).expect("raw sled");
+        let db = raw_sled(&dir);
         db.insert(b"m/applied_index", &b"\x01\x02\x03"[..])
             .expect("insert");
         db.flush().expect("flush");
@@ -274,7 +290,7 @@ fn sled_bad_meta_rows_are_refused() {
     // Rows but no metadata at all.
     let dir2 = tmp.path().join("sm2");
     {
-        let db = sled::open(SledKv::sled_dir(&dir2)).expect("raw sled");
+        let db = raw_sled(&dir2);
         db.insert(b"dkey", &b"value"[..]).expect("insert");
         db.flush().expect("flush");
     }
@@ -286,7 +302,7 @@ fn sled_bad_meta_rows_are_refused() {
     apply(&mut s, &OwnedBatch::of(1, &[KvCommand::put(b"a", b"1")]));
     drop(s);
     {
-        let db = sled::open(SledKv::sled_dir(&dir3)).expect("raw sled");
+        let db = raw_sled(&dir3);
         db.insert(b"s\x00\x00\x00\x00\x00\x00\x00\x07", &b"\xff\xff"[..])
             .expect("insert");
         db.flush().expect("flush");

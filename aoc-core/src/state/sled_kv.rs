@@ -93,7 +93,7 @@ impl SledKv {
             .map_err(|e| Error::storage(&path, format!("cannot create the directory: {e}")))?;
         let recorded_sync = read_marker(&marker_path(dir))?.unwrap_or(0);
         let config = sled::Config::new().path(&path);
-        let db = guarded(&path, "sled cannot open the store", || config.open())?;
+        let db = open_waiting_for_lock(&path, &config)?;
         let mut store = SledKv {
             db,
             dir: dir.to_path_buf(),
@@ -511,4 +511,28 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::storage(dir, format!("cannot fsync the directory: {e}")))
+}
+
+/// How long [`SledKv::open`] waits for a lock held by a store that is
+/// closing in this process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting a bounded time while its lock file is held. A
+/// dropped `sled::Db` releases the lock only when its background flusher
+/// thread next wakes (up to its flush interval later), so a store closed and
+/// reopened in one process (a node restart, a test) would otherwise fail
+/// with `WouldBlock`. Another process holding the directory still gets the
+/// error, after the wait.
+fn open_waiting_for_lock(path: &Path, config: &sled::Config) -> Result<sled::Db> {
+    let start = std::time::Instant::now();
+    loop {
+        match guarded(path, "sled cannot open the store", || config.open()) {
+            Err(Error::Storage { reason, .. })
+                if reason.contains("could not acquire lock") && start.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
