@@ -306,15 +306,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             )
         })?;
         view.applied_conf = state.conf_state.clone();
-        if state.hard_state.commit < applied {
-            // Entries the state machine applied were committed.
-            let mut hs = state.hard_state.clone();
-            hs.commit = applied;
-            view.store().write(&LogWrite {
-                hard_state: Some(hs),
-                ..Default::default()
-            })?;
-        }
+        // Entries the state machine applied were committed; raft-rs requires
+        // applied <= commit at start. The raised commit reaches the log with
+        // the next hard state raft-rs writes.
+        view.min_commit = applied;
         let logger = crate::logging::raft_logger(cfg.id);
         let raw = RawNode::new(&cfg.raft_config(applied), view, &logger)?;
         let mut sessions = ClientTable::new(cfg.session_ttl_ms, cfg.max_sessions);

@@ -38,6 +38,9 @@ pub(crate) struct LogView<L> {
     pub(crate) applied_conf: ConfState,
     /// Refuse to build snapshots (set by members without state).
     pub(crate) snapshots_unavailable: bool,
+    /// The commit index reported at start is at least this (the state
+    /// machine's applied index: an applied entry was committed).
+    pub(crate) min_commit: u64,
 }
 
 impl<L: LogStore> LogView<L> {
@@ -52,6 +55,7 @@ impl<L: LogStore> LogView<L> {
             applied_term: 0,
             applied_conf: ConfState::default(),
             snapshots_unavailable: false,
+            min_commit: 0,
         }
     }
 
@@ -147,6 +151,7 @@ impl<L: LogStore> Storage for LogView<L> {
         if state.hard_state.commit + 1 < first {
             state.hard_state.commit = first - 1;
         }
+        state.hard_state.commit = state.hard_state.commit.max(self.min_commit);
         Ok(state)
     }
 
