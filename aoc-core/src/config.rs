@@ -47,6 +47,14 @@ pub struct ReplicaConfig {
     pub read_retry_ticks: usize,
     /// Proposals larger than this are refused with [`Error::TooLarge`].
     pub max_proposal_bytes: usize,
+    /// The voter that is the witness (stores no service data), if any.
+    /// With a witness and two data members the HA rules apply: sync and
+    /// degraded modes, the witness's hand-over.
+    pub witness: Option<u64>,
+    /// In sync mode, an entry that waited this long for the passive alone
+    /// is committed on the active and the witness (degraded mode). Also how
+    /// long an active's own log write may stay pending before it hands over.
+    pub sync_timeout_ticks: usize,
 }
 
 impl Default for ReplicaConfig {
@@ -67,6 +75,8 @@ impl Default for ReplicaConfig {
             snapshot_timeout_ticks: 100,
             read_retry_ticks: 4,
             max_proposal_bytes: 1024 * 1024,
+            witness: None,
+            sync_timeout_ticks: 10,
         }
     }
 }
@@ -76,6 +86,23 @@ impl ReplicaConfig {
     pub fn new(id: u64) -> Self {
         ReplicaConfig {
             id,
+            ..Default::default()
+        }
+    }
+
+    /// The configuration of member `id` in an HA cluster whose witness is
+    /// `witness`: elections prefer data members by timing, never by raft
+    /// priority. Every member keeps `election_tick` 10 (its lease); data
+    /// members draw their timeout from [11, 14) ticks and the witness from
+    /// [16, 21), so the witness's lease has ended when the passive stands,
+    /// and the witness stands only when no data member did.
+    pub fn ha(id: u64, witness: u64) -> Self {
+        let (min, max) = if id == witness { (16, 21) } else { (11, 14) };
+        ReplicaConfig {
+            id,
+            witness: Some(witness),
+            min_election_tick: min,
+            max_election_tick: max,
             ..Default::default()
         }
     }
@@ -114,6 +141,9 @@ impl ReplicaConfig {
                     self.min_election_tick
                 ),
             ));
+        }
+        if self.sync_timeout_ticks == 0 {
+            return Err(Error::config("sync_timeout_ticks", "must be at least 1"));
         }
         if self.max_inflight_msgs == 0 {
             return Err(Error::config("max_inflight_msgs", "must be at least 1"));

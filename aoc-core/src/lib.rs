@@ -82,4 +82,6 @@ pub mod transport;
 pub use config::ReplicaConfig;
 pub use error::{Error, Result};
 pub use node::{Applied, Node, NodeBuilder};
-pub use replica::{Completion, Event, PeerProgress, ProposalResult, Ready, Replica, Role, Status};
+pub use replica::{
+    Completion, Event, Mode, PeerProgress, ProposalResult, Ready, Replica, Role, Status,
+};

@@ -625,7 +625,10 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         for (token, outcome) in reads {
             if let Some(f) = self.reads.remove(&token) {
                 match outcome {
-                    Ok(()) => f(Ok(self.replica.state_machine())),
+                    Ok(()) => match self.replica.state_machine() {
+                        Some(sm) => f(Ok(sm)),
+                        None => f(Err(Error::NotLeader { leader_hint: None })),
+                    },
                     Err(e) => f(Err(e)),
                 }
             }

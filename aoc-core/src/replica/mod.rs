@@ -20,6 +20,8 @@
 //! entry is applied, and raft-rs hands out entries to apply only once they
 //! are committed (persisted by a quorum) and persisted locally.
 
+mod ha;
+mod machine;
 mod sessions;
 mod view;
 
@@ -39,6 +41,8 @@ use crate::payload::{decode_context, encode_context, Payload};
 use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
+pub use ha::Mode;
+use machine::Machine;
 use sessions::{ClientTable, Decision};
 use view::LogView;
 
@@ -96,6 +100,17 @@ pub enum Event {
         to: u64,
         /// The snapshot's index.
         index: u64,
+    },
+    /// The replication mode changed (on the active).
+    ModeChanged {
+        /// The new mode.
+        mode: Mode,
+    },
+    /// This member took or lost the active role (the fenced lease): the
+    /// embedding program moves the management IP on it.
+    ActiveChanged {
+        /// Whether this member is now the active.
+        active: bool,
     },
     /// The voter set changed.
     MembershipChanged {
@@ -190,6 +205,17 @@ pub struct Status {
     pub sessions: usize,
     /// Followers' progress (on the leader only).
     pub progress: Vec<PeerProgress>,
+    /// Whether this member holds the active role (leader inside its lease).
+    pub active: bool,
+    /// The replication mode (meaningful on the active).
+    pub mode: Mode,
+    /// Whether this member is the witness.
+    pub witness: bool,
+    /// The passive's lag behind the last index, in entries (on the active).
+    pub passive_lag_entries: Option<u64>,
+    /// Why this member waits, when it does (a witness leader that cannot
+    /// hand over).
+    pub waiting_for: Option<String>,
 }
 
 /// Where a ready's messages wait for its write.
@@ -207,8 +233,9 @@ struct Held {
 pub struct Replica<L: LogStore, S: StateMachine> {
     cfg: ReplicaConfig,
     raw: RawNode<LogView<L>>,
-    sm: S,
+    sm: Machine<S>,
     sessions: ClientTable,
+    ha: ha::Ha,
     rng: SmallRng,
     last_timeout: usize,
     last_term: u64,
@@ -231,6 +258,11 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     snapshots_in_flight: BTreeMap<u64, u64>,
     /// Messages and completions produced outside `ready`.
     out: Ready,
+    /// Whether the last published state was active.
+    last_active: bool,
+    /// A restarted member grants no vote before this tick: it restarts
+    /// knowing no leader, hence with no lease of its own.
+    no_votes_before: u64,
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -271,6 +303,35 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// `seed` drives the randomized election timeouts (the simulation passes
     /// its own, for reproducible runs).
     pub fn new(cfg: ReplicaConfig, log: L, sm: S, seed: u64) -> Result<Self> {
+        if cfg.witness == Some(cfg.id) {
+            return Err(Error::config(
+                "witness",
+                format!(
+                    "member {} is the witness: open it with Replica::new_witness",
+                    cfg.id
+                ),
+            ));
+        }
+        Self::open(cfg, log, Machine::Data(sm), seed)
+    }
+
+    /// Opens the witness: a voter that stores no service data and runs no
+    /// state machine (`cfg.witness` must name this member).
+    pub fn new_witness(cfg: ReplicaConfig, log: L, seed: u64) -> Result<Self> {
+        if cfg.witness != Some(cfg.id) {
+            return Err(Error::config(
+                "witness",
+                format!(
+                    "member {} is not the configured witness {:?}",
+                    cfg.id, cfg.witness
+                ),
+            ));
+        }
+        let applied = log.first_index()?.saturating_sub(1);
+        Self::open(cfg, log, Machine::Witness { applied }, seed)
+    }
+
+    fn open(cfg: ReplicaConfig, log: L, sm: Machine<S>, seed: u64) -> Result<Self> {
         cfg.validate()?;
         let state = log.initial_state()?;
         if !state.initialized() {
@@ -298,6 +359,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // re-sends those entries and the replica skips what it has applied.
         let applied = sm_applied.min(last);
         let mut view = LogView::new(log);
+        // The witness has no state to send: raft-rs must never get a
+        // snapshot from it (and panics on every error but this one).
+        view.snapshots_unavailable = sm.is_witness();
         view.applied = applied;
         view.applied_term = view.store().term(applied).map_err(|e| {
             Error::storage(
@@ -315,7 +379,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut sessions = ClientTable::new(cfg.session_ttl_ms, cfg.max_sessions);
         sessions.load(sm.sessions()?);
         let persisted_commit = raw.raft.raft_log.committed;
+        let ha = ha::Ha::new(&cfg);
         let mut r = Replica {
+            ha,
             last_term: raw.raft.term,
             last_role: raw.raft.state,
             last_leader: raw.raft.leader_id,
@@ -336,7 +402,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             bytes_since_compact: 0,
             snapshots_in_flight: BTreeMap::new(),
             out: Ready::default(),
+            last_active: false,
+            no_votes_before: 0,
         };
+        if r.raw.raft.term > 0 {
+            r.no_votes_before = r.cfg.election_tick as u64;
+        }
         r.after_input();
         info!(member = r.cfg.id, applied, first, last, "replica opened");
         Ok(r)
@@ -347,15 +418,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.cfg.id
     }
 
-    /// The state machine (for reads after [`Ready::reads`] completes one).
-    pub fn state_machine(&self) -> &S {
-        &self.sm
+    /// The state machine (for reads after [`Ready::reads`] completes one);
+    /// `None` on the witness, which has none.
+    pub fn state_machine(&self) -> Option<&S> {
+        match &self.sm {
+            Machine::Data(s) => Some(s),
+            Machine::Witness { .. } => None,
+        }
+    }
+
+    /// Whether this member is the witness.
+    pub fn is_witness(&self) -> bool {
+        self.sm.is_witness()
     }
 
     /// Consumes the replica and returns its state machine (a simulated
     /// crash keeps the "disk" state this way).
-    pub fn into_state_machine(self) -> S {
-        self.sm
+    pub fn into_state_machine(self) -> Option<S> {
+        match self.sm {
+            Machine::Data(s) => Some(s),
+            Machine::Witness { .. } => None,
+        }
     }
 
     /// The log store.
@@ -384,7 +467,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
         self.ticks += 1;
-        self.raw.tick();
+        self.check_own_disk();
+        if !self.ha.silenced {
+            self.raw.tick();
+        }
+        self.ha.maybe_probe(&mut self.raw, self.ticks);
+        self.ha.witness_hand_over(&mut self.raw);
         self.retry_reads();
         self.check_snapshot_streams();
         self.after_input();
@@ -407,6 +495,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 member = self.cfg.id,
                 from = msg.from,
                 "refused a snapshot without state"
+            );
+            return;
+        }
+        if self.ticks < self.no_votes_before
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            debug!(
+                member = self.cfg.id,
+                from = msg.from,
+                "no vote yet after a restart"
             );
             return;
         }
@@ -458,8 +559,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             return;
         }
-        if !self.is_leader() {
-            let hint = self.leader();
+        if !self.is_leader() || self.is_witness() {
+            let hint = self.active_hint();
             self.refuse(token, Error::NotLeader { leader_hint: hint });
             return;
         }
@@ -483,8 +584,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Asks for a linearizable read (ReadIndex). The outcome arrives in
     /// [`Ready::reads`] under `token`; on `Ok`, read the state machine.
     pub fn read(&mut self, token: u64) {
-        if !self.is_leader() {
-            let hint = self.leader();
+        if !self.is_leader() || self.is_witness() {
+            let hint = self.active_hint();
             self.out
                 .reads
                 .push((token, Err(Error::NotLeader { leader_hint: hint })));
@@ -493,6 +594,87 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.reads_waiting_index.insert(token, self.ticks);
         self.raw.read_index(token.to_le_bytes().to_vec());
         self.after_input();
+    }
+
+    /// A lease read: served at once by the active inside its fenced lease
+    /// (no round trip), once the state machine has applied everything
+    /// committed; elsewhere [`Error::NotLeader`]. The outcome arrives in
+    /// [`Ready::reads`] like a ReadIndex read's.
+    pub fn read_lease(&mut self, token: u64) {
+        if !self.ha.is_active(&self.raw, self.ticks) {
+            let hint = self.active_hint();
+            self.out
+                .reads
+                .push((token, Err(Error::NotLeader { leader_hint: hint })));
+            return;
+        }
+        let commit = self.raw.raft.raft_log.committed;
+        self.reads_waiting_apply.push((commit, token));
+    }
+
+    /// The replication mode this member runs (meaningful on the leader).
+    pub fn mode(&self) -> Mode {
+        self.ha.mode
+    }
+
+    /// Whether this member holds the active role now.
+    pub fn is_active(&self) -> bool {
+        self.ha.is_active(&self.raw, self.ticks)
+    }
+
+    /// Where a client should go instead: the leader, or the member a
+    /// witness leader is handing over to.
+    fn active_hint(&self) -> Option<u64> {
+        if self.is_witness() && self.is_leader() {
+            return self.raw.raft.lead_transferee;
+        }
+        self.leader().filter(|l| *l != self.cfg.id)
+    }
+
+    /// An active whose own log write has been pending for `sync_timeout`
+    /// (its disk stalled) must not hold the role while writing nothing: it
+    /// hands leadership to a caught-up passive, or else stops ticking raft
+    /// (no heartbeats, no lease renewal) so the others elect.
+    fn check_own_disk(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.is_witness() {
+            self.ha.silenced = false;
+            return;
+        }
+        let Some(since) = self.ha.write_pending_since else {
+            self.ha.silenced = false;
+            return;
+        };
+        if self.ticks.saturating_sub(since) < self.cfg.sync_timeout_ticks as u64 {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let caught_up = self.ha.passive(&self.raw).filter(|p| {
+            self.raw
+                .raft
+                .prs()
+                .get(*p)
+                .is_some_and(|pr| pr.matched >= last)
+        });
+        match caught_up {
+            Some(p) if self.raw.raft.lead_transferee.is_none() => {
+                warn!(
+                    member = self.cfg.id,
+                    to = p,
+                    "own disk stalled; handing over"
+                );
+                self.raw.transfer_leader(p);
+            }
+            Some(_) => {}
+            None => {
+                if !self.ha.silenced {
+                    warn!(
+                        member = self.cfg.id,
+                        "own disk stalled and no passive caught up; going silent"
+                    );
+                }
+                self.ha.silenced = true;
+            }
+        }
     }
 
     /// Reports that a message to `to` could not be delivered.
@@ -553,6 +735,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             voters,
             sessions: self.sessions.len(),
             progress,
+            active: self.ha.is_active(&self.raw, self.ticks),
+            mode: self.ha.mode,
+            witness: self.sm.is_witness(),
+            passive_lag_entries: if r.state == StateRole::Leader {
+                self.ha
+                    .passive(&self.raw)
+                    .and_then(|p| r.prs().get(p))
+                    .map(|p| r.raft_log.last_index().saturating_sub(p.matched))
+            } else {
+                None
+            },
+            waiting_for: self.ha.waiting_for.clone(),
         }
     }
 
@@ -582,6 +776,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if role != self.last_role || term != self.last_term {
             if self.last_role == StateRole::Leader && role != StateRole::Leader {
                 self.fail_pending(leader);
+                self.ha.on_step_down();
             }
             if role != self.last_role {
                 info!(member = self.cfg.id, term, role = ?role, "role changed");
@@ -591,8 +786,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 });
             }
             if role == StateRole::Leader {
-                self.assert_commit_policy();
+                self.ha.on_become_leader(&mut self.raw);
+                self.out
+                    .events
+                    .push(Event::ModeChanged { mode: self.ha.mode });
             }
+        }
+        if let Some(mode) = self.ha.update_mode(&mut self.raw, self.ticks) {
+            info!(member = self.cfg.id, mode = ?mode, "replication mode changed");
+            self.out.events.push(Event::ModeChanged { mode });
+        }
+        let active = self.ha.is_active(&self.raw, self.ticks);
+        if active != self.last_active {
+            info!(member = self.cfg.id, active, "active role changed");
+            self.out.events.push(Event::ActiveChanged { active });
+            self.last_active = active;
         }
         if leader != self.last_leader {
             self.out.events.push(Event::LeaderChanged {
@@ -603,23 +811,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.last_role = role;
         self.last_term = term;
         self.last_leader = leader;
-    }
-
-    /// The commit rule: raft-rs keeps commit groups and the group-commit
-    /// switch in each member's own tracker, in memory, and does not reset
-    /// them on a role change, wipe them only on a snapshot restore, and
-    /// leave them 0 for new members. The core sets them explicitly at each
-    /// of those points. In this foundation every member commits on a plain
-    /// majority: group commit is off.
-    fn assert_commit_policy(&mut self) {
-        let r = &mut self.raw.raft;
-        if r.group_commit() {
-            r.enable_group_commit(false);
-        }
-        assert!(
-            !r.group_commit(),
-            "commit policy: group commit must be off in majority mode"
-        );
     }
 
     /// A leader that steps down fails what it was waiting for: the caller
@@ -706,6 +897,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut rd = self.raw.ready();
         let number = rd.number();
         let mut messages = rd.take_messages();
+        if messages
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow)
+        {
+            // Handing over: the lease ends before the transferee can stand.
+            self.ha.end_lease();
+        }
         let failed_snapshots = self.fill_snapshots(&mut messages, &mut out.events)?;
         out.messages.extend(messages);
 
@@ -744,6 +942,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let committed = rd.take_committed_entries();
         let persisted_messages = rd.take_persisted_messages();
         for rs in rd.take_read_states() {
+            if self.ha.on_read_state(&rs.request_ctx) {
+                continue;
+            }
             let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
@@ -766,7 +967,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.advance_raft_applied();
         if write.snapshot.is_some() {
             // raft-rs wipes commit groups on a snapshot restore.
-            self.assert_commit_policy();
+            self.ha.apply_policy(&mut self.raw);
         }
         for peer in failed_snapshots {
             self.raw.report_snapshot(peer, SnapshotStatus::Failure);
@@ -783,6 +984,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 hard_state_commit,
             });
             if needs_write {
+                if self.ha.write_pending_since.is_none() {
+                    self.ha.write_pending_since = Some(self.ticks);
+                }
                 out.write = Some(write);
             }
         }
@@ -865,6 +1069,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let cs = self.apply_conf_change(&e)?;
                     conf_changed = Some(cs);
+                    decided.push((e, Step::Nothing, Vec::new()));
+                }
+                EntryType::EntryNormal if self.sm.is_witness() => {
+                    // The witness runs no state machine: it only advances
+                    // its applied index past commands.
                     decided.push((e, Step::Nothing, Vec::new()));
                 }
                 EntryType::EntryNormal => {
@@ -1016,7 +1225,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
         });
-        self.assert_commit_policy();
+        self.ha.apply_policy(&mut self.raw);
         Ok(cs)
     }
 
@@ -1076,6 +1285,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.out.messages.extend(h.messages);
         }
         if released > 0 {
+            self.ha.write_pending_since = if self.raw.store().has_pending_after(released) {
+                Some(self.ticks)
+            } else {
+                None
+            };
             self.raw.mut_store().persisted(released);
             self.raw.on_persist_ready(released);
             self.advance_raft_applied();

@@ -123,6 +123,11 @@ impl<L: LogStore> LogView<L> {
         }
     }
 
+    /// Whether a write numbered after `number` is pending.
+    pub(crate) fn has_pending_after(&self, number: u64) -> bool {
+        self.pending.iter().any(|r| r.number > number)
+    }
+
     /// Whether a write is still pending.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()

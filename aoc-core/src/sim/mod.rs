@@ -85,6 +85,9 @@ pub struct SimOptions {
     pub seed: u64,
     /// The members (all voters).
     pub voters: Vec<u64>,
+    /// The voter that is the witness, if any (it runs no state machine;
+    /// election ranges follow [`ReplicaConfig::ha`]).
+    pub witness: Option<u64>,
     /// Length of a tick in microseconds.
     pub tick_us: u64,
     /// Replica configuration template (the id is set per member).
@@ -106,11 +109,20 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
+    /// An HA cluster: data members 1 and 2, witness 3, HA timing.
+    pub fn ha(seed: u64) -> Self {
+        SimOptions {
+            witness: Some(3),
+            ..SimOptions::new(seed)
+        }
+    }
+
     /// Three voters (1, 2, 3), 100 ms ticks, a healthy network and disks.
     pub fn new(seed: u64) -> Self {
         SimOptions {
             seed,
             voters: vec![1, 2, 3],
+            witness: None,
             tick_us: 100_000,
             replica: ReplicaConfig::default(),
             net: NetFaults::default(),
@@ -237,7 +249,7 @@ impl Cluster {
                     },
                     log,
                     replica: None,
-                    parked: Some(MemKv::new()),
+                    parked: (c.opts.witness != Some(id)).then(MemKv::new),
                     incarnation: 0,
                     queue: VecDeque::new(),
                     in_progress: None,
@@ -271,16 +283,31 @@ impl Cluster {
         let phase = self.rng.gen_range(0..self.opts.tick_us);
         let mut cfg = self.opts.replica.clone();
         cfg.id = id;
+        if let Some(w) = self.opts.witness {
+            let ha = ReplicaConfig::ha(id, w);
+            cfg.witness = ha.witness;
+            cfg.min_election_tick = ha.min_election_tick;
+            cfg.max_election_tick = ha.max_election_tick;
+        }
         let violations = self.violations.clone();
+        let is_witness = self.opts.witness == Some(id);
         let Some(m) = self.members.get_mut(&id) else {
             return;
         };
-        let Some(sm) = m.parked.take() else {
+        if m.replica.is_some() {
             return;
-        };
+        }
         m.incarnation += 1;
         let incarnation = m.incarnation;
-        match Replica::new(cfg, m.log.clone(), AuditKv::new(sm, id, violations), seed) {
+        let opened = if is_witness {
+            Replica::new_witness(cfg, m.log.clone(), seed)
+        } else {
+            let Some(sm) = m.parked.take() else {
+                return;
+            };
+            Replica::new(cfg, m.log.clone(), AuditKv::new(sm, id, violations), seed)
+        };
+        match opened {
             Ok(r) => m.replica = Some(r),
             Err(e) => {
                 self.violations
@@ -320,9 +347,11 @@ impl Cluster {
         if self.opts.lying_disk {
             m.log = m.durable.deep_clone();
         }
-        let mut sm = r.into_state_machine().inner;
-        sm.crash();
-        m.parked = Some(sm);
+        if let Some(audit) = r.into_state_machine() {
+            let mut sm = audit.inner;
+            sm.crash();
+            m.parked = Some(sm);
+        }
         m.reads.clear();
         self.trace.push(format!("{} crash {id}", self.now_us));
     }
@@ -524,6 +553,7 @@ impl Cluster {
             };
             self.now_us = at;
             self.handle(kind);
+            self.check_one_active();
         }
     }
 
@@ -737,9 +767,14 @@ impl Cluster {
             }
         }
         self.kick_disk(id);
+        let sync_mode = self
+            .members
+            .get(&id)
+            .and_then(|m| m.replica.as_ref())
+            .is_some_and(|r| r.mode() == crate::Mode::Sync);
         for c in completions {
             if c.result.is_ok() {
-                self.check_durable(id, c.index, c.token);
+                self.check_durable(id, c.index, c.token, sync_mode);
                 self.acked.push(Acked {
                     token: c.token,
                     member: id,
@@ -768,7 +803,10 @@ impl Cluster {
             };
             let key = m.reads.remove(&token).unwrap_or_default();
             let value = match (result, m.replica.as_ref()) {
-                (Ok(()), Some(r)) => r.state_machine().get(&key),
+                (Ok(()), Some(r)) => match r.state_machine() {
+                    Some(sm) => sm.get(&key),
+                    None => Err(Error::NotLeader { leader_hint: None }),
+                },
                 (Ok(()), None) => Err(Error::Stopped),
                 (Err(e), _) => Err(e),
             };
@@ -780,9 +818,41 @@ impl Cluster {
         }
     }
 
+    /// One active: no two members hold the active role (leader inside its
+    /// fenced lease) at the same simulated instant. Checked after every
+    /// event, since a member's role changes only when it handles one.
+    fn check_one_active(&mut self) {
+        let active: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.replica.as_ref().is_some_and(|r| r.is_active()))
+            .map(|(id, _)| *id)
+            .collect();
+        if active.len() > 1 {
+            let msg = format!("two actives at {} us: {active:?}", self.now_us);
+            let mut v = self.violations.lock();
+            if v.last() != Some(&msg) {
+                v.push(msg);
+            }
+        }
+    }
+
+    /// The member holding the active role, if any.
+    pub fn active(&self) -> Option<u64> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.replica.as_ref().is_some_and(|r| r.is_active()))
+            .map(|(id, _)| *id)
+    }
+
+    /// The status of member `id`, when it is up.
+    pub fn status(&self, id: u64) -> Option<crate::Status> {
+        self.members.get(&id)?.replica.as_ref().map(|r| r.status())
+    }
+
     /// Sync before acknowledgement: an acknowledged entry must be on a
     /// majority of the members' durable logs.
-    fn check_durable(&mut self, member: u64, index: u64, token: u64) {
+    fn check_durable(&mut self, member: u64, index: u64, token: u64, sync_mode: bool) {
         let Some(term) = self
             .members
             .get(&member)
@@ -802,6 +872,25 @@ impl Cluster {
             })
             .count();
         let majority = self.opts.voters.len() / 2 + 1;
+        if sync_mode {
+            // Sync mode: on both data members' synced logs (RPO=0).
+            let missing: Vec<u64> = self
+                .members
+                .iter()
+                .filter(|(id, _)| Some(**id) != self.opts.witness)
+                .filter(|(_, m)| {
+                    !(m.durable.term(index).ok() == Some(term)
+                        || m.durable.first_index().is_ok_and(|f| f > index))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if !missing.is_empty() {
+                self.violations.lock().push(format!(
+                    "member {member} acknowledged index {index} (token {token}) in sync mode \
+                     while data members {missing:?} had not synced it"
+                ));
+            }
+        }
         if holders < majority {
             self.violations.lock().push(format!(
                 "member {member} acknowledged index {index} (token {token}) held durably by \
@@ -869,7 +958,7 @@ impl Cluster {
     /// The key-value pairs and applied index of member `id`'s state machine.
     pub fn state_of(&self, id: u64) -> Option<(u64, Pairs)> {
         let r = self.members.get(&id)?.replica.as_ref()?;
-        let sm = r.state_machine();
+        let sm = r.state_machine()?;
         Some((sm.applied_index(), sm.scan(b"").ok()?))
     }
 

@@ -1,0 +1,334 @@
+//! The HA layer on top of raft: the commit rule in each mode, the fenced
+//! lease that defines the active role, and the witness's hand-over.
+//!
+//! Everything here is built from raft-rs's own knobs (commit groups and
+//! the group-commit switch, ReadIndex, `transfer_leader`); raft decides
+//! safety, this module decides when to turn which knob.
+//!
+//! - **Sync mode**: the two data members are in commit groups 1 and 2, the
+//!   witness in none, group commit on: an entry commits only once both data
+//!   members persisted it (RPO=0).
+//! - **Degraded mode**: group commit off: an entry commits on a plain
+//!   majority (the active and the witness), still two disks. Entered when
+//!   the oldest entry waiting only for the passive has waited
+//!   `sync_timeout_ticks`; left when the passive has persisted everything
+//!   committed.
+//! - **Fence**: the active role is held only inside a lease that starts when
+//!   the leader SENT a heartbeat round (a ReadIndex probe) that a quorum
+//!   answered and lasts `election_tick - heartbeat_tick` ticks. A follower
+//!   that answered will not vote for anyone else for `election_tick` ticks
+//!   after it processed that round, so no other member can become leader
+//!   inside the lease (the margin covers tick-rate differences).
+
+use std::collections::VecDeque;
+
+use raft::{RawNode, StateRole, Storage};
+
+use crate::config::ReplicaConfig;
+
+/// The replication mode, as the leader runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// One voter: commits on its own synced write.
+    Standalone,
+    /// No witness configured: plain raft majority among data members.
+    Majority,
+    /// Commit waits for both data members (RPO=0).
+    Sync,
+    /// Commit on the active and the witness; the passive is behind.
+    Degraded,
+}
+
+/// The first byte of a lease probe's ReadIndex context (client read
+/// tokens are 8 bytes long, probes 9).
+const PROBE_TAG: u8 = 0xA5;
+
+pub(crate) struct Ha {
+    witness: Option<u64>,
+    election_tick: u64,
+    heartbeat_tick: u64,
+    sync_timeout_ticks: u64,
+    pub(crate) mode: Mode,
+    /// Majority-durable indexes still waiting for the passive, with the
+    /// tick each became majority-durable.
+    waiting: VecDeque<(u64, u64)>,
+    /// The lease ends at this tick (exclusive).
+    lease_until: u64,
+    last_probe: u64,
+    /// Since when this member's own log write has been pending.
+    pub(crate) write_pending_since: Option<u64>,
+    /// The leader stopped ticking raft (its disk stalled and no passive was
+    /// caught up): followers will elect someone else.
+    pub(crate) silenced: bool,
+    /// Why a witness leader cannot hand over.
+    pub(crate) waiting_for: Option<String>,
+}
+
+impl Ha {
+    pub(crate) fn new(cfg: &ReplicaConfig) -> Self {
+        Ha {
+            witness: cfg.witness,
+            election_tick: cfg.election_tick as u64,
+            heartbeat_tick: cfg.heartbeat_tick as u64,
+            sync_timeout_ticks: cfg.sync_timeout_ticks as u64,
+            mode: Mode::Majority,
+            waiting: VecDeque::new(),
+            lease_until: 0,
+            last_probe: 0,
+            write_pending_since: None,
+            silenced: false,
+            waiting_for: None,
+        }
+    }
+
+    fn voters<T: Storage>(raw: &RawNode<T>) -> Vec<u64> {
+        let mut v: Vec<u64> = raw.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The data members among the voters.
+    pub(crate) fn data_members<T: Storage>(&self, raw: &RawNode<T>) -> Vec<u64> {
+        Self::voters(raw)
+            .into_iter()
+            .filter(|v| Some(*v) != self.witness)
+            .collect()
+    }
+
+    /// Whether the HA rules apply: two data members and the witness.
+    fn ha_group<T: Storage>(&self, raw: &RawNode<T>) -> bool {
+        let voters = Self::voters(raw);
+        self.witness.is_some_and(|w| voters.contains(&w)) && voters.len() == 3
+    }
+
+    /// The other data member, seen from a data leader.
+    pub(crate) fn passive<T: Storage>(&self, raw: &RawNode<T>) -> Option<u64> {
+        let id = raw.raft.id;
+        if Some(id) == self.witness {
+            return None;
+        }
+        self.data_members(raw).into_iter().find(|d| *d != id)
+    }
+
+    /// Sets the commit groups and the group-commit switch for the current
+    /// mode, and checks them. raft-rs keeps both in each member's own
+    /// tracker, in memory: they survive role changes, vanish on a snapshot
+    /// restore and are 0 for new members, so this runs on every
+    /// become-leader, after every membership change and snapshot restore.
+    pub(crate) fn apply_policy<T: Storage>(&mut self, raw: &mut RawNode<T>) {
+        let voters = Self::voters(raw);
+        if !self.ha_group(raw) {
+            self.mode = if voters.len() == 1 {
+                Mode::Standalone
+            } else {
+                Mode::Majority
+            };
+            raw.raft.enable_group_commit(false);
+            assert!(
+                !raw.raft.group_commit(),
+                "commit policy: majority mode has group commit off"
+            );
+            return;
+        }
+        let data = self.data_members(raw);
+        let groups: Vec<(u64, u64)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (*d, i as u64 + 1))
+            .collect();
+        raw.raft.assign_commit_groups(&groups);
+        let sync = self.mode == Mode::Sync;
+        raw.raft.enable_group_commit(sync);
+        // A half-assigned set makes every commit wait for all members; a
+        // witness in a group lets a commit skip a data member.
+        for (d, g) in &groups {
+            assert_eq!(
+                raw.raft.prs().get(*d).map(|p| p.commit_group_id),
+                Some(*g),
+                "commit policy: data member {d} must be in commit group {g}"
+            );
+        }
+        if let Some(w) = self.witness {
+            assert_eq!(
+                raw.raft.prs().get(w).map(|p| p.commit_group_id),
+                Some(0),
+                "commit policy: the witness must be in no commit group"
+            );
+        }
+        assert_eq!(
+            raw.raft.group_commit(),
+            sync,
+            "commit policy: group commit follows the mode"
+        );
+    }
+
+    /// A new leader: every election but a switchover starts degraded, so a
+    /// failover never waits `sync_timeout` for the member that is gone; it
+    /// enters sync mode as soon as the passive has caught up.
+    pub(crate) fn on_become_leader<T: Storage>(&mut self, raw: &mut RawNode<T>) {
+        self.mode = Mode::Degraded;
+        self.waiting.clear();
+        self.lease_until = 0;
+        self.last_probe = 0;
+        self.silenced = false;
+        self.apply_policy(raw);
+    }
+
+    pub(crate) fn on_step_down(&mut self) {
+        self.lease_until = 0;
+        self.waiting.clear();
+        self.silenced = false;
+        self.waiting_for = None;
+    }
+
+    /// The highest index a plain majority has persisted.
+    fn majority_index<T: Storage>(raw: &RawNode<T>) -> u64 {
+        let mut matched: Vec<u64> = Self::voters(raw)
+            .iter()
+            .filter_map(|v| raw.raft.prs().get(*v).map(|p| p.matched))
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum = matched.len() / 2 + 1;
+        matched.get(quorum - 1).copied().unwrap_or(0)
+    }
+
+    /// Mode transitions on the leader; returns the new mode if it changed.
+    pub(crate) fn update_mode<T: Storage>(
+        &mut self,
+        raw: &mut RawNode<T>,
+        tick: u64,
+    ) -> Option<Mode> {
+        if raw.raft.state != StateRole::Leader
+            || !self.ha_group(raw)
+            || Some(raw.raft.id) == self.witness
+        {
+            return None;
+        }
+        let commit = raw.raft.raft_log.committed;
+        let passive_matched = self
+            .passive(raw)
+            .and_then(|p| raw.raft.prs().get(p).map(|pr| pr.matched))
+            .unwrap_or(0);
+        match self.mode {
+            Mode::Sync => {
+                let majority = Self::majority_index(raw);
+                if majority > self.waiting.back().map(|w| w.0).unwrap_or(commit)
+                    && majority > commit
+                {
+                    self.waiting.push_back((majority, tick));
+                }
+                while self.waiting.front().is_some_and(|(i, _)| *i <= commit) {
+                    self.waiting.pop_front();
+                }
+                let expired = self.waiting.front().is_some_and(|(_, since)| {
+                    tick.saturating_sub(*since) >= self.sync_timeout_ticks
+                });
+                if expired {
+                    self.mode = Mode::Degraded;
+                    self.waiting.clear();
+                    self.apply_policy(raw);
+                    return Some(Mode::Degraded);
+                }
+                None
+            }
+            Mode::Degraded => {
+                // The passive has everything committed (not the last index:
+                // under load it always trails the tail by what is in flight).
+                if passive_matched >= commit && raw.raft.commit_to_current_term() {
+                    self.mode = Mode::Sync;
+                    self.waiting.clear();
+                    self.apply_policy(raw);
+                    return Some(Mode::Sync);
+                }
+                None
+            }
+            Mode::Standalone | Mode::Majority => None,
+        }
+    }
+
+    /// Sends a lease probe every heartbeat interval (a ReadIndex whose
+    /// context is the tick it was sent).
+    pub(crate) fn maybe_probe<T: Storage>(&mut self, raw: &mut RawNode<T>, tick: u64) {
+        if raw.raft.state != StateRole::Leader || self.silenced {
+            return;
+        }
+        if self.last_probe != 0 && tick < self.last_probe + self.heartbeat_tick {
+            return;
+        }
+        self.last_probe = tick;
+        let mut ctx = Vec::with_capacity(9);
+        ctx.push(PROBE_TAG);
+        ctx.extend_from_slice(&tick.to_le_bytes());
+        raw.read_index(ctx);
+    }
+
+    /// A ReadIndex answer: renews the lease if it is a probe's. Returns
+    /// false when the context is not a probe's.
+    pub(crate) fn on_read_state(&mut self, ctx: &[u8]) -> bool {
+        if ctx.len() != 9 || ctx[0] != PROBE_TAG {
+            return false;
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&ctx[1..]);
+        let sent = u64::from_le_bytes(b);
+        let until = sent + self.election_tick - self.heartbeat_tick;
+        self.lease_until = self.lease_until.max(until);
+        true
+    }
+
+    /// Ends the lease at once (the leader sent `MsgTimeoutNow`).
+    pub(crate) fn end_lease(&mut self) {
+        self.lease_until = 0;
+    }
+
+    /// Whether this member holds the active role at `tick`.
+    pub(crate) fn is_active<T: Storage>(&self, raw: &RawNode<T>, tick: u64) -> bool {
+        raw.raft.state == StateRole::Leader
+            && Some(raw.raft.id) != self.witness
+            && raw.raft.lead_transferee.is_none()
+            && tick < self.lease_until
+    }
+
+    /// A witness that leads hands leadership to the most up-to-date data
+    /// member as soon as raft can bring it up to date; raft-rs sends it
+    /// the missing entries and then `MsgTimeoutNow`.
+    pub(crate) fn witness_hand_over<T: Storage>(&mut self, raw: &mut RawNode<T>) {
+        if raw.raft.state != StateRole::Leader || Some(raw.raft.id) != self.witness {
+            self.waiting_for = None;
+            return;
+        }
+        if !raw.raft.commit_to_current_term() {
+            return;
+        }
+        let first = raw.raft.raft_log.first_index();
+        let mut best: Option<(u64, u64)> = None;
+        for d in self.data_members(raw) {
+            if let Some(p) = raw.raft.prs().get(d) {
+                // A member whose next needed entry is compacted here cannot
+                // be completed from the witness's log (it has no snapshot).
+                // `next_idx` starts optimistic and falls to what the member
+                // really needs once it answers.
+                if p.next_idx < first {
+                    continue;
+                }
+                if best.is_none_or(|(_, m)| p.matched > m) {
+                    best = Some((d, p.matched));
+                }
+            }
+        }
+        match best {
+            Some((d, _)) => {
+                self.waiting_for = None;
+                if raw.raft.lead_transferee != Some(d) {
+                    raw.transfer_leader(d);
+                }
+            }
+            None => {
+                self.waiting_for = Some(format!(
+                    "waiting for a data member holding index >= {}",
+                    first.saturating_sub(1)
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Witness arbitration and RPO=0 replication on the deterministic cluster:
+//! data members 1 and 2, witness 3. Every test checks, across seeds, that
+//! every acknowledged write is present afterwards on both data members,
+//! that no two members were active at the same simulated instant (the
+//! cluster checks it after every event), and that acknowledgements in sync
+//! mode were on both data members' synced logs.
+
+use std::collections::BTreeMap;
+
+use aoc_core::sim::{Cluster, Outcome, SimOptions};
+use aoc_core::state::KvCommand;
+use aoc_core::Mode;
+
+const MS: u64 = 1_000;
+const SECOND_US: u64 = 1_000_000;
+/// Default sync_timeout: 10 ticks of 100 ms.
+const SYNC_TIMEOUT_US: u64 = SECOND_US;
+
+/// A closed-loop writer: one put every 10 ms on whichever member is active.
+struct Writer {
+    writes: Vec<(u64, String)>,
+    next: u64,
+}
+
+impl Writer {
+    fn new() -> Self {
+        Writer {
+            writes: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn run(&mut self, c: &mut Cluster, us: u64) {
+        let end = c.now_us() + us;
+        while c.now_us() < end {
+            if let Some(a) = c.active() {
+                let key = format!("w{}", self.next);
+                self.next += 1;
+                let t = c.propose(a, KvCommand::put(key.clone(), "v").encode(), None);
+                self.writes.push((t, key));
+            }
+            c.run_for(10 * MS);
+        }
+    }
+
+    fn acked(&self, c: &Cluster) -> Vec<String> {
+        self.writes
+            .iter()
+            .filter(|(t, _)| matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })))
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+/// The longest gap between consecutive acknowledgements after `from_us`.
+fn write_pause_us(c: &Cluster, from_us: u64) -> u64 {
+    let times: Vec<u64> = c
+        .acked()
+        .iter()
+        .map(|a| a.at_us)
+        .filter(|t| *t >= from_us)
+        .collect();
+    let mut gap = times.first().map(|t| t - from_us).unwrap_or(u64::MAX);
+    for w in times.windows(2) {
+        gap = gap.max(w[1] - w[0]);
+    }
+    gap
+}
+
+fn settle(c: &mut Cluster) {
+    c.heal();
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    let done = c.run_until(30 * SECOND_US, |c| {
+        let Some(a) = c.active() else { return false };
+        let Some(st) = c.status(a) else { return false };
+        st.mode == Mode::Sync
+            && [1, 2].iter().all(|d| {
+                c.state_of(*d)
+                    .is_some_and(|(applied, _)| applied == st.commit)
+            })
+    });
+    assert!(done, "{}: did not settle in sync mode", c.replay_hint());
+}
+
+/// Every acknowledged write is on both data members, which hold the same
+/// state; no invariant was broken.
+fn check(c: &Cluster, w: &Writer) {
+    let v = c.violations();
+    assert!(v.is_empty(), "{}: {v:#?}", c.replay_hint());
+    let s1 = c.state_of(1).expect("member 1 up");
+    let s2 = c.state_of(2).expect("member 2 up");
+    assert_eq!(s1.1, s2.1, "{}: data members differ", c.replay_hint());
+    let kv: BTreeMap<_, _> = s1.1.into_iter().collect();
+    let acked = w.acked(c);
+    assert!(
+        !acked.is_empty(),
+        "{}: nothing acknowledged",
+        c.replay_hint()
+    );
+    for k in acked {
+        assert!(
+            kv.contains_key(k.as_bytes()),
+            "{}: acknowledged {k} lost",
+            c.replay_hint()
+        );
+    }
+}
+
+fn start(seed: u64) -> (Cluster, u64, u64) {
+    let mut c = Cluster::new(SimOptions::ha(seed));
+    let ok = c.run_until(20 * SECOND_US, |c| {
+        c.active()
+            .is_some_and(|a| c.status(a).is_some_and(|s| s.mode == Mode::Sync))
+    });
+    assert!(ok, "seed {seed}: no active in sync mode");
+    let active = c.active().expect("an active");
+    assert_ne!(active, 3, "seed {seed}: the witness is never the active");
+    let passive = if active == 1 { 2 } else { 1 };
+    (c, active, passive)
+}
+
+const SEEDS: std::ops::Range<u64> = 0..12;
+
+#[test]
+fn the_first_active_is_a_data_member_and_the_witness_runs_no_state_machine() {
+    for seed in 0..50 {
+        let mut c = Cluster::new(SimOptions::ha(seed));
+        assert!(
+            c.run_until(20 * SECOND_US, |c| c.active().is_some()),
+            "seed {seed}"
+        );
+        assert_ne!(
+            c.active(),
+            Some(3),
+            "seed {seed}: the witness became active"
+        );
+        assert!(c.replica(3).unwrap().state_machine().is_none());
+        assert!(c.status(3).unwrap().witness);
+    }
+}
+
+/// Case 1: the active dies in sync mode; the passive takes over with every
+/// acknowledged write.
+#[test]
+fn case_1_active_dies_in_sync_mode() {
+    let mut pauses = Vec::new();
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        let at = c.now_us();
+        c.crash(active);
+        w.run(&mut c, 5 * SECOND_US);
+        assert_eq!(
+            c.active(),
+            Some(passive),
+            "seed {seed}: the passive took over"
+        );
+        pauses.push(write_pause_us(&c, at));
+        settle(&mut c);
+        check(&c, &w);
+    }
+    let max = *pauses.iter().max().unwrap();
+    eprintln!(
+        "case 1 write pause (simulated): max {} ms over {} seeds",
+        max / MS,
+        pauses.len()
+    );
+    assert!(max < 3 * SECOND_US, "failover pause {max} us");
+}
+
+/// Case 2: the passive dies; writes pause no longer than sync_timeout, go
+/// on degraded; the passive returns, catches up under writes, sync resumes.
+#[test]
+fn case_2_passive_dies_then_returns() {
+    let mut pauses = Vec::new();
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        let at = c.now_us();
+        c.crash(passive);
+        w.run(&mut c, 3 * SECOND_US);
+        assert_eq!(c.active(), Some(active), "seed {seed}");
+        assert_eq!(
+            c.status(active).unwrap().mode,
+            Mode::Degraded,
+            "seed {seed}"
+        );
+        let pause = write_pause_us(&c, at);
+        pauses.push(pause);
+        assert!(
+            pause <= SYNC_TIMEOUT_US + 300 * MS,
+            "seed {seed}: pause {pause} us"
+        );
+        c.restart(passive);
+        let back = c.now_us();
+        w.run(&mut c, 3 * SECOND_US);
+        assert_eq!(
+            c.status(active).unwrap().mode,
+            Mode::Sync,
+            "seed {seed}: sync resumed"
+        );
+        assert!(
+            c.events().iter().any(|(m, e)| *m == active
+                && matches!(e, aoc_core::Event::ModeChanged { mode: Mode::Sync })),
+            "seed {seed}"
+        );
+        let _ = back;
+        settle(&mut c);
+        check(&c, &w);
+    }
+    eprintln!(
+        "case 2 write pause (simulated): max {} ms",
+        pauses.iter().max().unwrap() / MS
+    );
+}
+
+/// Case 3: the passive dies, writes go on degraded, then the active dies:
+/// the passive returns, the witness brings it up to date, and it becomes
+/// active with every acknowledged write.
+#[test]
+fn case_3_passive_then_active_die() {
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.crash(passive);
+        w.run(&mut c, 3 * SECOND_US);
+        c.crash(active);
+        c.run_for(SECOND_US);
+        c.restart(passive);
+        let ok = c.run_until(20 * SECOND_US, |c| c.active() == Some(passive));
+        assert!(ok, "seed {seed}: the returning passive became active");
+        // It holds every write acknowledged in degraded mode.
+        let kv: BTreeMap<_, _> = c.state_of(passive).unwrap().1.into_iter().collect();
+        for k in w.acked(&c) {
+            assert!(
+                kv.contains_key(k.as_bytes()),
+                "seed {seed}: {k} missing on the new active"
+            );
+        }
+        w.run(&mut c, SECOND_US);
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
+
+/// Case 4: the witness dies: sync mode continues; then the passive dies
+/// too: writes stop, and resume when either returns.
+#[test]
+fn case_4_witness_then_passive_die() {
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        c.crash(3);
+        w.run(&mut c, 2 * SECOND_US);
+        assert_eq!(
+            c.status(active).map(|s| s.mode),
+            Some(Mode::Sync),
+            "seed {seed}"
+        );
+        let before = w.acked(&c).len();
+        assert!(
+            before > 100,
+            "seed {seed}: writes went on without the witness ({before})"
+        );
+        c.crash(passive);
+        w.run(&mut c, 3 * SECOND_US);
+        let stopped = w.acked(&c).len();
+        c.run_for(SECOND_US);
+        assert!(
+            stopped <= before + 110,
+            "seed {seed}: writes must stop without a quorum"
+        );
+        if seed % 2 == 0 {
+            c.restart(3);
+        } else {
+            c.restart(passive);
+        }
+        let ok = c.run_until(20 * SECOND_US, |c| c.active().is_some());
+        assert!(ok, "seed {seed}: an active once a second member returned");
+        w.run(&mut c, 2 * SECOND_US);
+        assert!(w.acked(&c).len() > stopped, "seed {seed}: writes resumed");
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
+
+/// Cases 5 and 6: partitions. The cluster's one-active check runs after
+/// every event.
+#[test]
+fn case_5_and_6_partitions_keep_one_active() {
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        // 5: the active is cut off from both peers.
+        c.isolate(active);
+        w.run(&mut c, 5 * SECOND_US);
+        assert_eq!(
+            c.active(),
+            Some(passive),
+            "seed {seed}: the other side elected"
+        );
+        c.heal();
+        w.run(&mut c, 3 * SECOND_US);
+        // 6: the data members cannot reach each other; both reach the witness.
+        let a = c.active().expect("an active after healing");
+        let p = if a == 1 { 2 } else { 1 };
+        c.set_link(a, p, false);
+        c.set_link(p, a, false);
+        w.run(&mut c, 5 * SECOND_US);
+        assert!(c.active().is_some(), "seed {seed}: one active continues");
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
+
+/// Case 7: the passive's disk stalls while its heartbeats continue: the
+/// active degrades within sync_timeout and goes on.
+#[test]
+fn case_7_passive_disk_stall_degrades() {
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        let at = c.now_us();
+        c.stall_disk(passive, true);
+        w.run(&mut c, 3 * SECOND_US);
+        assert_eq!(
+            c.status(active).unwrap().mode,
+            Mode::Degraded,
+            "seed {seed}"
+        );
+        assert!(
+            write_pause_us(&c, at) <= SYNC_TIMEOUT_US + 300 * MS,
+            "seed {seed}"
+        );
+        c.stall_disk(passive, false);
+        w.run(&mut c, 2 * SECOND_US);
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
+
+/// Case 10: a failover right after a failover never waits sync_timeout for
+/// the member that is gone.
+#[test]
+fn case_10_failover_after_failover() {
+    let mut pauses = Vec::new();
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.crash(active);
+        w.run(&mut c, 3 * SECOND_US);
+        assert_eq!(c.active(), Some(passive));
+        c.restart(active);
+        w.run(&mut c, 3 * SECOND_US);
+        assert_eq!(c.status(passive).unwrap().mode, Mode::Sync, "seed {seed}");
+        let at = c.now_us();
+        c.crash(passive);
+        w.run(&mut c, 4 * SECOND_US);
+        assert_eq!(c.active(), Some(active), "seed {seed}");
+        let pause = write_pause_us(&c, at);
+        pauses.push(pause);
+        settle(&mut c);
+        check(&c, &w);
+    }
+    let max = *pauses.iter().max().unwrap();
+    eprintln!("case 10 write pause (simulated): max {} ms", max / MS);
+}
+
+/// Case 14: the active's disk stalls while its network is fine: a caught-up
+/// passive takes over.
+#[test]
+fn case_14_active_disk_stall_hands_over() {
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.stall_disk(active, true);
+        w.run(&mut c, 5 * SECOND_US);
+        assert_eq!(
+            c.active(),
+            Some(passive),
+            "seed {seed}: the passive took over"
+        );
+        c.stall_disk(active, false);
+        w.run(&mut c, SECOND_US);
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
