@@ -395,3 +395,114 @@ fn case_14_active_disk_stall_hands_over() {
         check(&c, &w);
     }
 }
+
+/// Case 9, the stale tail: the active is cut off and keeps taking
+/// proposals until its uncommitted tail is longer than the others' logs;
+/// the passive is elected with the witness and acknowledges writes in
+/// degraded mode; the new active dies and the old one returns. The witness
+/// leads, discards the stale tail, brings the old active up to date and
+/// hands it leadership, with every acknowledged write.
+#[test]
+fn case_9_stale_tail() {
+    let mut pauses = Vec::new();
+    for seed in SEEDS {
+        let (mut c, old, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.isolate(old);
+        // Proposals the cut-off leader still appends (never committed).
+        for i in 0..200 {
+            c.propose(old, KvCommand::put(format!("stale{i}"), "x").encode(), None);
+        }
+        c.run_for(3 * SECOND_US);
+        // A few writes acknowledged by the new active in degraded mode.
+        w.run(&mut c, SECOND_US / 2);
+        assert_eq!(
+            c.active(),
+            Some(passive),
+            "seed {seed}: the passive was elected"
+        );
+        let stale_last = c.status(old).map(|s| s.last_index).unwrap_or(0);
+        let new_last = c.status(passive).unwrap().last_index;
+        assert!(
+            stale_last > new_last,
+            "seed {seed}: the stale tail is longer ({stale_last} > {new_last})"
+        );
+        let at = c.now_us();
+        c.crash(passive);
+        c.heal();
+        let ok = c.run_until(20 * SECOND_US, |c| c.active() == Some(old));
+        assert!(ok, "seed {seed}: the old active took over again");
+        assert!(
+            c.events().iter().any(|(m, e)| *m == 3
+                && matches!(
+                    e,
+                    aoc_core::Event::RoleChanged {
+                        role: aoc_core::Role::Leader,
+                        ..
+                    }
+                )),
+            "seed {seed}: the witness led"
+        );
+        pauses.push(c.now_us() - at);
+        let kv: BTreeMap<_, _> = c.state_of(old).unwrap().1.into_iter().collect();
+        for k in w.acked(&c) {
+            assert!(
+                kv.contains_key(k.as_bytes()),
+                "seed {seed}: acknowledged {k} lost"
+            );
+        }
+        assert!(
+            !kv.keys().any(|k| k.starts_with(b"stale")),
+            "seed {seed}: the stale tail was discarded"
+        );
+        w.run(&mut c, SECOND_US);
+        settle(&mut c);
+        check(&c, &w);
+    }
+    eprintln!(
+        "case 9 time to a new active (simulated): max {} ms",
+        pauses.iter().max().unwrap() / MS
+    );
+}
+
+/// Case 15: the fenced lease holds when replies are delayed up to the
+/// election timeout and when a voter restarts at once (a restarted member
+/// knows no leader, hence has no lease: it must not vote at once).
+#[test]
+fn case_15_the_fence_holds_under_delays_and_voter_restarts() {
+    use aoc_core::sim::NetFaults;
+    for seed in 0..24 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        // The data members lose each other; the passive keeps standing and
+        // the witness, in the active's lease, refuses it. Then the witness
+        // restarts at once, while the active's lease still runs.
+        c.set_link(active, passive, false);
+        c.set_link(passive, active, false);
+        // No writes meanwhile: the passive's log stays as up to date as the
+        // witness's, so only the vote rule stands in its way.
+        c.run_for(1_500_000 + seed * 50_000);
+        c.crash(3);
+        c.restart(3);
+        // The restarted witness does not hear from the active either, so it
+        // learns of no leader (and no lease) until the active's lease ends.
+        c.set_link(active, 3, false);
+        c.set_link(3, active, false);
+        c.run_for(2 * SECOND_US);
+        w.run(&mut c, 2 * SECOND_US);
+        c.heal();
+        // Replies delayed up to the election timeout.
+        c.set_net(NetFaults {
+            drop_per_mille: 0,
+            duplicate_per_mille: 10,
+            min_delay_us: 100,
+            max_delay_us: SECOND_US,
+        });
+        w.run(&mut c, 8 * SECOND_US);
+        c.set_net(NetFaults::default());
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
