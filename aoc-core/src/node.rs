@@ -132,6 +132,25 @@ impl NodeBuilder {
         sm: S,
         transport: Arc<dyn Transport>,
     ) -> Result<Node<S>> {
+        self.launch(log, Some(sm), transport)
+    }
+
+    /// Starts the witness (`cfg.witness` names this member): a voter that
+    /// stores no service data and serves no client.
+    pub fn start_witness<L: LogStore>(
+        self,
+        log: L,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node<crate::state::NoStateMachine>> {
+        self.launch(log, None, transport)
+    }
+
+    fn launch<L: LogStore, S: StateMachine>(
+        self,
+        log: L,
+        sm: Option<S>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node<S>> {
         let id = self.cfg.id;
         if !log.initial_state()?.initialized() {
             if self.opts.voters.is_empty() {
@@ -151,7 +170,10 @@ impl NodeBuilder {
                 ^ id
         });
         let log = Arc::new(log);
-        let mut replica = Replica::new(self.cfg.clone(), ArcLog(log.clone()), sm, seed)?;
+        let mut replica = match sm {
+            Some(sm) => Replica::new(self.cfg.clone(), ArcLog(log.clone()), sm, seed)?,
+            None => Replica::new_witness(self.cfg.clone(), ArcLog(log.clone()), seed)?,
+        };
         if replica.status().voters == vec![id] {
             // A standalone member need not wait for an election timeout.
             replica.campaign()?;

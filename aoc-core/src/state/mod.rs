@@ -102,3 +102,30 @@ pub trait StateMachine: Send + 'static {
     /// applied index that is now durable.
     fn sync(&mut self) -> Result<u64>;
 }
+
+/// The state machine type of a witness: it has no values, so a witness
+/// replica (`Replica<L, NoStateMachine>`) cannot hold or run a state
+/// machine. See [`crate::Replica::new_witness`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStateMachine {}
+
+impl StateMachine for NoStateMachine {
+    fn applied_index(&self) -> u64 {
+        match *self {}
+    }
+    fn apply(&mut self, _batch: &ApplyBatch<'_>) -> Result<Vec<Vec<u8>>> {
+        match *self {}
+    }
+    fn sessions(&self) -> Result<Vec<Session>> {
+        match *self {}
+    }
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        match *self {}
+    }
+    fn restore(&mut self, _index: u64, _data: &[u8]) -> Result<()> {
+        match *self {}
+    }
+    fn sync(&mut self) -> Result<u64> {
+        match *self {}
+    }
+}
