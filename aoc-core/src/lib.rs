@@ -67,6 +67,7 @@
 //! unsynced writes on a crash; the same seed replays the same run.
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 mod config;
 mod error;
 pub mod logging;

@@ -37,8 +37,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::Message;
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
+use crate::bootstrap::{Bootstrap, Decision};
+use crate::proto::Notice;
 use crate::state::StateMachine;
 use crate::storage::{LogStore, LogWrite};
 use crate::transport::Transport;
@@ -152,16 +154,6 @@ impl NodeBuilder {
         transport: Arc<dyn Transport>,
     ) -> Result<Node<S>> {
         let id = self.cfg.id;
-        if !log.initial_state()?.initialized() {
-            if self.opts.voters.is_empty() {
-                return Err(Error::config(
-                    "voters",
-                    "the log store is blank: give the voters to bootstrap it",
-                ));
-            }
-            Replica::<L, S>::bootstrap(&log, &self.opts.voters)?;
-            info!(member = id, voters = ?self.opts.voters, "bootstrapped a blank log store");
-        }
         let seed = self.opts.seed.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -170,25 +162,43 @@ impl NodeBuilder {
                 ^ id
         });
         let log = Arc::new(log);
-        let mut replica = match sm {
-            Some(sm) => Replica::new(self.cfg.clone(), ArcLog(log.clone()), sm, seed)?,
-            None => Replica::new_witness(self.cfg.clone(), ArcLog(log.clone()), seed)?,
+        let cfg = self.cfg.clone();
+        // A blank store starts through the bootstrap handshake (see
+        // `crate::bootstrap`); a standalone member decides at once.
+        let mut start = if log.initial_state()?.initialized() {
+            Start::Open(Box::new(open_replica(&cfg, &log, sm, seed)?))
+        } else {
+            if self.opts.voters.is_empty() {
+                return Err(Error::config(
+                    "voters",
+                    "the log store is blank: give the voters to bootstrap it",
+                ));
+            }
+            let b = Bootstrap::new(id, &self.opts.voters, 5);
+            if b.decision() == Decision::Bootstrap {
+                Replica::<ArcLog<L>, S>::bootstrap(&ArcLog(log.clone()), b.voters())?;
+                Start::Open(Box::new(open_replica(&cfg, &log, sm, seed)?))
+            } else {
+                Start::Blank(b, sm)
+            }
         };
-        if replica.status().voters == vec![id] {
-            // A standalone member need not wait for an election timeout.
-            replica.campaign()?;
-        }
+        let initial_status = match &mut start {
+            Start::Open(r) => r.status(),
+            Start::Blank(b, _) => Status::blank(id, format!("{:?}", b.decision())),
+        };
         let (req_tx, req_rx) = channel::bounded(self.opts.request_queue);
         let (msg_tx, msg_rx) = channel::bounded(self.opts.peer_queue);
+        let (notice_tx, notice_rx) = channel::bounded(self.opts.peer_queue);
         let (done_tx, done_rx) = channel::unbounded();
         let (log_tx, log_rx) = channel::unbounded();
         let shared = Arc::new(Shared {
-            status: RwLock::new(replica.status()),
+            status: RwLock::new(initial_status),
             subscribers: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         });
         let log_thread = {
             let shared = shared.clone();
+            let log = log.clone();
             std::thread::Builder::new()
                 .name(format!("aoc-log-{id}"))
                 .spawn(move || log_loop(id, log, log_rx, done_tx, shared))
@@ -196,25 +206,46 @@ impl NodeBuilder {
                     Error::storage("thread", format!("cannot start the log thread: {e}"))
                 })?
         };
-        let driver = Driver {
-            replica,
-            transport,
-            log_tx,
-            proposals: HashMap::new(),
-            reads: HashMap::new(),
-            next_token: 1,
-            shared: shared.clone(),
-            started: Instant::now(),
-        };
         let tick = self.opts.tick;
+        let inputs = Inputs {
+            ticker: channel::tick(tick),
+            requests: req_rx,
+            messages: msg_rx,
+            notices: notice_rx,
+            persisted: done_rx,
+        };
+        let raft_shared = shared.clone();
         let raft_thread = std::thread::Builder::new()
             .name(format!("aoc-raft-{id}"))
-            .spawn(move || driver.run(tick, req_rx, msg_rx, done_rx))
+            .spawn(move || {
+                let replica = match start {
+                    Start::Open(r) => *r,
+                    Start::Blank(b, sm) => {
+                        match run_blank(b, sm, &cfg, &log, seed, &inputs, &*transport, &raft_shared)
+                        {
+                            Some(r) => r,
+                            None => return,
+                        }
+                    }
+                };
+                let driver = Driver {
+                    replica,
+                    transport,
+                    log_tx,
+                    proposals: HashMap::new(),
+                    reads: HashMap::new(),
+                    next_token: 1,
+                    shared: raft_shared,
+                    started: Instant::now(),
+                };
+                driver.run(inputs)
+            })
             .map_err(|e| Error::storage("thread", format!("cannot start the raft thread: {e}")))?;
         Ok(Node {
             id,
             req_tx,
             msg_tx,
+            notice_tx,
             shared,
             timeout: self.opts.request_timeout,
             threads: Arc::new(Mutex::new(vec![raft_thread, log_thread])),
@@ -222,10 +253,115 @@ impl NodeBuilder {
     }
 }
 
+enum Start<L: LogStore, S: StateMachine> {
+    Open(Box<Replica<ArcLog<L>, S>>),
+    Blank(Bootstrap, Option<S>),
+}
+
+fn open_replica<L: LogStore, S: StateMachine>(
+    cfg: &ReplicaConfig,
+    log: &Arc<L>,
+    sm: Option<S>,
+    seed: u64,
+) -> Result<Replica<ArcLog<L>, S>> {
+    let mut replica = match sm {
+        Some(sm) => Replica::new(cfg.clone(), ArcLog(log.clone()), sm, seed)?,
+        None => Replica::new_witness(cfg.clone(), ArcLog(log.clone()), seed)?,
+    };
+    if replica.status().voters == vec![cfg.id] {
+        // A standalone member need not wait for an election timeout.
+        replica.campaign()?;
+    }
+    Ok(replica)
+}
+
+/// The raft thread's inputs.
+struct Inputs<S> {
+    ticker: Receiver<Instant>,
+    requests: Receiver<Request<S>>,
+    messages: Receiver<Message>,
+    notices: Receiver<Notice>,
+    persisted: Receiver<Result<u64>>,
+}
+
+/// A blank member: runs the bootstrap handshake until it may start (or is
+/// stopped). It has no replica, so it never votes; raft messages to it are
+/// dropped and requests refused.
+#[allow(clippy::too_many_arguments)]
+fn run_blank<L: LogStore, S: StateMachine>(
+    mut b: Bootstrap,
+    sm: Option<S>,
+    cfg: &ReplicaConfig,
+    log: &Arc<L>,
+    seed: u64,
+    inputs: &Inputs<S>,
+    transport: &dyn Transport,
+    shared: &Shared,
+) -> Option<Replica<ArcLog<L>, S>> {
+    let id = cfg.id;
+    let _span = info_span!("blank", member = id).entered();
+    let mut last = None;
+    loop {
+        let decision = b.decision();
+        if last.as_ref() != Some(&decision) {
+            info!(member = id, decision = ?decision, "blank member");
+            *shared.status.write() = Status::blank(id, format!("{decision:?}"));
+            last = Some(decision.clone());
+        }
+        if decision == Decision::Bootstrap {
+            let opened = Replica::<ArcLog<L>, S>::bootstrap(&ArcLog(log.clone()), b.voters())
+                .and_then(|()| open_replica(cfg, log, sm, seed));
+            return match opened {
+                Ok(r) => {
+                    info!(member = id, voters = ?b.voters(), "bootstrapped");
+                    Some(r)
+                }
+                Err(e) => {
+                    error!(member = id, error = %e, "bootstrap failed; stopping");
+                    *shared.failure.lock() = Some(e);
+                    None
+                }
+            };
+        }
+        channel::select! {
+            recv(inputs.ticker) -> _ => {
+                for n in b.tick() {
+                    transport.send_notice(n);
+                }
+            }
+            recv(inputs.notices) -> n => match n {
+                Ok(n) => {
+                    if let Some(answer) = b.on_notice(n) {
+                        transport.send_notice(answer);
+                    }
+                }
+                Err(_) => return None,
+            },
+            recv(inputs.messages) -> m => if m.is_err() { return None },
+            recv(inputs.requests) -> r => match r {
+                Ok(Request::Stop) | Err(_) => return None,
+                Ok(other) => refuse_blank(other, &decision),
+            },
+        }
+    }
+}
+
+fn refuse_blank<S>(r: Request<S>, decision: &Decision) {
+    let e = Error::NotLeader { leader_hint: None };
+    match r {
+        Request::Propose { reply, .. } | Request::Register { reply } => {
+            let _ = reply.send(Err(e));
+        }
+        Request::Read(f) => f(Err(e)),
+        _ => debug!(decision = ?decision, "request ignored while blank"),
+    }
+}
+
 struct NoTransport;
 
 impl Transport for NoTransport {
     fn send(&self, _msg: Message) {}
+    fn send_notice(&self, _notice: Notice) {}
 }
 
 /// A shared log store: the raft thread reads while the log thread writes.
@@ -277,6 +413,7 @@ pub struct Node<S> {
     id: u64,
     req_tx: Sender<Request<S>>,
     msg_tx: Sender<Message>,
+    notice_tx: Sender<Notice>,
     shared: Arc<Shared>,
     timeout: Duration,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -288,6 +425,7 @@ impl<S> Clone for Node<S> {
             id: self.id,
             req_tx: self.req_tx.clone(),
             msg_tx: self.msg_tx.clone(),
+            notice_tx: self.notice_tx.clone(),
             shared: self.shared.clone(),
             timeout: self.timeout,
             threads: self.threads.clone(),
@@ -332,6 +470,13 @@ impl<S: StateMachine> Node<S> {
                 member = self.id,
                 "peer message queue full; dropped a message"
             );
+        }
+    }
+
+    /// Hands a notice from a peer to this node. Never blocks.
+    pub fn notice(&self, notice: Notice) {
+        if let Err(TrySendError::Full(_)) = self.notice_tx.try_send(notice) {
+            warn!(member = self.id, "notice queue full; dropped a notice");
         }
     }
 
@@ -507,15 +652,15 @@ struct Driver<L: LogStore, S: StateMachine> {
 }
 
 impl<L: LogStore, S: StateMachine> Driver<L, S> {
-    fn run(
-        mut self,
-        tick: Duration,
-        requests: Receiver<Request<S>>,
-        messages: Receiver<Message>,
-        persisted: Receiver<Result<u64>>,
-    ) {
+    fn run(mut self, inputs: Inputs<S>) {
+        let Inputs {
+            ticker,
+            requests,
+            messages,
+            notices,
+            persisted,
+        } = inputs;
         let id = self.replica.id();
-        let ticker = channel::tick(tick);
         let epoch_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -535,6 +680,10 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                             self.replica.step(m);
                         }
                     }
+                    Err(_) => break,
+                },
+                recv(notices) -> n => match n {
+                    Ok(n) => self.replica.on_notice(n),
                     Err(_) => break,
                 },
                 recv(persisted) -> p => match p {
@@ -626,9 +775,13 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             completions,
             reads,
             events,
+            notices,
         } = rd;
         for m in messages {
             self.transport.send(m);
+        }
+        for n in notices {
+            self.transport.send_notice(n);
         }
         if let Some(w) = write {
             let _ = self.log_tx.send(LogJob::Write(Box::new(w)));

@@ -62,6 +62,10 @@ pub(crate) struct Ha {
     pub(crate) silenced: bool,
     /// Why a witness leader cannot hand over.
     pub(crate) waiting_for: Option<String>,
+    /// On the witness: both data members persisted up to here.
+    pub(crate) data_persisted: u64,
+    /// On the active: what it last told the witness.
+    pub(crate) told_witness: u64,
 }
 
 impl Ha {
@@ -78,6 +82,8 @@ impl Ha {
             write_pending_since: None,
             silenced: false,
             waiting_for: None,
+            data_persisted: 0,
+            told_witness: 0,
         }
     }
 
@@ -175,6 +181,7 @@ impl Ha {
     }
 
     pub(crate) fn on_step_down(&mut self) {
+        self.told_witness = 0;
         self.lease_until = 0;
         self.waiting.clear();
         self.silenced = false;

@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ReplicaConfig;
 use crate::payload::{decode_context, encode_context, Payload};
+use crate::proto::{BlankAnswer, DataPersisted, Notice, Notice_oneof_body};
 use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
@@ -45,6 +46,10 @@ pub use ha::Mode;
 use machine::Machine;
 use sessions::{ClientTable, Decision};
 use view::LogView;
+
+/// The witness compacts in steps of at least this many entries (one
+/// synced compaction write per step).
+const WITNESS_COMPACT_BATCH: u64 = 64;
 
 /// A member's raft role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,6 +158,8 @@ pub struct Ready {
     pub reads: Vec<(u64, Result<()>)>,
     /// Events, in order.
     pub events: Vec<Event>,
+    /// Notices to send (see [`crate::transport::Transport::send_notice`]).
+    pub notices: Vec<Notice>,
 }
 
 impl Ready {
@@ -164,6 +171,7 @@ impl Ready {
             && self.completions.is_empty()
             && self.reads.is_empty()
             && self.events.is_empty()
+            && self.notices.is_empty()
     }
 }
 
@@ -216,6 +224,31 @@ pub struct Status {
     /// Why this member waits, when it does (a witness leader that cannot
     /// hand over).
     pub waiting_for: Option<String>,
+}
+
+impl Status {
+    /// The status of a member that has not started its replica (a blank
+    /// member in the bootstrap handshake): `waiting_for` says why.
+    pub fn blank(id: u64, waiting_for: String) -> Self {
+        Status {
+            id,
+            role: Role::Follower,
+            term: 0,
+            leader: None,
+            commit: 0,
+            applied: 0,
+            first_index: 0,
+            last_index: 0,
+            voters: Vec::new(),
+            sessions: 0,
+            progress: Vec::new(),
+            active: false,
+            mode: Mode::Majority,
+            witness: false,
+            passive_lag_entries: None,
+            waiting_for: Some(waiting_for),
+        }
+    }
 }
 
 /// Where a ready's messages wait for its write.
@@ -473,6 +506,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.ha.maybe_probe(&mut self.raw, self.ticks);
         self.ha.witness_hand_over(&mut self.raw);
+        self.tell_witness();
         self.retry_reads();
         self.check_snapshot_streams();
         self.after_input();
@@ -674,6 +708,60 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 }
                 self.ha.silenced = true;
             }
+        }
+    }
+
+    /// Takes a notice from a peer: answers a blank member's probe, and (on
+    /// the witness) learns up to where both data members persisted.
+    pub fn on_notice(&mut self, notice: Notice) {
+        if notice.to != self.cfg.id {
+            return;
+        }
+        match notice.body {
+            Some(Notice_oneof_body::blank_probe(_)) => {
+                let r = &self.raw.raft;
+                let mut answer = BlankAnswer::new();
+                answer.fresh = r.term == 0 && r.raft_log.last_index() == 0;
+                answer.voters = self.status().voters;
+                let mut n = Notice::new();
+                n.from = self.cfg.id;
+                n.to = notice.from;
+                n.set_blank_answer(answer);
+                self.out.notices.push(n);
+            }
+            Some(Notice_oneof_body::data_persisted(d))
+                if self.is_witness() && d.term >= self.raw.raft.term.saturating_sub(1) =>
+            {
+                self.ha.data_persisted = self.ha.data_persisted.max(d.index);
+            }
+            _ => {}
+        }
+    }
+
+    /// The active tells the witness up to where both data members have
+    /// persisted, whenever that moved (and once per election timeout).
+    fn tell_witness(&mut self) {
+        let Some(w) = self.cfg.witness else { return };
+        if !self.is_leader() || self.is_witness() {
+            return;
+        }
+        let data = self.ha.data_members(&self.raw);
+        let both = data
+            .iter()
+            .map(|d| self.raw.raft.prs().get(*d).map(|p| p.matched).unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let periodic = self.ticks.is_multiple_of(self.cfg.election_tick as u64);
+        if both > self.ha.told_witness || (periodic && both > 0) {
+            self.ha.told_witness = both;
+            let mut d = DataPersisted::new();
+            d.term = self.raw.raft.term;
+            d.index = both;
+            let mut n = Notice::new();
+            n.from = self.cfg.id;
+            n.to = w;
+            n.set_data_persisted(d);
+            self.out.notices.push(n);
         }
     }
 
@@ -890,6 +978,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         out.completions.append(&mut self.out.completions);
         out.reads.append(&mut self.out.reads);
         out.messages.append(&mut self.out.messages);
+        out.notices.append(&mut self.out.notices);
         Ok(out)
     }
 
@@ -1025,8 +1114,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 failed.push(to);
                 continue;
             }
-            let data = self.sm.snapshot()?;
-            messages[i].mut_snapshot().set_data(data.into());
+            // The witness gets the metadata alone: it keeps no state.
+            if Some(to) != self.cfg.witness {
+                let data = self.sm.snapshot()?;
+                messages[i].mut_snapshot().set_data(data.into());
+            }
             self.snapshots_in_flight.insert(to, self.ticks);
             events.push(Event::SnapshotSent { to, index });
             i += 1;
@@ -1244,6 +1336,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Syncs the state machine for real and compacts the log below the
     /// durable applied index, once enough was applied or the log is large.
     fn maybe_compact(&mut self, out: &mut Ready) -> Result<()> {
+        if self.is_witness() {
+            return self.witness_compact(out);
+        }
         let store = self.raw.store().store();
         // Counted by the replica, not asked of the store: a store's size on
         // disk moves in whole files and need not shrink at each compaction.
@@ -1262,6 +1357,26 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .saturating_sub(self.cfg.compact_keep_entries);
         if upto >= store.first_index()? {
             debug!(member = self.cfg.id, upto, durable, "compacting the log");
+            out.compact_to = Some(upto);
+        }
+        Ok(())
+    }
+
+    /// The witness keeps only the entries above min(what both data members
+    /// persisted, as the active reported it; its own durable commit; its
+    /// applied index): in sync mode, just the in-flight tail; while a data
+    /// member lags, everything that member lacks.
+    fn witness_compact(&mut self, out: &mut Ready) -> Result<()> {
+        if self.raw.store().has_pending() {
+            return Ok(());
+        }
+        let upto = self
+            .ha
+            .data_persisted
+            .min(self.persisted_commit)
+            .min(self.sm.applied_index());
+        let first = self.raw.store().store().first_index()?;
+        if upto >= first + WITNESS_COMPACT_BATCH {
             out.compact_to = Some(upto);
         }
         Ok(())

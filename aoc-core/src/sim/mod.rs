@@ -45,6 +45,8 @@ use crate::proto::SnapshotChunk;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::bootstrap::{Bootstrap, Decision};
+use crate::proto::Notice;
 use crate::state::{KvStateMachine, MemKv, StateMachine};
 use crate::storage::{LogStore, LogWrite, MemLogStore};
 use crate::transport::{split_snapshot, Reassembler};
@@ -166,6 +168,7 @@ enum EventKind {
     Tick { member: u64, incarnation: u64 },
     Deliver { to: u64, msg: Vec<u8> },
     DeliverChunk { to: u64, chunk: Vec<u8> },
+    DeliverNotice { to: u64, notice: Vec<u8> },
     DiskDone { member: u64, incarnation: u64 },
 }
 
@@ -188,6 +191,8 @@ struct Member {
     reads: BTreeMap<u64, Vec<u8>>,
     /// Snapshot streams being received.
     chunks: Reassembler,
+    /// The bootstrap handshake, while the member's store is blank.
+    blank: Option<Bootstrap>,
 }
 
 /// The deterministic cluster (see the module docs).
@@ -237,8 +242,6 @@ impl Cluster {
             let log = MemLogStore::new();
             // The simulation's own logic: a fresh in-memory store takes the
             // configuration.
-            Replica::<MemLogStore, AuditKv>::bootstrap(&log, &c.opts.voters)
-                .expect("bootstrap of a fresh in-memory log cannot fail");
             c.members.insert(
                 id,
                 Member {
@@ -256,6 +259,7 @@ impl Cluster {
                     disk_stalled: false,
                     reads: BTreeMap::new(),
                     chunks: Reassembler::new(u64::MAX),
+                    blank: None,
                 },
             );
             c.start(id);
@@ -279,8 +283,35 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
-        let seed = self.rng.gen::<u64>();
         let phase = self.rng.gen_range(0..self.opts.tick_us);
+        let voters = self.opts.voters.clone();
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        if m.replica.is_some() || m.blank.is_some() {
+            return;
+        }
+        m.incarnation += 1;
+        let incarnation = m.incarnation;
+        let blank = !m.log.initial_state().is_ok_and(|s| s.initialized());
+        if blank {
+            m.blank = Some(Bootstrap::new(id, &voters, 5));
+            self.trace.push(format!("{} start {id} blank", self.now_us));
+        } else {
+            self.open(id);
+        }
+        self.schedule(
+            self.now_us + phase,
+            EventKind::Tick {
+                member: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// Opens member `id`'s replica on its (initialized) store.
+    fn open(&mut self, id: u64) {
+        let seed = self.rng.gen::<u64>();
         let mut cfg = self.opts.replica.clone();
         cfg.id = id;
         if let Some(w) = self.opts.witness {
@@ -294,11 +325,6 @@ impl Cluster {
         let Some(m) = self.members.get_mut(&id) else {
             return;
         };
-        if m.replica.is_some() {
-            return;
-        }
-        m.incarnation += 1;
-        let incarnation = m.incarnation;
         let opened = if is_witness {
             Replica::new_witness(cfg, m.log.clone(), seed)
         } else {
@@ -317,13 +343,44 @@ impl Cluster {
             }
         }
         self.trace.push(format!("{} start {id}", self.now_us));
-        self.schedule(
-            self.now_us + phase,
-            EventKind::Tick {
-                member: id,
-                incarnation,
-            },
-        );
+    }
+
+    /// A blank member bootstraps once its handshake says so.
+    fn check_blank(&mut self, id: u64) {
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        let Some(b) = m.blank.as_ref() else { return };
+        if b.decision() != Decision::Bootstrap {
+            return;
+        }
+        let voters = b.voters().to_vec();
+        m.blank = None;
+        // In-memory writes cannot fail.
+        let _ = Replica::<MemLogStore, AuditKv>::bootstrap(&m.log, &voters);
+        if self.opts.lying_disk {
+            let _ = Replica::<MemLogStore, AuditKv>::bootstrap(&m.durable, &voters);
+        }
+        self.trace.push(format!("{} bootstrap {id}", self.now_us));
+        self.open(id);
+    }
+
+    /// Wipes member `id`'s directory: it crashes and comes back blank.
+    pub fn wipe(&mut self, id: u64) {
+        self.crash(id);
+        let lying = self.opts.lying_disk;
+        let is_witness = self.opts.witness == Some(id);
+        if let Some(m) = self.members.get_mut(&id) {
+            m.blank = None;
+            m.log = MemLogStore::new();
+            m.durable = if lying {
+                MemLogStore::new()
+            } else {
+                m.log.clone()
+            };
+            m.parked = (!is_witness).then(MemKv::new);
+        }
+        self.trace.push(format!("{} wipe {id}", self.now_us));
     }
 
     /// Crashes member `id`: queued writes are lost, the write in progress
@@ -334,6 +391,12 @@ impl Cluster {
         let Some(m) = self.members.get_mut(&id) else {
             return;
         };
+        if m.blank.take().is_some() {
+            m.incarnation += 1;
+            self.trace
+                .push(format!("{} crash {id} (blank)", self.now_us));
+            return;
+        }
         let Some(r) = m.replica.take() else {
             return;
         };
@@ -358,14 +421,20 @@ impl Cluster {
 
     /// Restarts a crashed member on its disk.
     pub fn restart(&mut self, id: u64) {
-        if self.members.get(&id).is_some_and(|m| m.replica.is_none()) {
+        if self
+            .members
+            .get(&id)
+            .is_some_and(|m| m.replica.is_none() && m.blank.is_none())
+        {
             self.start(id);
         }
     }
 
     /// Whether member `id` is running.
     pub fn is_up(&self, id: u64) -> bool {
-        self.members.get(&id).is_some_and(|m| m.replica.is_some())
+        self.members
+            .get(&id)
+            .is_some_and(|m| m.replica.is_some() || m.blank.is_some())
     }
 
     /// Cuts (or restores) the link from `from` to `to` only.
@@ -567,11 +636,14 @@ impl Cluster {
                 let Some(m) = self.members.get_mut(&member) else {
                     return;
                 };
-                if m.incarnation != incarnation || m.replica.is_none() {
+                if m.incarnation != incarnation || (m.replica.is_none() && m.blank.is_none()) {
                     return;
                 }
+                let mut probes = Vec::new();
                 if let Some(r) = m.replica.as_mut() {
                     r.tick(now_ms);
+                } else if let Some(b) = m.blank.as_mut() {
+                    probes = b.tick();
                 }
                 let next = self.now_us + self.opts.tick_us;
                 self.schedule(
@@ -581,7 +653,30 @@ impl Cluster {
                         incarnation,
                     },
                 );
+                for n in probes {
+                    self.send_notice(n);
+                }
+                self.check_blank(member);
                 self.drain(member);
+            }
+            EventKind::DeliverNotice { to, notice } => {
+                let Ok(n) = <Notice as protobuf::Message>::parse_from_bytes(&notice) else {
+                    return;
+                };
+                let Some(m) = self.members.get_mut(&to) else {
+                    return;
+                };
+                let mut answer = None;
+                if let Some(r) = m.replica.as_mut() {
+                    r.on_notice(n);
+                } else if let Some(b) = m.blank.as_mut() {
+                    answer = b.on_notice(n);
+                }
+                if let Some(a) = answer {
+                    self.send_notice(a);
+                }
+                self.check_blank(to);
+                self.drain(to);
             }
             EventKind::Deliver { to, msg } => {
                 let Ok(msg) = <Message as protobuf::Message>::parse_from_bytes(&msg) else {
@@ -740,9 +835,13 @@ impl Cluster {
             completions,
             reads,
             events,
+            notices,
         } = rd;
         for msg in messages {
             self.send(msg);
+        }
+        for n in notices {
+            self.send_notice(n);
         }
         let lying_disk = self.opts.lying_disk;
         if let Some(m) = self.members.get_mut(&id) {
@@ -847,7 +946,11 @@ impl Cluster {
 
     /// The status of member `id`, when it is up.
     pub fn status(&self, id: u64) -> Option<crate::Status> {
-        self.members.get(&id)?.replica.as_ref().map(|r| r.status())
+        let m = self.members.get(&id)?;
+        if let Some(b) = &m.blank {
+            return Some(crate::Status::blank(id, format!("{:?}", b.decision())));
+        }
+        m.replica.as_ref().map(|r| r.status())
     }
 
     /// Sync before acknowledgement: an acknowledged entry must be on a
@@ -932,6 +1035,27 @@ impl Cluster {
                 },
             );
         }
+    }
+
+    /// Sends a notice through the faulty network (dropped, delayed, cut
+    /// like raft messages).
+    fn send_notice(&mut self, n: Notice) {
+        let (from, to) = (n.from, n.to);
+        if self.cut.contains(&(from, to)) {
+            return;
+        }
+        let net = self.opts.net.clone();
+        if self.rng.gen_range(0..1000) < net.drop_per_mille {
+            return;
+        }
+        let Ok(bytes) = protobuf::Message::write_to_bytes(&n) else {
+            return;
+        };
+        let delay = self.rng.gen_range(net.min_delay_us..=net.max_delay_us);
+        self.schedule(
+            self.now_us + delay,
+            EventKind::DeliverNotice { to, notice: bytes },
+        );
     }
 
     /// Sends a snapshot stream: chunks arrive in order, each can be lost;

@@ -21,20 +21,29 @@ use raft::eraftpb::Message;
 
 use crate::node::Node;
 
-/// Sends raft messages to peers (see the module docs).
+pub use crate::proto::Notice;
+
+/// Sends raft messages and notices to peers (see the module docs).
 pub trait Transport: Send + Sync + 'static {
     /// Sends `msg` to member `msg.to`, best effort, without blocking.
     fn send(&self, msg: Message);
+    /// Sends a notice (a member-to-member message that is not raft's) to
+    /// member `notice.to`, best effort, without blocking.
+    fn send_notice(&self, notice: Notice);
 }
 
 /// The receiving end of a member on a [`LocalNetwork`].
 trait Inbox: Send + Sync {
     fn deliver(&self, msg: Message);
+    fn deliver_notice(&self, notice: Notice);
 }
 
 impl<S: crate::state::StateMachine> Inbox for Node<S> {
     fn deliver(&self, msg: Message) {
         self.step(msg);
+    }
+    fn deliver_notice(&self, notice: Notice) {
+        self.notice(notice);
     }
 }
 
@@ -117,6 +126,19 @@ pub struct LocalTransport {
 }
 
 impl Transport for LocalTransport {
+    fn send_notice(&self, notice: Notice) {
+        let inbox = {
+            let net = self.net.net.read();
+            if net.cut.contains(&(notice.from, notice.to)) {
+                return;
+            }
+            net.members.get(&notice.to).cloned()
+        };
+        if let Some(inbox) = inbox {
+            inbox.deliver_notice(notice);
+        }
+    }
+
     fn send(&self, msg: Message) {
         let to = msg.to;
         let (inbox, stream) = {
