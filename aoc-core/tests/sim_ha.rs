@@ -506,3 +506,195 @@ fn case_15_the_fence_holds_under_delays_and_voter_restarts() {
         check(&c, &w);
     }
 }
+
+/// The witness keeps only the in-flight tail once the cluster is settled in
+/// sync mode (it compacts in steps of 64 entries).
+fn check_witness_retention(c: &Cluster) {
+    let w = c.status(3).expect("witness up");
+    let retained = w.last_index.saturating_sub(w.first_index) + 1;
+    assert!(
+        retained <= 2 * 64,
+        "{}: the witness retains {retained} entries",
+        c.replay_hint()
+    );
+}
+
+#[test]
+fn the_witness_keeps_only_the_tail_in_sync_mode() {
+    for seed in 0..4 {
+        let (mut c, _, _) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, 5 * SECOND_US);
+        settle(&mut c);
+        c.run_for(3 * SECOND_US);
+        check(&c, &w);
+        assert!(w.acked(&c).len() > 300);
+        check_witness_retention(&c);
+    }
+}
+
+/// Case 8: the witness is elected after it has compacted its log (and
+/// hands over to the data member it completes).
+#[test]
+fn case_8_witness_elected_after_compaction() {
+    for seed in SEEDS {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, 4 * SECOND_US);
+        let first = c.status(3).unwrap().first_index;
+        assert!(
+            first > 64,
+            "seed {seed}: the witness compacted (first index {first})"
+        );
+        // The passive falls behind; the witness keeps what it lacks.
+        c.crash(passive);
+        w.run(&mut c, 2 * SECOND_US);
+        c.crash(active);
+        c.restart(passive);
+        let ok = c.run_until(20 * SECOND_US, |c| c.active() == Some(passive));
+        assert!(
+            ok,
+            "seed {seed}: the passive became active through the witness"
+        );
+        assert!(
+            c.events().iter().any(|(m, e)| *m == 3
+                && matches!(
+                    e,
+                    aoc_core::Event::RoleChanged {
+                        role: aoc_core::Role::Leader,
+                        ..
+                    }
+                )),
+            "seed {seed}: the witness led"
+        );
+        w.run(&mut c, SECOND_US);
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
+
+/// Case 11: the witness leads, but the only reachable data member cannot
+/// be completed from its log (its disk was rolled back past what the
+/// witness compacted): it serves nothing, says why, and hands over when a
+/// data member it can complete appears.
+#[test]
+fn case_11_witness_waits_for_a_data_member_it_can_complete() {
+    for seed in 0..6 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US / 2);
+        c.crash(passive);
+        let old = c.disk_image(passive).expect("passive is down");
+        c.restart(passive);
+        w.run(&mut c, 4 * SECOND_US);
+        c.crash(passive);
+        c.restore_image(passive, &old);
+        // No message of the old active may reach the rolled-back passive:
+        // a heartbeat carrying a commit index it no longer holds would tell
+        // it that it lost data (it then refuses to vote, rightly).
+        c.set_link(active, passive, false);
+        c.run_for(SECOND_US);
+        c.crash(active);
+        c.heal();
+        c.restart(passive);
+        let waiting = c.run_until(20 * SECOND_US, |c| {
+            c.status(3).is_some_and(|s| s.waiting_for.is_some())
+        });
+        assert!(waiting, "seed {seed}: the witness says what it waits for");
+        let why = c.status(3).unwrap().waiting_for.unwrap();
+        assert!(
+            why.contains("waiting for a data member holding index >="),
+            "{why}"
+        );
+        assert_eq!(c.active(), None, "seed {seed}: nothing is served meanwhile");
+        c.restart(active);
+        let ok = c.run_until(20 * SECOND_US, |c| c.active() == Some(active));
+        assert!(
+            ok,
+            "seed {seed}: the witness handed over to the member it completes"
+        );
+        settle(&mut c);
+        check(&c, &w);
+    }
+}
+
+/// Case 12: the witness restarts wiped while the active is down (and,
+/// separately, while partitioned): it neither bootstraps nor votes, and
+/// the lagging passive is not elected with its help.
+#[test]
+fn case_12_a_wiped_witness_neither_bootstraps_nor_votes() {
+    for seed in 0..6 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.crash(passive);
+        w.run(&mut c, 2 * SECOND_US);
+        c.crash(active);
+        c.wipe(3);
+        c.restart(3);
+        c.restart(passive);
+        c.run_for(10 * SECOND_US);
+        assert_eq!(
+            c.active(),
+            None,
+            "seed {seed}: the lagging passive was not elected"
+        );
+        let why = c.status(3).and_then(|s| s.waiting_for).unwrap_or_default();
+        assert!(why.contains("members replace"), "seed {seed}: {why}");
+        // The active returns: with the passive it holds a quorum.
+        c.restart(active);
+        let ok = c.run_until(20 * SECOND_US, |c| c.active() == Some(active));
+        assert!(ok, "seed {seed}");
+        let kv: BTreeMap<_, _> = c.state_of(active).unwrap().1.into_iter().collect();
+        for k in w.acked(&c) {
+            assert!(kv.contains_key(k.as_bytes()), "seed {seed}: {k} lost");
+        }
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+
+        // Separately: wiped while cut off from everyone: it only waits.
+        let (mut c, _, _) = start(seed + 100);
+        c.isolate(3);
+        c.wipe(3);
+        c.restart(3);
+        c.run_for(5 * SECOND_US);
+        let why = c.status(3).and_then(|s| s.waiting_for).unwrap_or_default();
+        assert!(why.contains("waiting for members"), "seed {seed}: {why}");
+        assert!(c.violations().is_empty());
+    }
+}
+
+/// Case 13: a fresh cluster whose third member starts late bootstraps when
+/// it arrives, with no operator step.
+#[test]
+fn case_13_a_late_third_member() {
+    for seed in 0..6 {
+        let mut c = Cluster::new(SimOptions::ha(seed));
+        let late = 1 + seed % 3;
+        c.crash(late);
+        c.run_for(5 * SECOND_US);
+        assert_eq!(
+            c.active(),
+            None,
+            "seed {seed}: nobody bootstraps without member {late}"
+        );
+        let other = if late == 1 { 2 } else { 1 };
+        let why = c
+            .status(other)
+            .and_then(|s| s.waiting_for)
+            .unwrap_or_default();
+        assert!(
+            why.contains(&format!("[{late}]")),
+            "seed {seed}: status names whom it waits for: {why}"
+        );
+        c.restart(late);
+        let mut w = Writer::new();
+        let ok = c.run_until(20 * SECOND_US, |c| c.active().is_some());
+        assert!(
+            ok,
+            "seed {seed}: the cluster started once member {late} arrived"
+        );
+        w.run(&mut c, SECOND_US);
+        settle(&mut c);
+        check(&c, &w);
+    }
+}

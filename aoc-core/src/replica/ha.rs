@@ -304,9 +304,6 @@ impl Ha {
             self.waiting_for = None;
             return;
         }
-        if !raw.raft.commit_to_current_term() {
-            return;
-        }
         let first = raw.raft.raft_log.first_index();
         let mut best: Option<(u64, u64)> = None;
         for d in self.data_members(raw) {
@@ -315,7 +312,8 @@ impl Ha {
                 // be completed from the witness's log (it has no snapshot).
                 // `next_idx` starts optimistic and falls to what the member
                 // really needs once it answers.
-                if p.next_idx < first {
+                // Only a member that answers (recently active) can take over.
+                if p.next_idx < first || !p.recent_active {
                     continue;
                 }
                 if best.is_none_or(|(_, m)| p.matched > m) {

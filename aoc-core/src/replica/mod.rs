@@ -34,7 +34,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::ReplicaConfig;
 use crate::payload::{decode_context, encode_context, Payload};
@@ -296,6 +296,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// A restarted member grants no vote before this tick: it restarts
     /// knowing no leader, hence with no lease of its own.
     no_votes_before: u64,
+    /// Set when a leader showed this member lost synced data: it votes no
+    /// more (its status says why).
+    lost_data: Option<String>,
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -437,6 +440,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             out: Ready::default(),
             last_active: false,
             no_votes_before: 0,
+            lost_data: None,
         };
         if r.raw.raft.term > 0 {
             r.no_votes_before = r.cfg.election_tick as u64;
@@ -523,6 +527,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     pub fn step(&mut self, msg: Message) {
         if msg.get_msg_type() == MessageType::MsgSnapshot
             && msg.get_snapshot().get_data().is_empty()
+            && !self.is_witness()
         {
             // A data member refuses a snapshot that carries no state.
             warn!(
@@ -551,6 +556,33 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 to = msg.to,
                 "dropped a message for another member"
             );
+            return;
+        }
+        if msg.get_msg_type() == MessageType::MsgHeartbeat
+            && msg.commit > self.raw.raft.raft_log.last_index()
+            && msg.term >= self.raw.raft.term
+        {
+            // A leader only sends a commit index this member acknowledged
+            // holding: this member lost synced data (a disk rolled back).
+            // raft-rs would panic on it; the member stops voting instead.
+            let reason = format!(
+                "lost synced data: leader {} says index {} is held here, but the log ends at {}",
+                msg.from,
+                msg.commit,
+                self.raw.raft.raft_log.last_index()
+            );
+            if self.lost_data.is_none() {
+                error!(member = self.cfg.id, "{reason}");
+            }
+            self.lost_data = Some(reason);
+            return;
+        }
+        if self.lost_data.is_some()
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
             return;
         }
         if let Err(e) = self.raw.step(msg) {
@@ -834,7 +866,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             } else {
                 None
             },
-            waiting_for: self.ha.waiting_for.clone(),
+            waiting_for: self
+                .lost_data
+                .clone()
+                .or_else(|| self.ha.waiting_for.clone()),
         }
     }
 

@@ -136,6 +136,13 @@ impl SimOptions {
     }
 }
 
+/// A member's durable state at one moment (see [`Cluster::disk_image`]).
+#[derive(Debug, Clone)]
+pub struct DiskImage {
+    log: MemLogStore,
+    state: Option<MemKv>,
+}
+
 /// What became of a request made through the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -363,6 +370,38 @@ impl Cluster {
         }
         self.trace.push(format!("{} bootstrap {id}", self.now_us));
         self.open(id);
+    }
+
+    /// A copy of member `id`'s durable state (log and state machine), to
+    /// roll its disk back later with [`Cluster::restore_image`] (a disk
+    /// restored from an old backup). The member must be down.
+    pub fn disk_image(&self, id: u64) -> Option<DiskImage> {
+        let m = self.members.get(&id)?;
+        if m.replica.is_some() {
+            return None;
+        }
+        Some(DiskImage {
+            log: m.durable.deep_clone(),
+            state: m.parked.clone(),
+        })
+    }
+
+    /// Rolls member `id`'s disk back to `image` (the member must be down).
+    pub fn restore_image(&mut self, id: u64, image: &DiskImage) {
+        let lying = self.opts.lying_disk;
+        if let Some(m) = self.members.get_mut(&id) {
+            if m.replica.is_some() {
+                return;
+            }
+            m.durable = image.log.deep_clone();
+            m.log = if lying {
+                image.log.deep_clone()
+            } else {
+                m.durable.clone()
+            };
+            m.parked = image.state.clone();
+            self.trace.push(format!("{} rollback {id}", self.now_us));
+        }
     }
 
     /// Wipes member `id`'s directory: it crashes and comes back blank.
