@@ -184,10 +184,16 @@ fn case_2_passive_dies_then_returns() {
         c.crash(passive);
         w.run(&mut c, 3 * SECOND_US);
         assert_eq!(c.active(), Some(active), "seed {seed}");
-        assert_eq!(
-            c.status(active).unwrap().mode,
-            Mode::Degraded,
-            "seed {seed}"
+        let st = c.status(active).unwrap();
+        assert_eq!(st.mode, Mode::Degraded, "seed {seed}");
+        // Status shows how far behind the passive is.
+        assert!(
+            st.passive_lag_entries.unwrap_or(0) > 100,
+            "seed {seed}: {st:?}"
+        );
+        assert!(
+            st.passive_lag_bytes.unwrap_or(0) > 100 * 20,
+            "seed {seed}: {st:?}"
         );
         let pause = write_pause_us(&c, at);
         pauses.push(pause);
@@ -513,6 +519,12 @@ fn check_witness_retention(c: &Cluster) {
     let w = c.status(3).expect("witness up");
     let retained = w.last_index.saturating_sub(w.first_index) + 1;
     assert!(
+        w.log_bytes < 64 * 1024,
+        "{}: witness log {} bytes",
+        c.replay_hint(),
+        w.log_bytes
+    );
+    assert!(
         retained <= 2 * 64,
         "{}: the witness retains {retained} entries",
         c.replay_hint()
@@ -714,7 +726,9 @@ fn random_faults_keep_every_promise() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let only: Option<u64> = std::env::var("AOC_SIM_SEED").ok().and_then(|s| s.parse().ok());
+    let only: Option<u64> = std::env::var("AOC_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
     for seed in only.map(|s| s..s + 1).unwrap_or(0..seeds) {
         eprintln!("ha seed {seed} (replay: AOC_SIM_SEED={seed} cargo test -p aoc-core --test sim_ha random)");
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0xA0C);

@@ -221,6 +221,12 @@ pub struct Status {
     pub witness: bool,
     /// The passive's lag behind the last index, in entries (on the active).
     pub passive_lag_entries: Option<u64>,
+    /// The same lag in bytes of entry data (on the active; counted over
+    /// the entries this member wrote, so an estimate right after an
+    /// election).
+    pub passive_lag_bytes: Option<u64>,
+    /// Bytes the log store uses (on the witness: its retained log).
+    pub log_bytes: u64,
     /// Why this member waits, when it does (a witness leader that cannot
     /// hand over).
     pub waiting_for: Option<String>,
@@ -246,6 +252,8 @@ impl Status {
             mode: Mode::Majority,
             witness: false,
             passive_lag_entries: None,
+            passive_lag_bytes: None,
+            log_bytes: 0,
             waiting_for: Some(waiting_for),
         }
     }
@@ -299,6 +307,12 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Set when a leader showed this member lost synced data: it votes no
     /// more (its status says why).
     lost_data: Option<String>,
+    /// (index, cumulative entry bytes) of the entries this member wrote,
+    /// oldest first, for the passive's lag in bytes.
+    written_bytes: VecDeque<(u64, u64)>,
+    /// The log store's size, refreshed every election timeout (asking a
+    /// store can cost system calls; status is read often).
+    log_bytes: u64,
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -441,7 +455,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             last_active: false,
             no_votes_before: 0,
             lost_data: None,
+            written_bytes: VecDeque::new(),
+            log_bytes: 0,
         };
+        r.log_bytes = r.raw.store().store().size_bytes();
         if r.raw.raft.term > 0 {
             r.no_votes_before = r.cfg.election_tick as u64;
         }
@@ -511,6 +528,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ha.maybe_probe(&mut self.raw, self.ticks);
         self.ha.witness_hand_over(&mut self.raw);
         self.tell_witness();
+        if self.ticks.is_multiple_of(self.cfg.election_tick as u64) {
+            self.log_bytes = self.raw.store().store().size_bytes();
+        }
         self.retry_reads();
         self.check_snapshot_streams();
         self.after_input();
@@ -743,6 +763,49 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
+    /// Remembers the cumulative size of written entries (bounded: the
+    /// oldest are dropped once the passive has them, or past a cap).
+    fn record_written(&mut self, entries: &[Entry]) {
+        if let Some(first) = entries.first() {
+            while self
+                .written_bytes
+                .back()
+                .is_some_and(|(i, _)| *i >= first.index)
+            {
+                self.written_bytes.pop_back();
+            }
+        }
+        let mut total = self.written_bytes.back().map(|(_, b)| *b).unwrap_or(0);
+        for e in entries {
+            total += (e.data.len() + e.context.len()) as u64;
+            self.written_bytes.push_back((e.index, total));
+        }
+        let floor = self
+            .ha
+            .passive(&self.raw)
+            .and_then(|p| self.raw.raft.prs().get(p))
+            .map(|p| p.matched)
+            .unwrap_or(0);
+        while self.written_bytes.len() > 100_000
+            || self.written_bytes.get(1).is_some_and(|(i, _)| *i <= floor)
+        {
+            self.written_bytes.pop_front();
+        }
+    }
+
+    /// Bytes of the entries this member wrote after `index`.
+    fn bytes_after(&self, index: u64) -> u64 {
+        let last = self.written_bytes.back().map(|(_, b)| *b).unwrap_or(0);
+        let at = self
+            .written_bytes
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map(|(_, b)| *b)
+            .unwrap_or_else(|| self.written_bytes.front().map(|(_, b)| *b).unwrap_or(0));
+        last.saturating_sub(at)
+    }
+
     /// Takes a notice from a peer: answers a blank member's probe, and (on
     /// the witness) learns up to where both data members persisted.
     pub fn on_notice(&mut self, notice: Notice) {
@@ -870,6 +933,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 .lost_data
                 .clone()
                 .or_else(|| self.ha.waiting_for.clone()),
+            passive_lag_bytes: if r.state == StateRole::Leader {
+                self.ha
+                    .passive(&self.raw)
+                    .and_then(|p| r.prs().get(p))
+                    .map(|p| self.bytes_after(p.matched))
+            } else {
+                None
+            },
+            log_bytes: self.log_bytes,
         }
     }
 
@@ -1085,6 +1157,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let needs_write = !write.is_empty();
         if needs_write {
             self.bytes_since_compact += write.entry_bytes() as u64;
+            self.record_written(&write.entries);
             self.raw.mut_store().push(&write);
         }
         self.raw.advance_append_async(rd);
