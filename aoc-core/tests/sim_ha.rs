@@ -773,3 +773,72 @@ fn random_faults_keep_every_promise() {
         check(&c, &w);
     }
 }
+
+/// Lease reads: the active answers at once inside its lease, with every
+/// acknowledged write; a passive, the witness, or a cut-off old active
+/// whose lease ended refuse.
+#[test]
+fn lease_reads_are_served_only_inside_the_lease() {
+    for seed in 0..6 {
+        let (mut c, active, passive) = start(seed);
+        let t = c.propose(active, KvCommand::put("k", "v1").encode(), None);
+        assert!(c.run_until(SECOND_US, |c| c.outcome(t).is_some()));
+        let r = c.read_lease(active, b"k");
+        assert_eq!(
+            c.outcome(r),
+            Some(&Outcome::Read(Ok(Some(b"v1".to_vec())))),
+            "seed {seed}"
+        );
+        for other in [passive, 3] {
+            let r = c.read_lease(other, b"k");
+            assert!(
+                matches!(
+                    c.outcome(r),
+                    Some(Outcome::Read(Err(aoc_core::Error::NotLeader { .. })))
+                ),
+                "seed {seed}: member {other} refused"
+            );
+        }
+        c.isolate(active);
+        c.run_for(SECOND_US);
+        let r = c.read_lease(active, b"k");
+        assert!(
+            matches!(c.outcome(r), Some(Outcome::Read(Err(_)))),
+            "seed {seed}: the cut-off active's lease ended: {:?}",
+            c.outcome(r)
+        );
+        assert!(c.violations().is_empty());
+    }
+}
+
+/// A double failure: the passive was down (degraded mode), then the active
+/// and the witness fail. The returning passive cannot be elected alone (the
+/// newest writes were only on the other two): no automatic failover, and
+/// its status says why.
+#[test]
+fn no_failover_without_a_quorum_and_status_says_why() {
+    for seed in 0..6 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        c.crash(passive);
+        w.run(&mut c, 2 * SECOND_US);
+        c.crash(active);
+        c.crash(3);
+        c.restart(passive);
+        c.run_for(5 * SECOND_US);
+        assert_eq!(c.active(), None, "seed {seed}");
+        let why = c
+            .status(passive)
+            .and_then(|s| s.waiting_for)
+            .unwrap_or_default();
+        assert!(why.contains("not heard from members"), "seed {seed}: {why}");
+        assert!(
+            why.contains(&active.to_string()) && why.contains('3'),
+            "seed {seed}: {why}"
+        );
+        c.restart(3);
+        c.restart(active);
+        settle(&mut c);
+        check(&c, &w);
+    }
+}

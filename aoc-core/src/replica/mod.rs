@@ -313,6 +313,10 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The log store's size, refreshed every election timeout (asking a
     /// store can cost system calls; status is read often).
     log_bytes: u64,
+    /// The tick each peer was last heard from.
+    last_heard: BTreeMap<u64, u64>,
+    /// Since when this member knows no leader.
+    leaderless_since: Option<u64>,
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -457,6 +461,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             lost_data: None,
             written_bytes: VecDeque::new(),
             log_bytes: 0,
+            last_heard: BTreeMap::new(),
+            leaderless_since: Some(0),
         };
         r.log_bytes = r.raw.store().store().size_bytes();
         if r.raw.raft.term > 0 {
@@ -605,6 +611,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         {
             return;
         }
+        self.last_heard.insert(msg.from, self.ticks);
         if let Err(e) = self.raw.step(msg) {
             debug!(member = self.cfg.id, error = %e, "message not stepped");
         }
@@ -932,7 +939,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             waiting_for: self
                 .lost_data
                 .clone()
-                .or_else(|| self.ha.waiting_for.clone()),
+                .or_else(|| self.ha.waiting_for.clone())
+                .or_else(|| self.why_no_leader()),
             passive_lag_bytes: if r.state == StateRole::Leader {
                 self.ha
                     .passive(&self.raw)
@@ -943,6 +951,46 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             },
             log_bytes: self.log_bytes,
         }
+    }
+
+    /// Why there is no active, once a member has known no leader for an
+    /// election timeout: which members it cannot hear from (a new active
+    /// needs the votes of a majority whose logs hold every committed entry).
+    fn why_no_leader(&self) -> Option<String> {
+        let since = self.leaderless_since?;
+        let election = self.cfg.election_tick as u64;
+        if self.ticks.saturating_sub(since) < election {
+            return None;
+        }
+        let silent: Vec<u64> = self
+            .status_voters()
+            .into_iter()
+            .filter(|v| *v != self.cfg.id)
+            .filter(|v| {
+                self.last_heard
+                    .get(v)
+                    .is_none_or(|t| self.ticks.saturating_sub(*t) > election)
+            })
+            .collect();
+        Some(if silent.is_empty() {
+            format!(
+                "no active for {} ticks: every member answers, but none can win an election \
+                 (a candidate needs a majority whose logs are no more up to date than its own)",
+                self.ticks - since
+            )
+        } else {
+            format!(
+                "no active for {} ticks: not heard from members {silent:?}; a new active needs \
+                 the votes of a majority",
+                self.ticks - since
+            )
+        })
+    }
+
+    fn status_voters(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
     }
 
     /// The stored session of `client`, if open.
@@ -996,6 +1044,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             info!(member = self.cfg.id, active, "active role changed");
             self.out.events.push(Event::ActiveChanged { active });
             self.last_active = active;
+        }
+        if leader == 0 {
+            self.leaderless_since.get_or_insert(self.ticks);
+        } else {
+            self.leaderless_since = None;
         }
         if leader != self.last_leader {
             self.out.events.push(Event::LeaderChanged {

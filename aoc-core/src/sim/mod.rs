@@ -609,6 +609,26 @@ impl Cluster {
         token
     }
 
+    /// A lease read of `key` on member `id`: served by the active inside
+    /// its fenced lease without a round trip; elsewhere refused.
+    pub fn read_lease(&mut self, id: u64, key: &[u8]) -> u64 {
+        let token = self.token();
+        match self.members.get_mut(&id) {
+            Some(m) if m.replica.is_some() => {
+                m.reads.insert(token, key.to_vec());
+                if let Some(r) = m.replica.as_mut() {
+                    r.read_lease(token);
+                }
+            }
+            _ => {
+                self.outcomes
+                    .insert(token, Outcome::Read(Err(Error::Stopped)));
+            }
+        }
+        self.drain(id);
+        token
+    }
+
     /// The outcome of a request, once known.
     pub fn outcome(&self, token: u64) -> Option<&Outcome> {
         self.outcomes.get(&token)
