@@ -391,6 +391,9 @@ impl<L: LogStore> LogStore for ArcLog<L> {
     fn snapshot_metadata(&self) -> Result<raft::eraftpb::SnapshotMetadata> {
         self.0.snapshot_metadata()
     }
+    fn member_meta(&self) -> Result<crate::proto::MemberMeta> {
+        self.0.member_meta()
+    }
     fn write(&self, write: &LogWrite) -> Result<()> {
         self.0.write(write)
     }

@@ -274,6 +274,9 @@ impl aoc_core::storage::LogStore for RecordingLog {
     fn snapshot_metadata(&self) -> aoc_core::Result<raft::eraftpb::SnapshotMetadata> {
         self.inner.snapshot_metadata()
     }
+    fn member_meta(&self) -> aoc_core::Result<aoc_core::proto::MemberMeta> {
+        self.inner.member_meta()
+    }
     fn write(&self, write: &aoc_core::storage::LogWrite) -> aoc_core::Result<()> {
         self.inner.write(write)?;
         if let (Some(first), Some(last)) = (write.entries.first(), write.entries.last()) {

@@ -29,6 +29,66 @@ pub fn log_store<S: LogStore>(mut fresh: impl FnMut() -> S) {
     compaction(&mut fresh);
     entries_size_limit(&mut fresh);
     merge_equals_two_writes(&mut fresh);
+    member_meta(&mut fresh);
+}
+
+/// The member's metadata: default on a fresh store, replaced by each write
+/// that carries it, kept by writes that do not and by a snapshot install.
+pub fn member_meta<S: LogStore>(fresh: &mut impl FnMut() -> S) {
+    let s = fresh();
+    assert_eq!(
+        s.member_meta().expect("member_meta() answers"),
+        crate::proto::MemberMeta::default(),
+        "a fresh store has default member metadata"
+    );
+    let mut m = crate::proto::MemberMeta::new();
+    m.maintenance = true;
+    m.maintenance_allowed = 2;
+    m.maintenance_since_ms = 77;
+    write(
+        &s,
+        &LogWrite {
+            entries: entries(1..=3, 1),
+            member_meta: Some(m.clone()),
+            ..Default::default()
+        },
+        "member_meta",
+    );
+    assert_eq!(
+        s.member_meta().unwrap(),
+        m,
+        "a write carrying member metadata stores it"
+    );
+    write(
+        &s,
+        &LogWrite {
+            entries: entries(4..=4, 1),
+            ..Default::default()
+        },
+        "member_meta",
+    );
+    assert_eq!(
+        s.member_meta().unwrap(),
+        m,
+        "a write without member metadata keeps it"
+    );
+    let mut meta = SnapshotMetadata::default();
+    meta.index = 10;
+    meta.term = 2;
+    meta.set_conf_state(conf_state(&[1, 2, 3], &[]));
+    write(
+        &s,
+        &LogWrite {
+            snapshot: Some(meta),
+            ..Default::default()
+        },
+        "member_meta",
+    );
+    assert_eq!(
+        s.member_meta().unwrap(),
+        m,
+        "a snapshot install keeps member metadata"
+    );
 }
 
 /// Everything a store exposes: what must agree between two stores that
@@ -49,6 +109,8 @@ pub struct Observed {
     pub conf_state: ConfState,
     /// `snapshot_metadata()`.
     pub snapshot_metadata: SnapshotMetadata,
+    /// `member_meta()`.
+    pub member_meta: crate::proto::MemberMeta,
 }
 
 /// Reads everything `store` exposes; panics if a read the contract
@@ -81,6 +143,7 @@ pub fn observe<S: LogStore>(store: &S) -> Observed {
         hard_state: state.hard_state,
         conf_state: state.conf_state,
         snapshot_metadata: metadata(store),
+        member_meta: store.member_meta().expect("member_meta() answers"),
     }
 }
 
@@ -829,6 +892,18 @@ pub fn survives_reopen<S: LogStore>(mut fresh: impl FnMut() -> S, mut reopen: im
         s
     };
     s = step(s, "nothing", 0);
+    let mut m = crate::proto::MemberMeta::new();
+    m.maintenance = true;
+    m.maintenance_allowed = 1;
+    write(
+        &s,
+        &LogWrite {
+            member_meta: Some(m),
+            ..Default::default()
+        },
+        "reopen",
+    );
+    s = step(s, "member metadata", 0);
     write(
         &s,
         &LogWrite {

@@ -61,6 +61,7 @@ const REGION: u64 = 1;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_COMPACTION_POINT: &[u8] = b"compaction_point";
+const KEY_MEMBER_META: &[u8] = b"member_meta";
 /// Bytes of entries read per call when rebuilding the term index at open.
 const OPEN_READ_CHUNK: usize = 4 << 20;
 
@@ -135,6 +136,7 @@ struct State {
     meta: SnapshotMetadata,
     hard_state: HardState,
     conf_state: ConfState,
+    member_meta: crate::proto::MemberMeta,
     /// Last stored index (`meta.index` when no entry is stored).
     last: u64,
     /// `(first index, term)` of each run of equal terms among the stored
@@ -227,6 +229,9 @@ impl State {
         }
         if let Some(hs) = &w.hard_state {
             self.hard_state = hs.clone();
+        }
+        if let Some(m) = &w.member_meta {
+            self.member_meta = m.clone();
         }
         if let Some(cs) = &w.conf_state {
             self.conf_state = cs.clone();
@@ -464,6 +469,10 @@ impl LogStore for EngineLogStore {
         Ok(meta)
     }
 
+    fn member_meta(&self) -> Result<crate::proto::MemberMeta> {
+        Ok(self.state.read().member_meta.clone())
+    }
+
     fn write(&self, w: &LogWrite) -> Result<()> {
         if w.is_empty() {
             return Ok(());
@@ -481,12 +490,16 @@ impl LogStore for EngineLogStore {
             self.put(&mut batch, KEY_COMPACTION_POINT, &next.meta)?;
             self.put(&mut batch, KEY_HARD_STATE, &next.hard_state)?;
             self.put(&mut batch, KEY_CONF_STATE, &next.conf_state)?;
+            self.put(&mut batch, KEY_MEMBER_META, &next.member_meta)?;
         } else {
             if let Some(hs) = &w.hard_state {
                 self.put(&mut batch, KEY_HARD_STATE, hs)?;
             }
             if let Some(cs) = &w.conf_state {
                 self.put(&mut batch, KEY_CONF_STATE, cs)?;
+            }
+            if let Some(m) = &w.member_meta {
+                self.put(&mut batch, KEY_MEMBER_META, m)?;
             }
         }
         // raft-engine drops stored entries at and above the first index
@@ -615,6 +628,7 @@ fn load_state(engine: &Engine, dir: &Path) -> Result<State> {
         meta: get_message(engine, dir, KEY_COMPACTION_POINT)?.unwrap_or_default(),
         hard_state: get_message(engine, dir, KEY_HARD_STATE)?.unwrap_or_default(),
         conf_state: get_message(engine, dir, KEY_CONF_STATE)?.unwrap_or_default(),
+        member_meta: get_message(engine, dir, KEY_MEMBER_META)?.unwrap_or_default(),
         ..State::default()
     };
     // Index arithmetic (`index + 1`) must not overflow on what was read.

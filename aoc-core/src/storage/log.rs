@@ -3,6 +3,8 @@
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use raft::RaftState;
 
+use crate::proto::MemberMeta;
+
 use crate::Result;
 
 /// One atomic, durable change to the log store, produced by the replica
@@ -25,6 +27,8 @@ pub struct LogWrite {
     pub hard_state: Option<HardState>,
     /// The new configuration, if it changed.
     pub conf_state: Option<ConfState>,
+    /// The member's own metadata (maintenance mode), if it changed.
+    pub member_meta: Option<MemberMeta>,
 }
 
 impl LogWrite {
@@ -34,6 +38,7 @@ impl LogWrite {
             && self.entries.is_empty()
             && self.hard_state.is_none()
             && self.conf_state.is_none()
+            && self.member_meta.is_none()
     }
 
     /// Folds `later` into `self`, so that one synced write carries both
@@ -57,6 +62,9 @@ impl LogWrite {
         }
         if later.conf_state.is_some() {
             self.conf_state = later.conf_state;
+        }
+        if later.member_meta.is_some() {
+            self.member_meta = later.member_meta;
         }
     }
 
@@ -99,6 +107,9 @@ pub trait LogStore: Send + Sync + 'static {
     /// Metadata of the compaction point: index, term and the conf state
     /// recorded with it (the last installed snapshot, or the latest compaction).
     fn snapshot_metadata(&self) -> Result<SnapshotMetadata>;
+    /// The member's metadata as last written (default when never written).
+    /// A snapshot install keeps it.
+    fn member_meta(&self) -> Result<MemberMeta>;
     /// Applies `write` atomically and durably (synced before returning).
     fn write(&self, write: &LogWrite) -> Result<()>;
     /// Discards entries up to and including `index` (which must be at most

@@ -12,6 +12,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use raft::{RaftState, StorageError};
 
 use super::{LogStore, LogWrite};
+use crate::proto::MemberMeta;
 use crate::Result;
 
 #[derive(Debug, Default)]
@@ -22,6 +23,7 @@ struct Inner {
     hard_state: HardState,
     conf_state: ConfState,
     writes: u64,
+    member_meta: MemberMeta,
     /// Bytes of the stored entries (kept as entries come and go).
     bytes: u64,
 }
@@ -67,6 +69,7 @@ impl MemLogStore {
                 hard_state: g.hard_state.clone(),
                 conf_state: g.conf_state.clone(),
                 writes: g.writes,
+                member_meta: g.member_meta.clone(),
                 bytes: g.bytes,
             })),
         }
@@ -123,6 +126,10 @@ impl LogStore for MemLogStore {
         Ok(meta)
     }
 
+    fn member_meta(&self) -> Result<MemberMeta> {
+        Ok(self.inner.lock().member_meta.clone())
+    }
+
     fn write(&self, write: &LogWrite) -> Result<()> {
         let mut g = self.inner.lock();
         g.writes += 1;
@@ -153,6 +160,9 @@ impl LogStore for MemLogStore {
         }
         if let Some(cs) = &write.conf_state {
             g.conf_state = cs.clone();
+        }
+        if let Some(m) = &write.member_meta {
+            g.member_meta = m.clone();
         }
         Ok(())
     }
