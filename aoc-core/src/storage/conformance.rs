@@ -72,9 +72,11 @@ pub fn member_meta<S: LogStore>(fresh: &mut impl FnMut() -> S) {
         m,
         "a write without member metadata keeps it"
     );
-    let mut meta = SnapshotMetadata::default();
-    meta.index = 10;
-    meta.term = 2;
+    let mut meta = SnapshotMetadata {
+        index: 10,
+        term: 2,
+        ..Default::default()
+    };
     meta.set_conf_state(conf_state(&[1, 2, 3], &[]));
     write(
         &s,
