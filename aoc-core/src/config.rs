@@ -55,6 +55,9 @@ pub struct ReplicaConfig {
     /// is committed on the active and the witness (degraded mode). Also how
     /// long an active's own log write may stay pending before it hands over.
     pub sync_timeout_ticks: usize,
+    /// A planned switchover whose target has not caught up in this many
+    /// ticks is abandoned; the active resumes.
+    pub switchover_timeout_ticks: usize,
 }
 
 impl Default for ReplicaConfig {
@@ -77,6 +80,7 @@ impl Default for ReplicaConfig {
             max_proposal_bytes: 1024 * 1024,
             witness: None,
             sync_timeout_ticks: 10,
+            switchover_timeout_ticks: 30,
         }
     }
 }

@@ -68,6 +68,12 @@ enum Request<S> {
     },
     Read(ReadFn<S>),
     Campaign,
+    Switchover(Sender<Result<u64>>),
+    Maintenance {
+        on: bool,
+        reply: Sender<Result<Applied>>,
+    },
+    MaintenanceOffLocal,
     Unreachable(u64),
     SnapshotOutcome(u64, bool),
     Stop,
@@ -233,6 +239,7 @@ impl NodeBuilder {
                     transport,
                     log_tx,
                     proposals: HashMap::new(),
+                    switchovers: HashMap::new(),
                     reads: HashMap::new(),
                     next_token: 1,
                     shared: raft_shared,
@@ -248,6 +255,7 @@ impl NodeBuilder {
             notice_tx,
             shared,
             timeout: self.opts.request_timeout,
+            tick,
             threads: Arc::new(Mutex::new(vec![raft_thread, log_thread])),
         })
     }
@@ -353,6 +361,12 @@ fn refuse_blank<S>(r: Request<S>, decision: &Decision) {
             let _ = reply.send(Err(e));
         }
         Request::Read(f) => f(Err(e)),
+        Request::Switchover(reply) => {
+            let _ = reply.send(Err(e));
+        }
+        Request::Maintenance { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
         _ => debug!(decision = ?decision, "request ignored while blank"),
     }
 }
@@ -419,6 +433,7 @@ pub struct Node<S> {
     notice_tx: Sender<Notice>,
     shared: Arc<Shared>,
     timeout: Duration,
+    tick: Duration,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -431,6 +446,7 @@ impl<S> Clone for Node<S> {
             notice_tx: self.notice_tx.clone(),
             shared: self.shared.clone(),
             timeout: self.timeout,
+            tick: self.tick,
             threads: self.threads.clone(),
         }
     }
@@ -551,6 +567,36 @@ impl<S: StateMachine> Node<S> {
         self.request(Request::Read(job), &rx, "read")
     }
 
+    /// Moves the active role to the passive with nothing lost (see
+    /// [`Replica::switchover`]); returns the write pause it caused.
+    /// Refused on a member that is not the active, in degraded mode, or
+    /// while the passive lags; abandoned (this member stays active) when
+    /// the passive does not catch up in time.
+    pub fn switchover(&self) -> Result<Duration> {
+        let (tx, rx) = channel::bounded(1);
+        let ticks = self.request(Request::Switchover(tx), &rx, "switchover")?;
+        Ok(self.tick * ticks as u32)
+    }
+
+    /// Turns maintenance mode on (automatic failover suspended: only the
+    /// current active may stand) or off, through the log. Asked of the
+    /// active.
+    pub fn set_maintenance(&self, on: bool) -> Result<()> {
+        let (tx, rx) = channel::bounded(1);
+        self.request(Request::Maintenance { on, reply: tx }, &rx, "maintenance")
+            .map(|_| ())
+    }
+
+    /// Turns maintenance mode off on this member alone, at once and
+    /// durably; works with no leader (the next leader commits the
+    /// replicated off). An operator can always end a maintenance window in
+    /// which the active died.
+    pub fn maintenance_off_local(&self) -> Result<()> {
+        self.req_tx
+            .send(Request::MaintenanceOffLocal)
+            .map_err(|_| Error::Stopped)
+    }
+
     /// Starts an election on this member now.
     pub fn campaign(&self) -> Result<()> {
         self.req_tx
@@ -648,6 +694,7 @@ struct Driver<L: LogStore, S: StateMachine> {
     transport: Arc<dyn Transport>,
     log_tx: Sender<LogJob>,
     proposals: HashMap<u64, Sender<Result<Applied>>>,
+    switchovers: HashMap<u64, Sender<Result<u64>>>,
     reads: HashMap<u64, ReadFn<S>>,
     next_token: u64,
     shared: Arc<Shared>,
@@ -750,6 +797,17 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.reads.insert(t, f);
                 self.replica.read(t);
             }
+            Request::Switchover(reply) => {
+                let t = self.token();
+                self.switchovers.insert(t, reply);
+                self.replica.switchover(t);
+            }
+            Request::Maintenance { on, reply } => {
+                let t = self.token();
+                self.proposals.insert(t, reply);
+                self.replica.set_maintenance(t, on);
+            }
+            Request::MaintenanceOffLocal => self.replica.maintenance_off_local(),
             Request::Unreachable(to) => self.replica.report_unreachable(to),
             Request::SnapshotOutcome(to, delivered) => self.replica.report_snapshot(to, delivered),
             Request::Campaign => {
@@ -779,7 +837,13 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             reads,
             events,
             notices,
+            switchovers,
         } = rd;
+        for (token, outcome) in switchovers {
+            if let Some(reply) = self.switchovers.remove(&token) {
+                let _ = reply.send(outcome);
+            }
+        }
         for m in messages {
             self.transport.send(m);
         }
@@ -830,6 +894,9 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         }
         for (_, f) in self.reads.drain() {
             f(Err(Error::Stopped));
+        }
+        for (_, reply) in self.switchovers.drain() {
+            let _ = reply.send(Err(Error::Stopped));
         }
     }
 }

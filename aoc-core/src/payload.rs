@@ -19,6 +19,12 @@ pub(crate) enum Payload {
     RegisterClient { stamp_ms: u64 },
     /// No effect (raft's empty entries and probes).
     Noop,
+    /// Maintenance mode on (only `allowed` may stand) or off.
+    Maintenance {
+        on: bool,
+        allowed: u64,
+        stamp_ms: u64,
+    },
 }
 
 impl Payload {
@@ -43,6 +49,16 @@ impl Payload {
                 p.set_stamp_ms(*stamp_ms);
             }
             Payload::Noop => p.set_kind(EntryKind::NOOP),
+            Payload::Maintenance {
+                on,
+                allowed,
+                stamp_ms,
+            } => {
+                p.set_kind(EntryKind::MAINTENANCE);
+                p.set_maintenance_on(*on);
+                p.set_maintenance_allowed(*allowed);
+                p.set_stamp_ms(*stamp_ms);
+            }
         }
         // Writing a message into a Vec cannot fail.
         p.write_to_bytes().unwrap_or_default()
@@ -64,6 +80,11 @@ impl Payload {
                 stamp_ms: p.get_stamp_ms(),
             },
             EntryKind::NOOP => Payload::Noop,
+            EntryKind::MAINTENANCE => Payload::Maintenance {
+                on: p.get_maintenance_on(),
+                allowed: p.get_maintenance_allowed(),
+                stamp_ms: p.get_stamp_ms(),
+            },
         })
     }
 }
@@ -105,6 +126,11 @@ mod tests {
             },
             Payload::RegisterClient { stamp_ms: 5 },
             Payload::Noop,
+            Payload::Maintenance {
+                on: true,
+                allowed: 2,
+                stamp_ms: 9,
+            },
         ] {
             assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
         }

@@ -168,11 +168,12 @@ impl Ha {
         );
     }
 
-    /// A new leader: every election but a switchover starts degraded, so a
-    /// failover never waits `sync_timeout` for the member that is gone; it
-    /// enters sync mode as soon as the passive has caught up.
-    pub(crate) fn on_become_leader<T: Storage>(&mut self, raw: &mut RawNode<T>) {
-        self.mode = Mode::Degraded;
+    /// A new leader: every election but a switchover (`sync`) starts
+    /// degraded, so a failover never waits `sync_timeout` for the member
+    /// that is gone; it enters sync mode as soon as the passive has caught
+    /// up.
+    pub(crate) fn on_become_leader<T: Storage>(&mut self, raw: &mut RawNode<T>, sync: bool) {
+        self.mode = if sync { Mode::Sync } else { Mode::Degraded };
         self.waiting.clear();
         self.lease_until = 0;
         self.last_probe = 0;

@@ -22,6 +22,7 @@
 
 mod ha;
 mod machine;
+mod planned;
 mod sessions;
 mod view;
 
@@ -38,7 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::ReplicaConfig;
 use crate::payload::{decode_context, encode_context, Payload};
-use crate::proto::{BlankAnswer, DataPersisted, Notice, Notice_oneof_body};
+use crate::proto::{BlankAnswer, DataPersisted, MemberMeta, Notice, Notice_oneof_body};
 use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
@@ -117,6 +118,14 @@ pub enum Event {
         /// Whether this member is now the active.
         active: bool,
     },
+    /// Maintenance mode changed on this member (applied from the log, or
+    /// turned off locally).
+    MaintenanceChanged {
+        /// Whether it is on.
+        on: bool,
+        /// The only member that may stand while it is on.
+        allowed: u64,
+    },
     /// The voter set changed.
     MembershipChanged {
         /// The voters now.
@@ -160,6 +169,9 @@ pub struct Ready {
     pub events: Vec<Event>,
     /// Notices to send (see [`crate::transport::Transport::send_notice`]).
     pub notices: Vec<Notice>,
+    /// Finished switchovers: (token, the write pause in ticks, or why it
+    /// was refused or abandoned).
+    pub switchovers: Vec<(u64, Result<u64>)>,
 }
 
 impl Ready {
@@ -172,6 +184,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.events.is_empty()
             && self.notices.is_empty()
+            && self.switchovers.is_empty()
     }
 }
 
@@ -227,6 +240,9 @@ pub struct Status {
     pub passive_lag_bytes: Option<u64>,
     /// Bytes the log store uses (on the witness: its retained log).
     pub log_bytes: u64,
+    /// While maintenance mode is on (automatic failover suspended): the
+    /// only member that may stand, and since when (the leader's stamp, ms).
+    pub maintenance: Option<(u64, u64)>,
     /// Why this member waits, when it does (a witness leader that cannot
     /// hand over).
     pub waiting_for: Option<String>,
@@ -254,9 +270,18 @@ impl Status {
             passive_lag_entries: None,
             passive_lag_bytes: None,
             log_bytes: 0,
+            maintenance: None,
             waiting_for: Some(waiting_for),
         }
     }
+}
+
+/// A switchover in progress on the active.
+#[derive(Debug)]
+pub(crate) struct Switch {
+    token: u64,
+    target: u64,
+    started: u64,
 }
 
 /// Where a ready's messages wait for its write.
@@ -315,6 +340,17 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     log_bytes: u64,
     /// The tick each peer was last heard from.
     last_heard: BTreeMap<u64, u64>,
+    /// This member's persisted metadata (maintenance mode).
+    meta: MemberMeta,
+    meta_dirty: bool,
+    /// Stand at the next chance: the allowed member of a maintenance window
+    /// was refused for a shorter log.
+    stand_for_allowed: bool,
+    /// The term in which this leader proposed the replicated maintenance off.
+    off_proposed_term: u64,
+    switch: Option<Switch>,
+    /// When a switchover notice named this member.
+    switchover_hint: Option<u64>,
     /// Since when this member knows no leader.
     leaderless_since: Option<u64>,
 }
@@ -462,9 +498,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             written_bytes: VecDeque::new(),
             log_bytes: 0,
             last_heard: BTreeMap::new(),
+            meta: MemberMeta::new(),
+            meta_dirty: false,
+            stand_for_allowed: false,
+            off_proposed_term: 0,
+            switch: None,
+            switchover_hint: None,
             leaderless_since: Some(0),
         };
         r.log_bytes = r.raw.store().store().size_bytes();
+        r.load_meta()?;
         if r.raw.raft.term > 0 {
             r.no_votes_before = r.cfg.election_tick as u64;
         }
@@ -529,10 +572,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ticks += 1;
         self.check_own_disk();
         if !self.ha.silenced {
+            self.hold_election_timer();
             self.raw.tick();
         }
         self.ha.maybe_probe(&mut self.raw, self.ticks);
         self.ha.witness_hand_over(&mut self.raw);
+        self.drive_planned();
         self.tell_witness();
         if self.ticks.is_multiple_of(self.cfg.election_tick as u64) {
             self.log_bytes = self.raw.store().store().size_bytes();
@@ -612,10 +657,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         }
         self.last_heard.insert(msg.from, self.ticks);
+        self.note_vote_request(msg.from, msg.get_msg_type(), msg.log_term, msg.index);
         if let Err(e) = self.raw.step(msg) {
             debug!(member = self.cfg.id, error = %e, "message not stepped");
         }
         self.after_input();
+        self.drive_planned();
     }
 
     /// Proposes a command. The outcome arrives in [`Ready::completions`]
@@ -652,9 +699,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             return;
         }
-        if !self.is_leader() || self.is_witness() {
+        if !self.is_leader() || self.is_witness() || self.suppressed() {
             let hint = self.active_hint();
             self.refuse(token, Error::NotLeader { leader_hint: hint });
+            return;
+        }
+        if self.switch.is_some() {
+            self.refuse(
+                token,
+                Error::Busy {
+                    reason: "a switchover is in progress; retry on the new active".into(),
+                },
+            );
             return;
         }
         match self.raw.propose(encode_context(self.cfg.id, token), data) {
@@ -694,7 +750,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// committed; elsewhere [`Error::NotLeader`]. The outcome arrives in
     /// [`Ready::reads`] like a ReadIndex read's.
     pub fn read_lease(&mut self, token: u64) {
-        if !self.ha.is_active(&self.raw, self.ticks) {
+        if !self.active_now() {
             let hint = self.active_hint();
             self.out
                 .reads
@@ -710,9 +766,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ha.mode
     }
 
+    /// The active role: leader inside the fenced lease, and, during
+    /// maintenance, the member allowed to stand.
+    fn active_now(&self) -> bool {
+        self.ha.is_active(&self.raw, self.ticks) && !self.suppressed()
+    }
+
     /// Whether this member holds the active role now.
     pub fn is_active(&self) -> bool {
-        self.ha.is_active(&self.raw, self.ticks)
+        self.active_now()
     }
 
     /// Where a client should go instead: the leader, or the member a
@@ -831,6 +893,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 n.set_blank_answer(answer);
                 self.out.notices.push(n);
             }
+            Some(Notice_oneof_body::switchover(sw)) => self.on_switchover_notice(sw.term),
             Some(Notice_oneof_body::data_persisted(d))
                 if self.is_witness() && d.term >= self.raw.raft.term.saturating_sub(1) =>
             {
@@ -885,7 +948,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Whether [`Replica::ready`] has work.
     pub fn has_ready(&self) -> bool {
-        !self.out.is_empty() || self.raw.has_ready() || self.reads_releasable()
+        !self.out.is_empty() || self.meta_dirty || self.raw.has_ready() || self.reads_releasable()
     }
 
     fn reads_releasable(&self) -> bool {
@@ -925,7 +988,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             voters,
             sessions: self.sessions.len(),
             progress,
-            active: self.ha.is_active(&self.raw, self.ticks),
+            active: self.active_now(),
             mode: self.ha.mode,
             witness: self.sm.is_witness(),
             passive_lag_entries: if r.state == StateRole::Leader {
@@ -950,6 +1013,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 None
             },
             log_bytes: self.log_bytes,
+            maintenance: self.maintenance(),
         }
     }
 
@@ -1020,6 +1084,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             if self.last_role == StateRole::Leader && role != StateRole::Leader {
                 self.fail_pending(leader);
                 self.ha.on_step_down();
+                self.finish_switchover(leader);
             }
             if role != self.last_role {
                 info!(member = self.cfg.id, term, role = ?role, "role changed");
@@ -1029,7 +1094,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 });
             }
             if role == StateRole::Leader {
-                self.ha.on_become_leader(&mut self.raw);
+                let sync = self.elected_by_switchover();
+                self.switchover_hint = None;
+                self.ha.on_become_leader(&mut self.raw, sync);
                 self.out
                     .events
                     .push(Event::ModeChanged { mode: self.ha.mode });
@@ -1039,7 +1106,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             info!(member = self.cfg.id, mode = ?mode, "replication mode changed");
             self.out.events.push(Event::ModeChanged { mode });
         }
-        let active = self.ha.is_active(&self.raw, self.ticks);
+        let active = self.active_now();
         if active != self.last_active {
             info!(member = self.cfg.id, active, "active role changed");
             self.out.events.push(Event::ActiveChanged { active });
@@ -1139,6 +1206,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         out.reads.append(&mut self.out.reads);
         out.messages.append(&mut self.out.messages);
         out.notices.append(&mut self.out.notices);
+        out.switchovers.append(&mut self.out.switchovers);
+        if let Some(meta) = self.take_meta() {
+            // Persisted with the next write (atomically with it), or alone.
+            match &mut out.write {
+                Some(w) => w.member_meta = Some(meta),
+                None => {
+                    out.write = Some(LogWrite {
+                        member_meta: Some(meta),
+                        ..Default::default()
+                    })
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -1326,13 +1406,30 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 }
                 EntryType::EntryNormal if self.sm.is_witness() => {
                     // The witness runs no state machine: it only advances
-                    // its applied index past commands.
+                    // its applied index past commands, and applies
+                    // maintenance mode.
+                    if let Ok(Payload::Maintenance {
+                        on,
+                        allowed,
+                        stamp_ms,
+                    }) = Payload::decode(&e.data)
+                    {
+                        self.apply_maintenance(e.index, on, allowed, stamp_ms);
+                    }
                     decided.push((e, Step::Nothing, Vec::new()));
                 }
                 EntryType::EntryNormal => {
                     let (step, command) = match Payload::decode(&e.data) {
                         Err(err) => (Step::Done(Err(err)), Vec::new()),
                         Ok(Payload::Noop) => (Step::Nothing, Vec::new()),
+                        Ok(Payload::Maintenance {
+                            on,
+                            allowed,
+                            stamp_ms,
+                        }) => {
+                            self.apply_maintenance(e.index, on, allowed, stamp_ms);
+                            (Step::Done(Ok(Vec::new())), Vec::new())
+                        }
                         Ok(Payload::RegisterClient { stamp_ms }) => {
                             batch_expired.extend(self.sessions.expire(stamp_ms));
                             batch_expired.extend(self.sessions.register(e.index, stamp_ms));

@@ -155,6 +155,8 @@ pub enum Outcome {
     },
     /// A linearizable read of one key.
     Read(Result<Option<Vec<u8>>>),
+    /// A switchover: the write pause in ticks, or why there was none.
+    Switchover(Result<u64>),
 }
 
 /// An acknowledged write.
@@ -629,6 +631,47 @@ impl Cluster {
         token
     }
 
+    /// Asks member `id` for a planned switchover.
+    pub fn switchover(&mut self, id: u64) -> u64 {
+        let token = self.token();
+        match self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
+            Some(r) => r.switchover(token),
+            None => {
+                self.outcomes
+                    .insert(token, Outcome::Switchover(Err(Error::Stopped)));
+            }
+        }
+        self.drain(id);
+        token
+    }
+
+    /// Asks member `id` (the active) to turn maintenance mode on or off.
+    pub fn set_maintenance(&mut self, id: u64, on: bool) -> u64 {
+        let token = self.token();
+        match self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
+            Some(r) => r.set_maintenance(token, on),
+            None => {
+                self.outcomes.insert(
+                    token,
+                    Outcome::Proposal {
+                        index: 0,
+                        result: Err(Error::Stopped),
+                    },
+                );
+            }
+        }
+        self.drain(id);
+        token
+    }
+
+    /// Turns maintenance off on member `id` alone (the local form).
+    pub fn maintenance_off_local(&mut self, id: u64) {
+        if let Some(r) = self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
+            r.maintenance_off_local();
+        }
+        self.drain(id);
+    }
+
     /// The outcome of a request, once known.
     pub fn outcome(&self, token: u64) -> Option<&Outcome> {
         self.outcomes.get(&token)
@@ -895,7 +938,15 @@ impl Cluster {
             reads,
             events,
             notices,
+            switchovers,
         } = rd;
+        for (token, outcome) in switchovers {
+            self.trace.push(format!(
+                "{} switchover {id} token {token}: {outcome:?}",
+                self.now_us
+            ));
+            self.outcomes.insert(token, Outcome::Switchover(outcome));
+        }
         for msg in messages {
             self.send(msg);
         }
