@@ -255,7 +255,6 @@ impl NodeBuilder {
             notice_tx,
             shared,
             timeout: self.opts.request_timeout,
-            tick,
             threads: Arc::new(Mutex::new(vec![raft_thread, log_thread])),
         })
     }
@@ -433,7 +432,6 @@ pub struct Node<S> {
     notice_tx: Sender<Notice>,
     shared: Arc<Shared>,
     timeout: Duration,
-    tick: Duration,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -446,7 +444,6 @@ impl<S> Clone for Node<S> {
             notice_tx: self.notice_tx.clone(),
             shared: self.shared.clone(),
             timeout: self.timeout,
-            tick: self.tick,
             threads: self.threads.clone(),
         }
     }
@@ -568,14 +565,17 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Moves the active role to the passive with nothing lost (see
-    /// [`Replica::switchover`]); returns the write pause it caused.
+    /// [`Replica::switchover`]); returns the write pause it caused: from
+    /// when this member stopped taking writes until it learned of the new
+    /// active (measured here; the replica itself counts whole ticks).
     /// Refused on a member that is not the active, in degraded mode, or
     /// while the passive lags; abandoned (this member stays active) when
     /// the passive does not catch up in time.
     pub fn switchover(&self) -> Result<Duration> {
         let (tx, rx) = channel::bounded(1);
-        let ticks = self.request(Request::Switchover(tx), &rx, "switchover")?;
-        Ok(self.tick * ticks as u32)
+        let start = Instant::now();
+        self.request(Request::Switchover(tx), &rx, "switchover")?;
+        Ok(start.elapsed())
     }
 
     /// Turns maintenance mode on (automatic failover suspended: only the

@@ -186,6 +186,22 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// The leader-side duties of the planned operations, after every input.
     pub(crate) fn drive_planned(&mut self) {
         if self.raw.raft.state != StateRole::Leader {
+            self.finish_switchover(self.raw.raft.leader_id);
+            if let Some(sw) = self.switch.as_ref() {
+                if self.ticks.saturating_sub(sw.started)
+                    >= 2 * self.cfg.switchover_timeout_ticks as u64
+                {
+                    let token = sw.token;
+                    self.switch = None;
+                    self.out.switchovers.push((
+                        token,
+                        Err(Error::Timeout {
+                            what: "switchover: this member handed over but no new active appeared"
+                                .into(),
+                        }),
+                    ));
+                }
+            }
             if self.stand_for_allowed && self.raw.raft.state == StateRole::Follower {
                 self.stand_for_allowed = false;
                 info!(
@@ -343,8 +359,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// A leader that steps down completes its switchover.
+    /// A former leader completes its switchover once it knows the new
+    /// leader (a leader that hands over first steps down knowing none).
     pub(crate) fn finish_switchover(&mut self, new_leader: u64) {
+        if new_leader == 0 || self.raw.raft.state == StateRole::Leader {
+            return;
+        }
         if let Some(sw) = self.switch.take() {
             let result = if new_leader == sw.target {
                 info!(member = self.cfg.id, to = sw.target, "switchover done");
