@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 
 pub mod bootstrap;
+pub mod client;
 mod config;
 mod error;
 pub mod logging;

@@ -180,7 +180,7 @@ impl NodeBuilder {
                     "the log store is blank: give the voters to bootstrap it",
                 ));
             }
-            let b = Bootstrap::new(id, &self.opts.voters, 5);
+            let b = Bootstrap::new(id, &self.opts.voters, 1);
             if b.decision() == Decision::Bootstrap {
                 Replica::<ArcLog<L>, S>::bootstrap(&ArcLog(log.clone()), b.voters())?;
                 Start::Open(Box::new(open_replica(&cfg, &log, sm, seed)?))

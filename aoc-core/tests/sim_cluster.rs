@@ -115,11 +115,10 @@ fn run_crash_schedule(seed: u64) {
     // while blank, after the others saw it blank and bootstrapped, comes
     // back blank beside members holding data and (rightly) refuses to start
     // as a voter.
-    assert!(
-        c.wait_for_leader(30 * SECOND_US).is_some(),
-        "{}: no first leader",
-        c.replay_hint()
-    );
+    let started = c.run_until(30 * SECOND_US, |c| {
+        c.leader().is_some() && (1..=3).all(|id| c.status(id).is_some_and(|s| !s.voters.is_empty()))
+    });
+    assert!(started, "{}: the cluster did not start", c.replay_hint());
     let mut writes: Vec<(u64, String, String)> = Vec::new();
     let mut down: Option<(u64, u64)> = None;
     for round in 0..150u64 {

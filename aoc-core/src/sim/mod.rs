@@ -304,7 +304,7 @@ impl Cluster {
         let incarnation = m.incarnation;
         let blank = !m.log.initial_state().is_ok_and(|s| s.initialized());
         if blank {
-            m.blank = Some(Bootstrap::new(id, &voters, 5));
+            m.blank = Some(Bootstrap::new(id, &voters, 1));
             self.trace.push(format!("{} start {id} blank", self.now_us));
         } else {
             self.open(id);
@@ -765,6 +765,10 @@ impl Cluster {
                 let Ok(n) = <Notice as protobuf::Message>::parse_from_bytes(&notice) else {
                     return;
                 };
+                self.trace.push(format!(
+                    "{} notice {}->{} {:?}",
+                    self.now_us, n.from, n.to, n.body
+                ));
                 let Some(m) = self.members.get_mut(&to) else {
                     return;
                 };

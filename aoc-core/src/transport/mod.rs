@@ -3,11 +3,13 @@
 //! A [`Transport`] carries raft messages from one member to another. It
 //! must never block the caller: a slow or dead peer's messages are dropped
 //! (raft retransmits). The receiving side hands each message to its node
-//! with [`crate::Node::step`]. The TCP transport lives with the binaries;
-//! [`LocalNetwork`] connects nodes inside one process (tests, demos).
+//! with [`crate::Node::step`]. [`tcp::TcpTransport`] is the real one (the
+//! HA channel); [`LocalNetwork`] connects nodes inside one process (tests,
+//! demos).
 //! Snapshot messages travel in chunks ([`split_snapshot`], [`Reassembler`]).
 
 mod chunk;
+pub mod tcp;
 
 pub use crate::proto::SnapshotChunk;
 use chunk::split;

@@ -1,0 +1,285 @@
+//! Conversions between the crate's types and the client API's messages.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::proto::client as pb;
+use crate::state::KvResponse;
+use crate::{Error, Mode, PeerProgress, Role, Status};
+
+/// The API error for `e`; a `NotLeader` hint carries the leader's client
+/// address when `peers_api` knows it.
+pub(crate) fn error_to_proto(e: &Error, peers_api: &BTreeMap<u64, SocketAddr>) -> pb::ApiError {
+    let mut out = pb::ApiError::new();
+    out.set_message(e.to_string());
+    match e {
+        Error::NotLeader { leader_hint } => {
+            out.set_kind(pb::ErrorKind::NOT_LEADER);
+            if let Some(id) = leader_hint {
+                out.set_leader_id(*id);
+                if let Some(addr) = peers_api.get(id) {
+                    out.set_leader_addr(addr.to_string());
+                }
+            }
+        }
+        Error::Timeout { what } => {
+            out.set_kind(pb::ErrorKind::TIMEOUT);
+            out.set_what(what.clone());
+        }
+        Error::Stopped => out.set_kind(pb::ErrorKind::STOPPED),
+        Error::Storage { path, reason } => {
+            out.set_kind(pb::ErrorKind::STORAGE);
+            out.set_what(path.display().to_string());
+            out.set_message(reason.clone());
+        }
+        Error::InvalidConfig { field, reason } => {
+            out.set_kind(pb::ErrorKind::INVALID);
+            out.set_what(field.clone());
+            out.set_message(reason.clone());
+        }
+        Error::TooLarge { what, size, limit } => {
+            out.set_kind(pb::ErrorKind::TOO_LARGE);
+            out.set_what(what.clone());
+            out.set_size(*size as u64);
+            out.set_limit(*limit as u64);
+        }
+        Error::Decode { what, reason } => {
+            out.set_kind(pb::ErrorKind::INVALID);
+            out.set_what(what.clone());
+            out.set_message(reason.clone());
+        }
+        Error::SessionExpired { client_id } => {
+            out.set_kind(pb::ErrorKind::SESSION_EXPIRED);
+            out.set_client_id(*client_id);
+        }
+        Error::StaleSequence {
+            client_id,
+            sequence,
+            last,
+        } => {
+            out.set_kind(pb::ErrorKind::STALE_SEQUENCE);
+            out.set_client_id(*client_id);
+            out.set_sequence(*sequence);
+            out.set_last_sequence(*last);
+        }
+        Error::Busy { reason } => {
+            out.set_kind(pb::ErrorKind::BUSY);
+            out.set_message(reason.clone());
+        }
+        Error::Raft(reason) => {
+            out.set_kind(pb::ErrorKind::OTHER);
+            out.set_message(reason.clone());
+        }
+    }
+    out
+}
+
+/// The crate error an API error stands for.
+pub(crate) fn error_from_proto(e: &pb::ApiError) -> Error {
+    let message = e.get_message().to_string();
+    match e.get_kind() {
+        pb::ErrorKind::NOT_LEADER => Error::NotLeader {
+            leader_hint: (e.get_leader_id() != 0).then_some(e.get_leader_id()),
+        },
+        pb::ErrorKind::BUSY => Error::Busy { reason: message },
+        pb::ErrorKind::TIMEOUT => Error::Timeout {
+            what: e.get_what().to_string(),
+        },
+        pb::ErrorKind::SESSION_EXPIRED => Error::SessionExpired {
+            client_id: e.get_client_id(),
+        },
+        pb::ErrorKind::TOO_LARGE => Error::TooLarge {
+            what: e.get_what().to_string(),
+            size: usize::try_from(e.get_size()).unwrap_or(usize::MAX),
+            limit: usize::try_from(e.get_limit()).unwrap_or(usize::MAX),
+        },
+        pb::ErrorKind::INVALID => Error::Decode {
+            what: e.get_what().to_string(),
+            reason: message,
+        },
+        pb::ErrorKind::STOPPED => Error::Stopped,
+        pb::ErrorKind::STALE_SEQUENCE => Error::StaleSequence {
+            client_id: e.get_client_id(),
+            sequence: e.get_sequence(),
+            last: e.get_last_sequence(),
+        },
+        pb::ErrorKind::STORAGE => Error::Storage {
+            path: e.get_what().into(),
+            reason: message,
+        },
+        pb::ErrorKind::OTHER => Error::Raft(message),
+    }
+}
+
+/// The API error for a request that breaks a rule of the protocol.
+pub(crate) fn invalid(what: &str, reason: impl std::fmt::Display) -> pb::ApiError {
+    let mut out = pb::ApiError::new();
+    out.set_kind(pb::ErrorKind::INVALID);
+    out.set_what(what.to_string());
+    out.set_message(reason.to_string());
+    out
+}
+
+/// The API error for something over a limit.
+pub(crate) fn too_large(what: String, size: u64, limit: usize) -> pb::ApiError {
+    let mut out = pb::ApiError::new();
+    out.set_kind(pb::ErrorKind::TOO_LARGE);
+    out.set_message(format!(
+        "{what} is too large: {size} bytes, limit {limit} bytes"
+    ));
+    out.set_what(what);
+    out.set_size(size);
+    out.set_limit(limit as u64);
+    out
+}
+
+pub(crate) fn role_to_proto(r: Role) -> pb::Role {
+    match r {
+        Role::Leader => pb::Role::LEADER,
+        Role::Follower => pb::Role::FOLLOWER,
+        Role::Candidate => pb::Role::CANDIDATE,
+        Role::PreCandidate => pb::Role::PRE_CANDIDATE,
+    }
+}
+
+pub(crate) fn role_from_proto(r: pb::Role) -> Role {
+    match r {
+        pb::Role::LEADER => Role::Leader,
+        pb::Role::FOLLOWER => Role::Follower,
+        pb::Role::CANDIDATE => Role::Candidate,
+        pb::Role::PRE_CANDIDATE => Role::PreCandidate,
+    }
+}
+
+pub(crate) fn mode_to_proto(m: Mode) -> pb::Mode {
+    match m {
+        Mode::Standalone => pb::Mode::STANDALONE,
+        Mode::Majority => pb::Mode::MAJORITY,
+        Mode::Sync => pb::Mode::SYNC,
+        Mode::Degraded => pb::Mode::DEGRADED,
+    }
+}
+
+pub(crate) fn mode_from_proto(m: pb::Mode) -> Mode {
+    match m {
+        pb::Mode::STANDALONE => Mode::Standalone,
+        pb::Mode::MAJORITY => Mode::Majority,
+        pb::Mode::SYNC => Mode::Sync,
+        pb::Mode::DEGRADED => Mode::Degraded,
+    }
+}
+
+/// A member's status as the API sends it.
+pub(crate) fn status_to_proto(
+    s: &Status,
+    peers_api: &BTreeMap<u64, SocketAddr>,
+) -> pb::MemberStatus {
+    let mut out = pb::MemberStatus::new();
+    out.set_member_id(s.id);
+    out.set_role(role_to_proto(s.role));
+    out.set_term(s.term);
+    if let Some(leader) = s.leader {
+        out.set_leader(leader);
+        if let Some(addr) = peers_api.get(&leader) {
+            out.set_leader_addr(addr.to_string());
+        }
+    }
+    out.set_commit(s.commit);
+    out.set_applied(s.applied);
+    out.set_first_index(s.first_index);
+    out.set_last_index(s.last_index);
+    out.set_voters(s.voters.clone());
+    out.set_sessions(s.sessions as u64);
+    out.set_active(s.active);
+    out.set_mode(mode_to_proto(s.mode));
+    out.set_witness(s.witness);
+    if let Some(lag) = s.passive_lag_entries {
+        out.set_has_passive_lag_entries(true);
+        out.set_passive_lag_entries(lag);
+    }
+    if let Some(lag) = s.passive_lag_bytes {
+        out.set_has_passive_lag_bytes(true);
+        out.set_passive_lag_bytes(lag);
+    }
+    out.set_log_bytes(s.log_bytes);
+    if let Some((allowed, since_ms)) = s.maintenance {
+        out.set_maintenance(true);
+        out.set_maintenance_allowed(allowed);
+        out.set_maintenance_since_ms(since_ms);
+    }
+    if let Some(w) = &s.waiting_for {
+        out.set_waiting_for(w.clone());
+    }
+    for p in &s.progress {
+        let mut q = pb::PeerProgress::new();
+        q.set_id(p.id);
+        q.set_matched(p.matched);
+        q.set_next(p.next);
+        q.set_state(p.state.clone());
+        out.mut_progress().push(q);
+    }
+    out
+}
+
+/// The status an API message describes.
+pub(crate) fn status_from_proto(m: &pb::MemberStatus) -> Status {
+    let mut s = Status::blank(m.get_member_id(), String::new());
+    s.role = role_from_proto(m.get_role());
+    s.term = m.get_term();
+    s.leader = (m.get_leader() != 0).then_some(m.get_leader());
+    s.commit = m.get_commit();
+    s.applied = m.get_applied();
+    s.first_index = m.get_first_index();
+    s.last_index = m.get_last_index();
+    s.voters = m.get_voters().to_vec();
+    s.sessions = usize::try_from(m.get_sessions()).unwrap_or(usize::MAX);
+    s.active = m.get_active();
+    s.mode = mode_from_proto(m.get_mode());
+    s.witness = m.get_witness();
+    s.passive_lag_entries = m
+        .get_has_passive_lag_entries()
+        .then_some(m.get_passive_lag_entries());
+    s.passive_lag_bytes = m
+        .get_has_passive_lag_bytes()
+        .then_some(m.get_passive_lag_bytes());
+    s.log_bytes = m.get_log_bytes();
+    s.maintenance = m
+        .get_maintenance()
+        .then_some((m.get_maintenance_allowed(), m.get_maintenance_since_ms()));
+    s.waiting_for = (!m.get_waiting_for().is_empty()).then(|| m.get_waiting_for().to_string());
+    s.progress = m
+        .get_progress()
+        .iter()
+        .map(|p| PeerProgress {
+            id: p.get_id(),
+            matched: p.get_matched(),
+            next: p.get_next(),
+            state: p.get_state().to_string(),
+        })
+        .collect();
+    s
+}
+
+/// A write's answer as the API sends it.
+pub(crate) fn write_to_proto(index: u64, r: KvResponse) -> pb::WriteResult {
+    let mut out = pb::WriteResult::new();
+    out.set_index(index);
+    out.set_ok(r.ok);
+    if let Some(previous) = r.previous {
+        out.set_had_previous(true);
+        out.set_previous(previous);
+    }
+    if let Some(error) = r.error {
+        out.set_error(error);
+    }
+    out
+}
+
+/// The state machine's answer an API write result carries.
+pub(crate) fn write_from_proto(mut w: pb::WriteResult) -> KvResponse {
+    KvResponse {
+        ok: w.get_ok(),
+        previous: w.get_had_previous().then(|| w.take_previous()),
+        error: (!w.get_error().is_empty()).then(|| w.take_error()),
+    }
+}
