@@ -48,5 +48,6 @@ pub mod config;
 pub mod health;
 pub mod lock;
 pub mod mgmt_ip;
+pub mod run;
 
 pub use config::{load, Config, ConfigError};

@@ -1,14 +1,24 @@
-//! `aoc-node`: the AOC HA data member.
+//! `aoc-node`: the AOC HA data member, and the operator's command line.
 //!
-//! Today it runs the embedded demo (`aoc-node demo`, the default): a
-//! standalone member on real storage that writes, reads, restarts and
-//! checks that nothing was lost. Networking, configuration files and the
-//! cluster commands come with the binaries' own work.
+//! - `aoc-node run --config FILE`: runs a data member;
+//! - `aoc-node status --endpoints A,B [--json]`: each member's role, term,
+//!   commit and applied index, the mode, the passive's lag, maintenance;
+//! - `aoc-node kv put|get|delete|cas|scan ... --endpoints ...`;
+//! - `aoc-node switchover --endpoints ...`, `aoc-node maintenance on|off`;
+//! - `aoc-node demo` (the default): a standalone member on real storage in
+//!   a temporary directory that writes, reads, restarts and checks that
+//!   nothing was lost.
+//!
+//! Exit codes: 0 success, 1 a failed operation (or `kv get` of a missing
+//! key), 2 a bad configuration or command line.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
+use aoc_core::client::{self, Client, ClientOptions, MemberStatus};
 use aoc_core::state::{KvCommand, KvStateMachine, SledKv};
 use aoc_core::storage::{EngineLogOptions, EngineLogStore};
 use aoc_core::{Node, ReplicaConfig, Role};
@@ -23,6 +33,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a data member from its configuration file.
+    Run {
+        /// The member's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show each member's role, term, indexes, the mode and maintenance.
+    Status {
+        /// Client API addresses of the data members (host:port,...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read and write keys through the active.
+    Kv {
+        #[command(subcommand)]
+        op: KvOp,
+        /// Client API addresses of the data members (host:port,...).
+        #[arg(long, value_delimiter = ',', global = true)]
+        endpoints: Vec<String>,
+    },
+    /// Move the active role to the passive with nothing lost.
+    Switchover {
+        /// Client API addresses of the data members (host:port,...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+    },
+    /// Suspend (on) or resume (off) automatic failover.
+    Maintenance {
+        /// `on` or `off`.
+        state: OnOff,
+        /// Client API addresses of the data members (host:port,...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+    },
     /// Run a standalone member on real storage: write, read back, restart,
     /// and check every acknowledged write (the default command).
     Demo {
@@ -38,6 +85,30 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KvOp {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print KEY's value alone; exit 1 when the key is missing.
+    Get { key: String },
+    /// Remove KEY.
+    Delete { key: String },
+    /// Set KEY to NEW if its value is EXPECTED ("-" for absent); exit 1 if not.
+    Cas {
+        key: String,
+        expected: String,
+        new: String,
+    },
+    /// Print every KEY=VALUE whose key starts with PREFIX.
+    Scan { prefix: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 fn main() -> ExitCode {
     aoc_core::logging::init_logging();
     let cli = Cli::parse();
@@ -50,15 +121,213 @@ fn main() -> ExitCode {
             data_dir,
             writes,
             threads,
-        } => demo(data_dir, writes, threads),
+        } => demo(data_dir, writes, threads).map_err(|e| (1, e.to_string())),
+        Command::Run { config } => match aoc_node::config::load(&config) {
+            Err(e) => Err((2, e.to_string())),
+            Ok(cfg) if cfg.is_witness() => Err((
+                2,
+                format!(
+                    "{}: role: this file is a witness's; run it with aoc-witness",
+                    config.display()
+                ),
+            )),
+            Ok(cfg) => aoc_node::run::run(cfg).map_err(|e| (1, e)),
+        },
+        Command::Status { endpoints, json } => status(&endpoints, json),
+        Command::Kv { op, endpoints } => kv(op, &endpoints),
+        Command::Switchover { endpoints } => connect(&endpoints).and_then(|mut c| {
+            let pause = c.switchover().map_err(|e| (1, e.to_string()))?;
+            println!("switchover done; write pause {} ms", pause.as_millis());
+            Ok(())
+        }),
+        Command::Maintenance { state, endpoints } => connect(&endpoints).and_then(|mut c| {
+            let on = matches!(state, OnOff::On);
+            c.maintenance(on).map_err(|e| (1, e.to_string()))?;
+            println!("maintenance {}", if on { "on" } else { "off" });
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err((code, e)) => {
             eprintln!("aoc-node: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
+}
+
+type CliResult = Result<(), (u8, String)>;
+
+fn endpoints(list: &[String]) -> Result<Vec<SocketAddr>, (u8, String)> {
+    if list.is_empty() {
+        return Err((
+            2,
+            "--endpoints: give the data members' client API addresses (host:port,...)".into(),
+        ));
+    }
+    list.iter()
+        .map(|e| aoc_node::run::resolve("--endpoints", e).map_err(|m| (2, m)))
+        .collect()
+}
+
+fn connect(list: &[String]) -> Result<Client, (u8, String)> {
+    Client::connect(endpoints(list)?, ClientOptions::default()).map_err(|e| (1, e.to_string()))
+}
+
+fn kv(op: KvOp, list: &[String]) -> CliResult {
+    let mut c = connect(list)?;
+    let fail = |e: aoc_core::Error| (1, e.to_string());
+    match op {
+        KvOp::Put { key, value } => {
+            c.put(key, value).map_err(fail)?;
+        }
+        KvOp::Get { key } => match c.get(key.clone()).map_err(fail)? {
+            Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+            None => return Err((1, format!("{key}: no such key"))),
+        },
+        KvOp::Delete { key } => {
+            c.delete(key).map_err(fail)?;
+        }
+        KvOp::Cas { key, expected, new } => {
+            let expected = (expected != "-").then(|| expected.into_bytes());
+            if !c
+                .cas(key.clone(), expected, Some(new.into_bytes()))
+                .map_err(fail)?
+            {
+                return Err((1, format!("{key}: the value was not the expected one")));
+            }
+        }
+        KvOp::Scan { prefix } => {
+            for (k, v) in c.scan(prefix).map_err(fail)? {
+                println!(
+                    "{}={}",
+                    String::from_utf8_lossy(&k),
+                    String::from_utf8_lossy(&v)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A member's role as operators name it.
+fn role_name(s: &aoc_core::Status) -> &'static str {
+    if s.witness {
+        "witness"
+    } else if s.active {
+        "active"
+    } else if matches!(s.role, Role::Candidate | Role::PreCandidate) {
+        "candidate"
+    } else if s.role == Role::Leader {
+        "leader"
+    } else {
+        "passive"
+    }
+}
+
+fn status(list: &[String], json: bool) -> CliResult {
+    let opts = ClientOptions::default();
+    let mut members = Vec::new();
+    let mut active: Option<MemberStatus> = None;
+    for ep in endpoints(list)? {
+        match client::status_of(ep, &opts) {
+            Ok(ms) => {
+                if ms.status.active {
+                    active = Some(ms.clone());
+                }
+                members.push((ep, Some(ms.status)));
+            }
+            Err(_) => members.push((ep, None)),
+        }
+    }
+    // The witness has no client API: the active's view of it.
+    let witness = active.as_ref().and_then(|a| {
+        let seen: Vec<u64> = members
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().map(|s| s.id))
+            .collect();
+        a.status
+            .progress
+            .iter()
+            .find(|p| !seen.contains(&p.id))
+            .map(|p| (p.id, p.matched))
+    });
+    let mode = active
+        .as_ref()
+        .map(|a| format!("{:?}", a.status.mode).to_lowercase())
+        .unwrap_or_else(|| "none".into());
+    let maintenance = active.as_ref().and_then(|a| a.status.maintenance);
+    if json {
+        let mut arr = Vec::new();
+        for (ep, st) in &members {
+            arr.push(match st {
+                Some(s) => serde_json::json!({
+                    "id": s.id, "endpoint": ep.to_string(), "role": role_name(s), "term": s.term,
+                    "commit": s.commit, "applied": s.applied, "leader": s.leader,
+                    "passive_lag_entries": s.passive_lag_entries, "passive_lag_bytes": s.passive_lag_bytes,
+                    "maintenance": s.maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
+                    "waiting_for": s.waiting_for,
+                }),
+                None => serde_json::json!({"id": null, "endpoint": ep.to_string(), "role": "down"}),
+            });
+        }
+        if let Some((id, matched)) = witness {
+            arr.push(serde_json::json!({"id": id, "role": "witness", "matched": matched}));
+        }
+        let out = serde_json::json!({
+            "mode": mode,
+            "members": arr,
+            "maintenance": maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
+            "witness_log_bytes": serde_json::Value::Null,
+        });
+        println!("{out}");
+    } else {
+        println!("mode: {mode}");
+        if let Some((allowed, since)) = maintenance {
+            println!("maintenance: on (failover suspended; only member {allowed} may stand; since {since} ms)");
+        }
+        println!(
+            "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}  notes",
+            "id", "endpoint", "role", "term", "commit", "applied"
+        );
+        for (ep, st) in &members {
+            match st {
+                Some(s) => {
+                    let mut notes = Vec::new();
+                    if let Some(l) = s.passive_lag_entries {
+                        notes.push(format!(
+                            "passive lag {l} entries, {} bytes",
+                            s.passive_lag_bytes.unwrap_or(0)
+                        ));
+                    }
+                    if let Some(w) = &s.waiting_for {
+                        notes.push(w.clone());
+                    }
+                    println!(
+                        "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}  {}",
+                        s.id,
+                        ep,
+                        role_name(s),
+                        s.term,
+                        s.commit,
+                        s.applied,
+                        notes.join("; ")
+                    );
+                }
+                None => println!("{:<4} {:<22} {:<10}", "?", ep, "down"),
+            }
+        }
+        if let Some((id, matched)) = witness {
+            println!(
+                "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}  (as the active sees it)",
+                id, "-", "witness", "-", matched, "-"
+            );
+        }
+    }
+    if members.iter().all(|(_, s)| s.is_none()) {
+        return Err((1, "no member answered".into()));
+    }
+    Ok(())
 }
 
 fn start(dir: &Path) -> aoc_core::Result<Node<SledKv>> {

@@ -1,18 +1,53 @@
-//! `aoc-witness`: the AOC HA witness member. It stores no service data;
-//! it votes and keeps the short log tail that makes failover safe. The
-//! witness role and its networking are built on aoc-core's witness
-//! arbitration; until then this binary only reports its version.
+//! `aoc-witness`: the AOC HA witness member. It stores no service data and
+//! serves no client; it votes, keeps the short log tail that makes failover
+//! safe, and hands leadership to a data member whenever it has to lead.
+//!
+//! `aoc-witness run --config FILE`. Exit codes: 0 on a clean stop, 1 on a
+//! failure, 2 on a bad configuration or command line.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "aoc-witness", version, about = "AOC HA witness member")]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the witness from its configuration file.
+    Run {
+        /// The witness's TOML configuration (role = "witness").
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    let _ = Cli::parse();
-    eprintln!("aoc-witness: the witness role is not available in this build yet");
-    ExitCode::from(2)
+    aoc_core::logging::init_logging();
+    let Command::Run { config } = Cli::parse().command;
+    match aoc_node::config::load(&config) {
+        Err(e) => {
+            eprintln!("aoc-witness: {e}");
+            ExitCode::from(2)
+        }
+        Ok(cfg) if !cfg.is_witness() => {
+            eprintln!(
+                "aoc-witness: {}: role: this file is a data member's; run it with aoc-node",
+                config.display()
+            );
+            ExitCode::from(2)
+        }
+        Ok(cfg) => match aoc_node::run::run(cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("aoc-witness: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

@@ -350,29 +350,7 @@ impl Client {
     /// over a connection of its own, in one attempt. A member that cannot
     /// be reached gives [`Error::Timeout`] naming it and the I/O error.
     pub fn status(&self, endpoint: SocketAddr) -> Result<MemberStatus> {
-        let mut stream = TcpStream::connect_timeout(&endpoint, self.opts.connect_timeout)
-            .map_err(|e| unreachable_member(endpoint, &format!("connect: {e}")))?;
-        let mut req = pb::Request::new();
-        req.set_request_id(1);
-        req.set_status(pb::StatusRequest::new());
-        let answer = exchange(
-            &mut stream,
-            &req,
-            self.opts.attempt_timeout,
-            self.opts.max_frame_bytes,
-        )
-        .map_err(|e| match e {
-            AttemptError::Unsent(m) | AttemptError::Lost(m) => unreachable_member(endpoint, &m),
-            AttemptError::Fatal(e) => e,
-        })?;
-        match answer.body {
-            Some(Resp::status(s)) => Ok(MemberStatus {
-                status: status_from_proto(&s),
-                leader_api: s.get_leader_addr().parse().ok(),
-            }),
-            Some(Resp::error(e)) => Err(error_from_proto(&e)),
-            other => Err(unexpected_opt("status", other.as_ref())),
-        }
+        status_of(endpoint, &self.opts)
     }
 
     /// The status of every endpoint, in order (see [`Client::status`]).
@@ -677,5 +655,33 @@ fn answer_name(answer: &Resp) -> &'static str {
         Resp::status(_) => "status",
         Resp::switchover(_) => "switchover",
         Resp::done(_) => "done",
+    }
+}
+
+/// One member's status, asked of `endpoint` without opening a session
+/// (works with no active, for `aoc-node status`).
+pub fn status_of(endpoint: SocketAddr, opts: &ClientOptions) -> Result<MemberStatus> {
+    let mut stream = TcpStream::connect_timeout(&endpoint, opts.connect_timeout)
+        .map_err(|e| unreachable_member(endpoint, &format!("connect: {e}")))?;
+    let mut req = pb::Request::new();
+    req.set_request_id(1);
+    req.set_status(pb::StatusRequest::new());
+    let answer = exchange(
+        &mut stream,
+        &req,
+        opts.attempt_timeout,
+        opts.max_frame_bytes,
+    )
+    .map_err(|e| match e {
+        AttemptError::Unsent(m) | AttemptError::Lost(m) => unreachable_member(endpoint, &m),
+        AttemptError::Fatal(e) => e,
+    })?;
+    match answer.body {
+        Some(Resp::status(s)) => Ok(MemberStatus {
+            status: status_from_proto(&s),
+            leader_api: s.get_leader_addr().parse().ok(),
+        }),
+        Some(Resp::error(e)) => Err(error_from_proto(&e)),
+        other => Err(unexpected_opt("status", other.as_ref())),
     }
 }

@@ -1,0 +1,166 @@
+//! Running a member: the process behind `aoc-node run` and
+//! `aoc-witness run`. It opens the stores, starts the node with the TCP
+//! transport, the client API (data members), the health listener and the
+//! management IP, and waits for SIGTERM or SIGINT. On a signal, an active
+//! with a caught-up passive hands over first (a switchover), then
+//! everything stops.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aoc_core::client::{ClientServer, ServerLimits};
+use aoc_core::state::SledKv;
+use aoc_core::storage::{EngineLogOptions, EngineLogStore};
+use aoc_core::transport::tcp::{TcpConfig, TcpTransport};
+use aoc_core::{Mode, Node};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{info, warn};
+
+use crate::config::{Config, MemberRole};
+use crate::health::{self, Metrics};
+use crate::lock::DataDirLock;
+use crate::mgmt_ip::{self, MgmtIp};
+
+/// Resolves `host:port` (the configuration checked its form).
+pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("{what}: cannot resolve {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{what}: {addr:?} resolves to no address"))
+}
+
+/// Runs the member described by `cfg` until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> Result<(), String> {
+    if !cfg.allow_plain_tcp {
+        return Err(
+            "allow_plain_tcp: member and client traffic is plain TCP in this build; set \
+             allow_plain_tcp = true to accept that explicitly"
+                .into(),
+        );
+    }
+    warn!("member and client traffic is plain TCP (allow_plain_tcp = true): unauthenticated and unencrypted");
+    let lock = DataDirLock::acquire(&cfg.data_dir)?;
+    let listen = resolve("ha_addr", &cfg.ha_addr)?;
+    let mut peers = BTreeMap::new();
+    let mut peers_api = BTreeMap::new();
+    for p in &cfg.peers {
+        peers.insert(
+            p.id,
+            resolve(&format!("peers[{}].ha_addr", p.id), &p.ha_addr)?,
+        );
+        if let Some(api) = &p.api_addr {
+            peers_api.insert(p.id, resolve(&format!("peers[{}].api_addr", p.id), api)?);
+        }
+    }
+    let transport =
+        TcpTransport::start(TcpConfig::new(cfg.cluster_id, cfg.member_id, listen, peers))
+            .map_err(|e| e.to_string())?;
+    let log = EngineLogStore::open(&cfg.data_dir.join("log"), EngineLogOptions::default())
+        .map_err(|e| e.to_string())?;
+    let builder = Node::builder(cfg.replica_config())
+        .voters(cfg.voters())
+        .tick(cfg.tick());
+    let metrics = Arc::new(Metrics::new());
+    let http = resolve("http_addr", &cfg.http_addr)?;
+    match cfg.role {
+        MemberRole::Witness => {
+            let node = builder
+                .start_witness(log, Arc::new(transport.clone()))
+                .map_err(|e| e.to_string())?;
+            transport.set_inbound(Arc::new(node.clone()));
+            let status_node = node.clone();
+            let health = health::serve(http, Arc::new(move || status_node.status()), metrics)
+                .map_err(|e| format!("http_addr: cannot listen on {http}: {e}"))?;
+            info!(member = cfg.member_id, "witness running");
+            wait_for_signal()?;
+            info!("stopping");
+            health.shutdown();
+            node.shutdown();
+        }
+        MemberRole::Data => {
+            let kv = SledKv::open(&cfg.data_dir.join("state")).map_err(|e| e.to_string())?;
+            let node = builder
+                .start_with_transport(log, kv, Arc::new(transport.clone()))
+                .map_err(|e| e.to_string())?;
+            transport.set_inbound(Arc::new(node.clone()));
+            let api = resolve(
+                "api_addr",
+                cfg.api_addr
+                    .as_deref()
+                    .ok_or("api_addr: required for a data member")?,
+            )?;
+            peers_api.insert(cfg.member_id, api);
+            let server = ClientServer::start(api, node.clone(), peers_api, ServerLimits::default())
+                .map_err(|e| e.to_string())?;
+            let status_node = node.clone();
+            let health = health::serve(
+                http,
+                Arc::new(move || status_node.status()),
+                metrics.clone(),
+            )
+            .map_err(|e| format!("http_addr: cannot listen on {http}: {e}"))?;
+            if let Some(m) = &cfg.management_ip {
+                let ip = MgmtIp::new(m.clone());
+                // An address a crash may have left behind goes first.
+                if let Err(e) = ip.demote() {
+                    warn!(error = %e, "clearing the management IP at start");
+                }
+                mgmt_ip::follow(node.events(), ip)
+                    .map_err(|e| format!("cannot start the management IP thread: {e}"))?;
+            }
+            count_failovers(&node, metrics);
+            info!(member = cfg.member_id, api = %api, "data member running");
+            wait_for_signal()?;
+            info!("stopping");
+            hand_over_if_active(&node);
+            server.shutdown();
+            health.shutdown();
+            node.shutdown();
+        }
+    }
+    transport.shutdown();
+    drop(lock);
+    Ok(())
+}
+
+fn wait_for_signal() -> Result<(), String> {
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    if let Some(sig) = signals.forever().next() {
+        info!(signal = sig, "signal received");
+    }
+    Ok(())
+}
+
+/// An active with a caught-up passive hands over before it stops, so a
+/// planned restart costs a switchover, not a failover.
+fn hand_over_if_active<S: aoc_core::state::StateMachine>(node: &Node<S>) {
+    let st = node.status();
+    if st.active && st.mode == Mode::Sync {
+        match node.switchover() {
+            Ok(pause) => info!(?pause, "handed over before stopping"),
+            Err(e) => warn!(error = %e, "could not hand over before stopping"),
+        }
+    }
+}
+
+/// Counts this member's takeovers of the active role (for /metrics).
+fn count_failovers<S: aoc_core::state::StateMachine>(node: &Node<S>, metrics: Arc<Metrics>) {
+    let events = node.events();
+    let _ = std::thread::Builder::new()
+        .name("aoc-metrics".into())
+        .spawn(move || {
+            let mut first = true;
+            while let Ok(e) = events.recv_timeout(Duration::from_secs(3600 * 24)) {
+                if let aoc_core::Event::ActiveChanged { active: true } = e {
+                    if !first {
+                        metrics.failover();
+                    }
+                    first = false;
+                }
+            }
+        });
+}

@@ -1,0 +1,340 @@
+//! End to end with the three real processes on loopback: writes through the
+//! client, kill -9 of the active and of the passive, restarts, the health
+//! endpoints, and bad configuration files.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aoc_core::client::{self, Client, ClientOptions};
+use aoc_core::Mode;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn node_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_aoc-node"))
+}
+
+/// The witness binary lives in its own package: build it next to aoc-node
+/// when it is not there yet.
+fn witness_bin() -> PathBuf {
+    let path = node_bin().with_file_name("aoc-witness");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "aoc-witness"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building aoc-witness");
+    }
+    path
+}
+
+struct Member {
+    id: u64,
+    config: PathBuf,
+    api: Option<SocketAddr>,
+    http: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ha: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let api: Vec<u16> = (0..2).map(|_| free_port()).collect();
+        let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut members = Vec::new();
+        for id in 1..=3u64 {
+            let i = id as usize - 1;
+            let mut text = format!(
+                "cluster_id = 7\nmember_id = {id}\nrole = \"{}\"\ndata_dir = \"data{id}\"\n\
+                 ha_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\nallow_plain_tcp = true\n",
+                if id == 3 { "witness" } else { "data" },
+                ha[i],
+                http[i]
+            );
+            if id != 3 {
+                text += &format!("api_addr = \"127.0.0.1:{}\"\n", api[i]);
+            }
+            for p in 1..=3u64 {
+                if p == id {
+                    continue;
+                }
+                let j = p as usize - 1;
+                text += &format!(
+                    "[[peers]]\nid = {p}\nrole = \"{}\"\nha_addr = \"127.0.0.1:{}\"\n",
+                    if p == 3 { "witness" } else { "data" },
+                    ha[j]
+                );
+                if p != 3 {
+                    text += &format!("api_addr = \"127.0.0.1:{}\"\n", api[j]);
+                }
+            }
+            text +=
+                "[timeouts]\ntick_ms = 50\nsync_timeout_ms = 500\nswitchover_timeout_ms = 1500\n";
+            let config = dir.path().join(format!("m{id}.toml"));
+            std::fs::write(&config, text).unwrap();
+            members.push(Member {
+                id,
+                config,
+                api: (id != 3).then(|| format!("127.0.0.1:{}", api[i]).parse().unwrap()),
+                http: format!("127.0.0.1:{}", http[i]).parse().unwrap(),
+                child: None,
+                log: dir.path().join(format!("m{id}.log")),
+            });
+        }
+        let mut c = Cluster { _dir: dir, members };
+        for id in 1..=3 {
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: u64) {
+        let m = &mut self.members[id as usize - 1];
+        let bin = if id == 3 { witness_bin() } else { node_bin() };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .unwrap();
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&m.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the member starts");
+        m.child = Some(child);
+    }
+
+    /// kill -9.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.members[id as usize - 1].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait.
+    fn stop(&mut self, id: u64) {
+        if let Some(mut c) = self.members[id as usize - 1].child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        self.members.iter().filter_map(|m| m.api).collect()
+    }
+
+    fn active(&self) -> Option<(u64, Mode)> {
+        let opts = ClientOptions::default();
+        self.endpoints().into_iter().find_map(|e| {
+            client::status_of(e, &opts)
+                .ok()
+                .filter(|s| s.status.active)
+                .map(|s| (s.status.id, s.status.mode))
+        })
+    }
+
+    fn wait_active(&self, what: &str, f: impl Fn(u64, Mode) -> bool) -> u64 {
+        let start = Instant::now();
+        loop {
+            if let Some((id, mode)) = self.active() {
+                if f(id, mode) {
+                    return id;
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                for m in &self.members {
+                    eprintln!(
+                        "--- member {} log:\n{}",
+                        m.id,
+                        std::fs::read_to_string(&m.log).unwrap_or_default()
+                    );
+                }
+                panic!("timed out waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn http_status(&self, id: u64, path: &str) -> u16 {
+        let addr = self.members[id as usize - 1].http;
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            return 0;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=3 {
+            self.kill(id);
+        }
+    }
+}
+
+fn write_all(client: &mut Client, prefix: &str, n: usize) -> (Vec<String>, Duration) {
+    let mut keys = Vec::new();
+    let mut worst = Duration::ZERO;
+    for i in 0..n {
+        let key = format!("{prefix}{i}");
+        let t = Instant::now();
+        client
+            .put(key.clone(), "v")
+            .unwrap_or_else(|e| panic!("write {key}: {e}"));
+        worst = worst.max(t.elapsed());
+        keys.push(key);
+    }
+    (keys, worst)
+}
+
+fn check_all(client: &mut Client, keys: &[String]) {
+    for k in keys {
+        assert_eq!(
+            client.get(k.clone()).expect("read").as_deref(),
+            Some(&b"v"[..]),
+            "acknowledged {k} lost"
+        );
+    }
+}
+
+#[test]
+fn three_processes_fail_over_restart_and_serve_health() {
+    let mut c = Cluster::new();
+    let active = c.wait_active("an active in sync mode", |_, m| m == Mode::Sync);
+    let passive = if active == 1 { 2 } else { 1 };
+    assert_eq!(c.http_status(active, "/health"), 200);
+    assert_eq!(c.http_status(passive, "/health"), 503);
+    assert_eq!(c.http_status(3, "/health"), 503);
+    assert_eq!(c.http_status(passive, "/ready"), 200);
+
+    let mut client = Client::connect(c.endpoints(), ClientOptions::default()).expect("client");
+    let (mut keys, _) = write_all(&mut client, "a", 50);
+
+    // kill -9 of the active: writes resume on the new active.
+    c.kill(active);
+    let (more, gap) = write_all(&mut client, "b", 50);
+    keys.extend(more);
+    eprintln!("kill -9 of the active: longest write {gap:?}");
+    assert!(
+        gap < Duration::from_secs(10),
+        "writes resumed within a few seconds ({gap:?})"
+    );
+    assert_eq!(
+        c.wait_active("the passive took over", |id, _| id == passive),
+        passive
+    );
+    check_all(&mut client, &keys);
+
+    // The old active returns as passive; sync mode again.
+    c.start(active);
+    c.wait_active("sync mode after the restart", |id, m| {
+        id == passive && m == Mode::Sync
+    });
+
+    // kill -9 of the passive (the old active): degraded, then sync after restart.
+    c.kill(active);
+    let (more, gap) = write_all(&mut client, "c", 30);
+    keys.extend(more);
+    eprintln!("kill -9 of the passive: longest write {gap:?}");
+    c.wait_active("degraded mode", |_, m| m == Mode::Degraded);
+    c.start(active);
+    c.wait_active("sync mode again", |_, m| m == Mode::Sync);
+    check_all(&mut client, &keys);
+
+    // A restart of every process (SIGTERM: the active hands over first).
+    for id in 1..=3 {
+        c.stop(id);
+    }
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.wait_active("an active after restarting everything", |_, m| {
+        m == Mode::Sync
+    });
+    let mut client = Client::connect(c.endpoints(), ClientOptions::default()).expect("client");
+    check_all(&mut client, &keys);
+}
+
+fn run_with(config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(node_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_files_exit_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "cluster_id = 1\nmember_id = 1\nrole = \"data\"\ndata_dir = \"d\"\nha_addr = \"127.0.0.1:1\"\n\
+                api_addr = \"127.0.0.1:2\"\nhttp_addr = \"127.0.0.1:3\"\nallow_plain_tcp = true\n";
+    let cases = [
+        (base.replace("member_id = 1", "member_id = 0"), "member_id"),
+        (base.replace("role = \"data\"", "role = \"dta\""), "role"),
+        (
+            base.replace("ha_addr = \"127.0.0.1:1\"", "ha_addr = \"x:y\""),
+            "ha_addr",
+        ),
+        (format!("{base}colour = \"blue\"\n"), "colour"),
+        ("this is not toml".to_string(), "line"),
+    ];
+    for (i, (text, field)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, stderr) = run_with(&path);
+        assert_eq!(code, Some(2), "case {i}: exit code 2 ({stderr})");
+        assert!(
+            stderr.contains(field),
+            "case {i}: the error names {field}: {stderr}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "case {i}: one line: {stderr}"
+        );
+    }
+    let (code, stderr) = run_with(&dir.path().join("missing.toml"));
+    assert_eq!(code, Some(2), "{stderr}");
+}
