@@ -11,46 +11,11 @@ use aoc_core::sim::{Cluster, Outcome, SimOptions};
 use aoc_core::state::KvCommand;
 use aoc_core::Mode;
 
-const MS: u64 = 1_000;
-const SECOND_US: u64 = 1_000_000;
+mod common;
+
+use common::{start, Writer, MS, SECOND_US};
 /// Default sync_timeout: 10 ticks of 100 ms.
 const SYNC_TIMEOUT_US: u64 = SECOND_US;
-
-/// A closed-loop writer: one put every 10 ms on whichever member is active.
-struct Writer {
-    writes: Vec<(u64, String)>,
-    next: u64,
-}
-
-impl Writer {
-    fn new() -> Self {
-        Writer {
-            writes: Vec::new(),
-            next: 0,
-        }
-    }
-
-    fn run(&mut self, c: &mut Cluster, us: u64) {
-        let end = c.now_us() + us;
-        while c.now_us() < end {
-            if let Some(a) = c.active() {
-                let key = format!("w{}", self.next);
-                self.next += 1;
-                let t = c.propose(a, KvCommand::put(key.clone(), "v").encode(), None);
-                self.writes.push((t, key));
-            }
-            c.run_for(10 * MS);
-        }
-    }
-
-    fn acked(&self, c: &Cluster) -> Vec<String> {
-        self.writes
-            .iter()
-            .filter(|(t, _)| matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })))
-            .map(|(_, k)| k.clone())
-            .collect()
-    }
-}
 
 /// The longest gap between consecutive acknowledgements after `from_us`.
 fn write_pause_us(c: &Cluster, from_us: u64) -> u64 {
@@ -106,19 +71,6 @@ fn check(c: &Cluster, w: &Writer) {
             c.replay_hint()
         );
     }
-}
-
-fn start(seed: u64) -> (Cluster, u64, u64) {
-    let mut c = Cluster::new(SimOptions::ha(seed));
-    let ok = c.run_until(20 * SECOND_US, |c| {
-        c.active()
-            .is_some_and(|a| c.status(a).is_some_and(|s| s.mode == Mode::Sync))
-    });
-    assert!(ok, "seed {seed}: no active in sync mode");
-    let active = c.active().expect("an active");
-    assert_ne!(active, 3, "seed {seed}: the witness is never the active");
-    let passive = if active == 1 { 2 } else { 1 };
-    (c, active, passive)
 }
 
 const SEEDS: std::ops::Range<u64> = 0..12;

@@ -5,59 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use aoc_core::sim::{Cluster, Outcome, SimOptions};
+use aoc_core::sim::{Cluster, Outcome};
 use aoc_core::state::KvCommand;
 use aoc_core::Mode;
 
-const MS: u64 = 1_000;
-const SECOND_US: u64 = 1_000_000;
+mod common;
+
+use common::{start, Writer, MS, SECOND_US};
 const ELECTION_US: u64 = SECOND_US;
-
-struct Writer {
-    writes: Vec<(u64, String)>,
-    next: u64,
-}
-
-impl Writer {
-    fn new() -> Self {
-        Writer {
-            writes: Vec::new(),
-            next: 0,
-        }
-    }
-
-    fn run(&mut self, c: &mut Cluster, us: u64) {
-        let end = c.now_us() + us;
-        while c.now_us() < end {
-            if let Some(a) = c.active() {
-                let key = format!("w{}", self.next);
-                self.next += 1;
-                let t = c.propose(a, KvCommand::put(key.clone(), "v").encode(), None);
-                self.writes.push((t, key));
-            }
-            c.run_for(10 * MS);
-        }
-    }
-
-    fn acked(&self, c: &Cluster) -> Vec<String> {
-        self.writes
-            .iter()
-            .filter(|(t, _)| matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })))
-            .map(|(_, k)| k.clone())
-            .collect()
-    }
-}
-
-fn start(seed: u64) -> (Cluster, u64, u64) {
-    let mut c = Cluster::new(SimOptions::ha(seed));
-    let ok = c.run_until(20 * SECOND_US, |c| {
-        c.active()
-            .is_some_and(|a| c.status(a).is_some_and(|s| s.mode == Mode::Sync))
-    });
-    assert!(ok, "seed {seed}: no active in sync mode");
-    let a = c.active().expect("active");
-    (c, a, if a == 1 { 2 } else { 1 })
-}
 
 fn has_all(c: &Cluster, member: u64, w: &Writer) {
     let kv: BTreeMap<_, _> = c.state_of(member).expect("up").1.into_iter().collect();
