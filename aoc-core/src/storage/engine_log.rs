@@ -431,10 +431,24 @@ impl LogStore for EngineLogStore {
         // "compacted" / "not found", mapped to raft's errors below.
         let limit = max_size.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
         let mut out = Vec::new();
-        let fetched = catch_unwind(AssertUnwindSafe(|| {
-            self.engine
-                .fetch_entries_to::<EntryExt>(REGION, low, high, limit, &mut out)
-        }));
+        let fetch = |out: &mut Vec<Entry>| {
+            catch_unwind(AssertUnwindSafe(|| {
+                self.engine
+                    .fetch_entries_to::<EntryExt>(REGION, low, high, limit, out)
+            }))
+        };
+        let mut fetched = fetch(&mut out);
+        // A purge running meanwhile may rewrite live entries into the
+        // rewrite queue and delete the file a read had just located them in
+        // ("file seqno out of range"): the memtable already points to the
+        // new place, so reading again finds them.
+        for _ in 0..3 {
+            if !matches!(fetched, Ok(Err(raft_engine::Error::Corruption(_)))) {
+                break;
+            }
+            out.clear();
+            fetched = fetch(&mut out);
+        }
         match fetched {
             Ok(Ok(_)) => {}
             Ok(Err(raft_engine::Error::EntryCompacted)) => {
@@ -442,6 +456,12 @@ impl LogStore for EngineLogStore {
             }
             Ok(Err(raft_engine::Error::EntryNotFound)) => {
                 return Err(raft::Error::Store(StorageError::Unavailable))
+            }
+            // A compaction and purge running meanwhile can delete the file
+            // an entry was being read from ("file seqno out of range"):
+            // that is a compacted entry, not damage.
+            Ok(Err(_)) if low < self.state.read().first() => {
+                return Err(raft::Error::Store(StorageError::Compacted))
             }
             Ok(Err(e)) => {
                 return Err(self.read_error(format!("cannot read entries [{low}, {high}): {e}")))
