@@ -594,32 +594,26 @@ impl Cluster {
 
     /// A linearizable read of `key` on member `id`.
     pub fn read(&mut self, id: u64, key: &[u8]) -> u64 {
-        let token = self.token();
-        match self.members.get_mut(&id) {
-            Some(m) if m.replica.is_some() => {
-                m.reads.insert(token, key.to_vec());
-                if let Some(r) = m.replica.as_mut() {
-                    r.read(token);
-                }
-            }
-            _ => {
-                self.outcomes
-                    .insert(token, Outcome::Read(Err(Error::Stopped)));
-            }
-        }
-        self.drain(id);
-        token
+        self.start_read(id, key, false)
     }
 
     /// A lease read of `key` on member `id`: served by the active inside
     /// its fenced lease without a round trip; elsewhere refused.
     pub fn read_lease(&mut self, id: u64, key: &[u8]) -> u64 {
+        self.start_read(id, key, true)
+    }
+
+    fn start_read(&mut self, id: u64, key: &[u8], lease: bool) -> u64 {
         let token = self.token();
         match self.members.get_mut(&id) {
             Some(m) if m.replica.is_some() => {
                 m.reads.insert(token, key.to_vec());
                 if let Some(r) = m.replica.as_mut() {
-                    r.read_lease(token);
+                    if lease {
+                        r.read_lease(token);
+                    } else {
+                        r.read(token);
+                    }
                 }
             }
             _ => {
