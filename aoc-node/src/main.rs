@@ -67,8 +67,12 @@ enum Command {
         /// `on` or `off`.
         state: OnOff,
         /// Client API addresses of the data members (host:port,...).
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',')]
         endpoints: Vec<String>,
+        /// `off` on one member alone, through its admin socket in DATA_DIR
+        /// (works with no active, on the witness too).
+        #[arg(long, value_name = "DATA_DIR", conflicts_with = "endpoints")]
+        local: Option<PathBuf>,
     },
     /// Run a standalone member on real storage: write, read back, restart,
     /// and check every acknowledged write (the default command).
@@ -140,7 +144,21 @@ fn main() -> ExitCode {
             println!("switchover done; write pause {} ms", pause.as_millis());
             Ok(())
         }),
-        Command::Maintenance { state, endpoints } => connect(&endpoints).and_then(|mut c| {
+        Command::Maintenance {
+            state: OnOff::Off,
+            local: Some(dir),
+            ..
+        } => aoc_node::run::admin_command(&dir, "maintenance-off")
+            .map(|answer| println!("{answer}"))
+            .map_err(|e| (1, e)),
+        Command::Maintenance { local: Some(_), .. } => Err((
+            2,
+            "--local: only `maintenance off` has a local form; turn it on through the active"
+                .into(),
+        )),
+        Command::Maintenance {
+            state, endpoints, ..
+        } => connect(&endpoints).and_then(|mut c| {
             let on = matches!(state, OnOff::On);
             c.maintenance(on).map_err(|e| (1, e.to_string()))?;
             println!("maintenance {}", if on { "on" } else { "off" });
@@ -257,6 +275,13 @@ fn status(list: &[String], json: bool) -> CliResult {
         .map(|a| format!("{:?}", a.status.mode).to_lowercase())
         .unwrap_or_else(|| "none".into());
     let maintenance = active.as_ref().and_then(|a| a.status.maintenance);
+    let last_failover = members
+        .iter()
+        .filter_map(|(_, s)| {
+            s.as_ref()
+                .and_then(|s| s.last_failover_ms.map(|f| (s.id, f)))
+        })
+        .max_by_key(|(_, (at, _))| *at);
     if json {
         let mut arr = Vec::new();
         for (ep, st) in &members {
@@ -278,11 +303,14 @@ fn status(list: &[String], json: bool) -> CliResult {
             "mode": mode,
             "members": arr,
             "maintenance": maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
-            "witness_log_bytes": serde_json::Value::Null,
+            "last_failover": last_failover.map(|(id, (at, took))| serde_json::json!({"to": id, "at_ms": at, "took_ms": took})),
         });
         println!("{out}");
     } else {
         println!("mode: {mode}");
+        if let Some((id, (at, took))) = last_failover {
+            println!("last failover: to member {id} at {at} ms, {took} ms after its last contact with the previous active");
+        }
         if let Some((allowed, since)) = maintenance {
             println!("maintenance: on (failover suspended; only member {allowed} may stand; since {since} ms)");
         }

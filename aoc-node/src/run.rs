@@ -74,6 +74,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             let status_node = node.clone();
             let health = health::serve(http, Arc::new(move || status_node.status()), metrics)
                 .map_err(|e| format!("http_addr: cannot listen on {http}: {e}"))?;
+            serve_admin(&cfg.data_dir, node.clone())?;
             info!(member = cfg.member_id, "witness running");
             wait_for_signal()?;
             info!("stopping");
@@ -112,6 +113,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     .map_err(|e| format!("cannot start the management IP thread: {e}"))?;
             }
             count_failovers(&node, metrics);
+            serve_admin(&cfg.data_dir, node.clone())?;
             info!(member = cfg.member_id, api = %api, "data member running");
             wait_for_signal()?;
             info!("stopping");
@@ -124,6 +126,74 @@ pub fn run(cfg: Config) -> Result<(), String> {
     transport.shutdown();
     drop(lock);
     Ok(())
+}
+
+/// The admin socket's file name in the data directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// The local admin socket (`DATA_DIR/admin.sock`, a Unix socket in the
+/// owner-only data directory): `maintenance-off` turns maintenance mode off
+/// on this member alone, with no leader needed (the witness included, which
+/// has no client API). One command per line; the answer is one line.
+fn serve_admin<S: aoc_core::state::StateMachine>(
+    data_dir: &std::path::Path,
+    node: Node<S>,
+) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    let path = data_dir.join(ADMIN_SOCKET);
+    // A socket file left by a crashed process (the data directory lock
+    // guarantees no other process uses it now).
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| format!("cannot create the admin socket {}: {e}", path.display()))?;
+    std::thread::Builder::new()
+        .name("aoc-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut line = String::new();
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
+                if BufReader::new(clone).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let answer = match line.trim() {
+                    "maintenance-off" => match node.maintenance_off_local() {
+                        Ok(()) => "ok: maintenance is off on this member".to_string(),
+                        Err(e) => format!("error: {e}"),
+                    },
+                    other => format!("error: unknown command {other:?} (known: maintenance-off)"),
+                };
+                let mut stream = stream;
+                let _ = writeln!(stream, "{answer}");
+            }
+        })
+        .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+    Ok(())
+}
+
+/// Sends one command to a member's admin socket; returns its answer.
+pub fn admin_command(data_dir: &std::path::Path, command: &str) -> Result<String, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = data_dir.join(ADMIN_SOCKET);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "{}: cannot connect (is the member running?): {e}",
+            path.display()
+        )
+    })?;
+    writeln!(stream, "{command}").map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let answer = answer.trim().to_string();
+    if answer.starts_with("ok") {
+        Ok(answer)
+    } else {
+        Err(answer)
+    }
 }
 
 fn wait_for_signal() -> Result<(), String> {

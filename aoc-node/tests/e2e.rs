@@ -47,7 +47,7 @@ struct Member {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     members: Vec<Member>,
 }
 
@@ -97,7 +97,7 @@ impl Cluster {
                 log: dir.path().join(format!("m{id}.log")),
             });
         }
-        let mut c = Cluster { _dir: dir, members };
+        let mut c = Cluster { dir, members };
         for id in 1..=3 {
             c.start(id);
         }
@@ -337,4 +337,60 @@ fn bad_configuration_files_exit_2_naming_the_field() {
     }
     let (code, stderr) = run_with(&dir.path().join("missing.toml"));
     assert_eq!(code, Some(2), "{stderr}");
+}
+
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(node_bin()).args(args).output().expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The command line against the three processes: kv, status --json,
+/// maintenance on, the active killed (no failover), then maintenance off
+/// locally on the survivors through their admin sockets: the passive takes
+/// over with every write.
+#[test]
+fn command_line_status_and_maintenance_off_locally() {
+    let mut c = Cluster::new();
+    let active = c.wait_active("an active in sync mode", |_, m| m == Mode::Sync);
+    let passive = if active == 1 { 2 } else { 1 };
+    let eps: Vec<String> = c.endpoints().iter().map(|e| e.to_string()).collect();
+    let eps = eps.join(",");
+    let (code, _, err) = cli(&["kv", "put", "k1", "v1", "--endpoints", &eps]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, _) = cli(&["kv", "get", "k1", "--endpoints", &eps]);
+    assert_eq!((code, out.as_str()), (Some(0), "v1\n"));
+    let (code, _, _) = cli(&["kv", "get", "missing", "--endpoints", &eps]);
+    assert_eq!(code, Some(1), "a missing key exits 1");
+    let (code, out, err) = cli(&["status", "--json", "--endpoints", &eps]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["mode"], "sync");
+    let members = v["members"].as_array().expect("a members array");
+    assert!(members
+        .iter()
+        .any(|m| m["role"] == "active" && m["id"] == active));
+    assert!(members
+        .iter()
+        .any(|m| m["role"] == "witness" && m["id"] == 3));
+
+    let (code, _, err) = cli(&["maintenance", "on", "--endpoints", &eps]);
+    assert_eq!(code, Some(0), "{err}");
+    c.kill(active);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.active(), None, "no failover during maintenance");
+    for id in [passive, 3] {
+        let dir = c.dir.path().join(format!("data{id}"));
+        let (code, out, err) = cli(&["maintenance", "off", "--local", dir.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "member {id}: {out}{err}");
+    }
+    c.wait_active("the passive after maintenance off", |id, _| id == passive);
+    let mut client = Client::connect(c.endpoints(), ClientOptions::default()).expect("client");
+    assert_eq!(client.get("k1").unwrap().as_deref(), Some(&b"v1"[..]));
+    let (code, out, _) = cli(&["status", "--endpoints", &eps]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("last failover"), "{out}");
 }

@@ -243,6 +243,10 @@ pub struct Status {
     /// While maintenance mode is on (automatic failover suspended): the
     /// only member that may stand, and since when (the leader's stamp, ms).
     pub maintenance: Option<(u64, u64)>,
+    /// When this member last took the active role from another one (the
+    /// driver's clock, ms), and how long after its last contact with the
+    /// previous leader (ms): the last failover as this member saw it.
+    pub last_failover_ms: Option<(u64, u64)>,
     /// Why this member waits, when it does (a witness leader that cannot
     /// hand over).
     pub waiting_for: Option<String>,
@@ -271,6 +275,7 @@ impl Status {
             passive_lag_bytes: None,
             log_bytes: 0,
             maintenance: None,
+            last_failover_ms: None,
             waiting_for: Some(waiting_for),
         }
     }
@@ -351,6 +356,10 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     switch: Option<Switch>,
     /// When a switchover notice named this member.
     switchover_hint: Option<u64>,
+    /// The driver's clock (ms) when this member last heard from a leader
+    /// other than itself.
+    last_leader_contact_ms: Option<u64>,
+    last_failover_ms: Option<(u64, u64)>,
     /// Since when this member knows no leader.
     leaderless_since: Option<u64>,
 }
@@ -504,6 +513,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             off_proposed_term: 0,
             switch: None,
             switchover_hint: None,
+            last_leader_contact_ms: None,
+            last_failover_ms: None,
             leaderless_since: Some(0),
         };
         r.log_bytes = r.raw.store().store().size_bytes();
@@ -657,6 +668,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         }
         self.last_heard.insert(msg.from, self.ticks);
+        if msg.from == self.raw.raft.leader_id && msg.from != self.cfg.id {
+            self.last_leader_contact_ms = Some(self.now_ms);
+        }
         self.note_vote_request(msg.from, msg.get_msg_type(), msg.log_term, msg.index);
         if let Err(e) = self.raw.step(msg) {
             debug!(member = self.cfg.id, error = %e, "message not stepped");
@@ -1014,6 +1028,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             },
             log_bytes: self.log_bytes,
             maintenance: self.maintenance(),
+            last_failover_ms: self.last_failover_ms,
         }
     }
 
@@ -1108,6 +1123,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         let active = self.active_now();
         if active != self.last_active {
+            if active {
+                if let Some(contact) = self.last_leader_contact_ms.take() {
+                    let took = self.now_ms.saturating_sub(contact);
+                    self.last_failover_ms = Some((self.now_ms, took));
+                    info!(
+                        member = self.cfg.id,
+                        took_ms = took,
+                        "took over the active role"
+                    );
+                }
+            }
             info!(member = self.cfg.id, active, "active role changed");
             self.out.events.push(Event::ActiveChanged { active });
             self.last_active = active;
