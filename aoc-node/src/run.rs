@@ -94,8 +94,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
                     .ok_or("api_addr: required for a data member")?,
             )?;
             peers_api.insert(cfg.member_id, api);
-            let server = ClientServer::start(api, node.clone(), peers_api, ServerLimits::default())
-                .map_err(|e| e.to_string())?;
+            let observed = metrics.clone();
+            let server = ClientServer::start_observed(
+                api,
+                node.clone(),
+                peers_api,
+                ServerLimits::default(),
+                Some(Arc::new(move |latency| observed.record_proposal(latency))),
+            )
+            .map_err(|e| e.to_string())?;
             let status_node = node.clone();
             let health = health::serve(
                 http,

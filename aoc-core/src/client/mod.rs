@@ -82,7 +82,7 @@ pub mod frame;
 mod convert;
 mod server;
 
-pub use server::{ClientServer, ServerLimits};
+pub use server::{ClientServer, ServerLimits, WriteObserver};
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -102,11 +102,15 @@ struct Shared {
     conns: Mutex<(u64, HashMap<u64, Conn>)>,
 }
 
+/// Told the latency of every acknowledged write (for metrics).
+pub type WriteObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 struct Ctx<S> {
     node: Node<S>,
     peers_api: BTreeMap<u64, SocketAddr>,
     limits: ServerLimits,
     shared: Arc<Shared>,
+    observer: Option<WriteObserver>,
 }
 
 /// The client API of a data member, listening on TCP.
@@ -150,6 +154,18 @@ impl ClientServer {
         peers_api: BTreeMap<u64, SocketAddr>,
         limits: ServerLimits,
     ) -> Result<ClientServer> {
+        Self::start_observed(listen, node, peers_api, limits, None)
+    }
+
+    /// [`ClientServer::start`], telling `observer` the latency of every
+    /// acknowledged write (the binaries feed their proposal histogram).
+    pub fn start_observed<S: KvStateMachine>(
+        listen: SocketAddr,
+        node: Node<S>,
+        peers_api: BTreeMap<u64, SocketAddr>,
+        limits: ServerLimits,
+        observer: Option<WriteObserver>,
+    ) -> Result<ClientServer> {
         limits.validate()?;
         let listener = TcpListener::bind(listen)
             .map_err(|e| Error::config("listen", format!("cannot listen on {listen}: {e}")))?;
@@ -166,6 +182,7 @@ impl ClientServer {
             peers_api,
             limits,
             shared: shared.clone(),
+            observer,
         });
         let acceptor = std::thread::Builder::new()
             .name(format!("aoc-client-api-{member}"))
@@ -550,6 +567,7 @@ fn answer<S: KvStateMachine>(ctx: &Ctx<S>, req: pb::Request) -> Refusable<Resp> 
 /// Proposes a write (exactly-once when it carries a session).
 fn write<S: KvStateMachine>(ctx: &Ctx<S>, id: &pb::WriteId, cmd: KvCommand) -> Refusable<Resp> {
     let api = |e: Error| error_to_proto(&e, &ctx.peers_api);
+    let started = std::time::Instant::now();
     let applied = if id.get_client_id() == 0 {
         ctx.node.propose(cmd.encode())
     } else {
@@ -560,6 +578,9 @@ fn write<S: KvStateMachine>(ctx: &Ctx<S>, id: &pb::WriteId, cmd: KvCommand) -> R
             .propose_session(id.get_client_id(), id.get_sequence(), cmd.encode())
     }
     .map_err(api)?;
+    if let Some(observe) = &ctx.observer {
+        observe(started.elapsed());
+    }
     let response = KvResponse::decode(&applied.response).map_err(api)?;
     Ok(Resp::write(write_to_proto(applied.index, response)))
 }
