@@ -297,7 +297,11 @@ fn status(list: &[String], json: bool) -> CliResult {
             });
         }
         if let Some((id, matched)) = witness {
-            arr.push(serde_json::json!({"id": id, "role": "witness", "matched": matched}));
+            let log = active.as_ref().and_then(|a| a.status.witness_log);
+            arr.push(serde_json::json!({
+                "id": id, "role": "witness", "matched": matched,
+                "log_bytes": log.map(|l| l.0), "log_entries": log.map(|l| l.1),
+            }));
         }
         let out = serde_json::json!({
             "mode": mode,
@@ -346,8 +350,13 @@ fn status(list: &[String], json: bool) -> CliResult {
             }
         }
         if let Some((id, matched)) = witness {
+            let log = active
+                .as_ref()
+                .and_then(|a| a.status.witness_log)
+                .map(|(b, e)| format!("; retains {e} entries, {b} bytes"))
+                .unwrap_or_default();
             println!(
-                "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}  (as the active sees it)",
+                "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}  (as the active sees it{log})",
                 id, "-", "witness", "-", matched, "-"
             );
         }

@@ -22,19 +22,20 @@ fn node_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_aoc-node"))
 }
 
-/// The witness binary lives in its own package: build it next to aoc-node
-/// when it is not there yet.
+/// The witness binary lives in its own package, built next to aoc-node.
 fn witness_bin() -> PathBuf {
-    let path = node_bin().with_file_name("aoc-witness");
-    if !path.exists() {
+    // Built (or brought up to date) once per test process: cargo builds
+    // only this package's binaries for its tests.
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q", "-p", "aoc-witness"])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building aoc-witness");
-    }
-    path
+    });
+    node_bin().with_file_name("aoc-witness")
 }
 
 struct Member {
@@ -376,6 +377,19 @@ fn command_line_status_and_maintenance_off_locally() {
     assert!(members
         .iter()
         .any(|m| m["role"] == "witness" && m["id"] == 3));
+    // The witness's retained log, as it reports it to the active (sent once
+    // per election timeout at the latest).
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_, out, _) = cli(&["status", "--json", "--endpoints", &eps]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let witness = v["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "witness").cloned())
+        .expect("the witness is listed");
+    assert!(
+        witness["log_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{witness}"
+    );
 
     let (code, _, err) = cli(&["maintenance", "on", "--endpoints", &eps]);
     assert_eq!(code, Some(0), "{err}");

@@ -54,16 +54,18 @@ fn node_bin() -> PathBuf {
 }
 
 fn witness_bin() -> PathBuf {
-    let path = node_bin().with_file_name("aoc-witness");
-    if !path.exists() {
+    // Built (or brought up to date) once per test process: cargo builds
+    // only this package's binaries for its tests.
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q", "-p", "aoc-witness"])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building aoc-witness");
-    }
-    path
+    });
+    node_bin().with_file_name("aoc-witness")
 }
 
 fn in_ns(ns: &str, bin: &Path, args: &[&str]) -> Output {

@@ -210,6 +210,11 @@ pub(crate) fn status_to_proto(
     if let Some(w) = &s.waiting_for {
         out.set_waiting_for(w.clone());
     }
+    if let Some((bytes, entries)) = s.witness_log {
+        out.set_has_witness_log(true);
+        out.set_witness_log_bytes(bytes);
+        out.set_witness_log_entries(entries);
+    }
     if let Some((at, took)) = s.last_failover_ms {
         out.set_has_last_failover(true);
         out.set_last_failover_at_ms(at);
@@ -252,6 +257,9 @@ pub(crate) fn status_from_proto(m: &pb::MemberStatus) -> Status {
         .get_maintenance()
         .then_some((m.get_maintenance_allowed(), m.get_maintenance_since_ms()));
     s.waiting_for = (!m.get_waiting_for().is_empty()).then(|| m.get_waiting_for().to_string());
+    s.witness_log = m
+        .get_has_witness_log()
+        .then_some((m.get_witness_log_bytes(), m.get_witness_log_entries()));
     s.last_failover_ms = m
         .get_has_last_failover()
         .then_some((m.get_last_failover_at_ms(), m.get_last_failover_took_ms()));

@@ -39,7 +39,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::ReplicaConfig;
 use crate::payload::{decode_context, encode_context, Payload};
-use crate::proto::{BlankAnswer, DataPersisted, MemberMeta, Notice, Notice_oneof_body};
+use crate::proto::{
+    BlankAnswer, DataPersisted, MemberMeta, Notice, Notice_oneof_body, WitnessReport,
+};
 use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
@@ -243,6 +245,9 @@ pub struct Status {
     /// While maintenance mode is on (automatic failover suspended): the
     /// only member that may stand, and since when (the leader's stamp, ms).
     pub maintenance: Option<(u64, u64)>,
+    /// What the witness retains, as it last reported to this member (the
+    /// active): (bytes, entries).
+    pub witness_log: Option<(u64, u64)>,
     /// When this member last took the active role from another one (the
     /// driver's clock, ms), and how long after its last contact with the
     /// previous leader (ms): the last failover as this member saw it.
@@ -276,6 +281,7 @@ impl Status {
             log_bytes: 0,
             maintenance: None,
             last_failover_ms: None,
+            witness_log: None,
             waiting_for: Some(waiting_for),
         }
     }
@@ -360,6 +366,7 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// other than itself.
     last_leader_contact_ms: Option<u64>,
     last_failover_ms: Option<(u64, u64)>,
+    witness_log: Option<(u64, u64)>,
     /// Since when this member knows no leader.
     leaderless_since: Option<u64>,
 }
@@ -515,6 +522,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             switchover_hint: None,
             last_leader_contact_ms: None,
             last_failover_ms: None,
+            witness_log: None,
             leaderless_since: Some(0),
         };
         r.log_bytes = r.raw.store().store().size_bytes();
@@ -912,6 +920,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 if self.is_witness() && d.term >= self.raw.raft.term.saturating_sub(1) =>
             {
                 self.ha.data_persisted = self.ha.data_persisted.max(d.index);
+                let mut report = WitnessReport::new();
+                report.log_bytes = self.log_bytes;
+                report.first_index = self.raw.raft.raft_log.first_index();
+                report.last_index = self.raw.raft.raft_log.last_index();
+                let mut n = Notice::new();
+                n.from = self.cfg.id;
+                n.to = notice.from;
+                n.set_witness_report(report);
+                self.out.notices.push(n);
+            }
+            Some(Notice_oneof_body::witness_report(r)) if Some(notice.from) == self.cfg.witness => {
+                self.witness_log =
+                    Some((r.log_bytes, r.last_index.saturating_sub(r.first_index) + 1));
             }
             _ => {}
         }
@@ -1029,6 +1050,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             log_bytes: self.log_bytes,
             maintenance: self.maintenance(),
             last_failover_ms: self.last_failover_ms,
+            witness_log: if r.state == StateRole::Leader {
+                self.witness_log
+            } else {
+                None
+            },
         }
     }
 
