@@ -10,6 +10,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam::channel::RecvTimeoutError;
+
 use aoc_core::client::{ClientServer, ServerLimits};
 use aoc_core::state::SledKv;
 use aoc_core::storage::{EngineLogOptions, EngineLogStore};
@@ -224,19 +226,28 @@ fn hand_over_if_active<S: aoc_core::state::StateMachine>(node: &Node<S>) {
     }
 }
 
-/// Counts this member's takeovers of the active role (for /metrics).
+/// Counts this member's takeovers of the active role from another member
+/// (for /metrics), as the replica records them (`Status::last_failover_ms`);
+/// the first election of a fresh cluster is not one.
 fn count_failovers<S: aoc_core::state::StateMachine>(node: &Node<S>, metrics: Arc<Metrics>) {
     let events = node.events();
+    let node = node.clone();
     let _ = std::thread::Builder::new()
         .name("aoc-metrics".into())
         .spawn(move || {
-            let mut first = true;
-            while let Ok(e) = events.recv_timeout(Duration::from_secs(3600 * 24)) {
-                if let aoc_core::Event::ActiveChanged { active: true } = e {
-                    if !first {
-                        metrics.failover();
-                    }
-                    first = false;
+            // Events wake it up; the status a role change produces is
+            // published just after the event, hence the second look a
+            // second later.
+            let mut seen = None;
+            loop {
+                let woke = events.recv_timeout(Duration::from_secs(1));
+                if matches!(woke, Err(RecvTimeoutError::Disconnected)) {
+                    return;
+                }
+                let last = node.status().last_failover_ms;
+                if last.is_some() && last != seen {
+                    metrics.failover();
+                    seen = last;
                 }
             }
         });

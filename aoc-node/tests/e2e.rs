@@ -11,31 +11,15 @@ use std::time::{Duration, Instant};
 use aoc_core::client::{self, Client, ClientOptions};
 use aoc_core::Mode;
 
+mod common;
+
+use common::{node_bin, witness_bin};
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn node_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_aoc-node"))
-}
-
-/// The witness binary lives in its own package, built next to aoc-node.
-fn witness_bin() -> PathBuf {
-    // Built (or brought up to date) once per test process: cargo builds
-    // only this package's binaries for its tests.
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "aoc-witness"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building aoc-witness");
-    });
-    node_bin().with_file_name("aoc-witness")
 }
 
 struct Member {

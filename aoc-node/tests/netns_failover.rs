@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{node_bin, witness_bin};
+
 const MGMT: &str = "10.77.0.10";
 
 fn ip(args: &[&str]) -> Output {
@@ -47,25 +51,6 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", &self.ns(n)]);
         }
     }
-}
-
-fn node_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_aoc-node"))
-}
-
-fn witness_bin() -> PathBuf {
-    // Built (or brought up to date) once per test process: cargo builds
-    // only this package's binaries for its tests.
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "aoc-witness"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building aoc-witness");
-    });
-    node_bin().with_file_name("aoc-witness")
 }
 
 fn in_ns(ns: &str, bin: &Path, args: &[&str]) -> Output {

@@ -13,7 +13,9 @@
 //!    messages that depend on it (votes, append responses) released, in a
 //!    later `Ready`;
 //! 3. after the write (if any), compact the log to `compact_to`;
-//! 4. complete `completions` and `reads`, and publish `events`.
+//! 4. send `notices` ([`crate::transport::Transport::send_notice`]);
+//! 5. complete `completions`, `reads` and `switchovers`, and publish
+//!    `events`.
 //!
 //! Writes may be persisted later and merged (group commit), but in order.
 //! Acknowledgements are sound because a proposal completes only when its
@@ -1460,14 +1462,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     // The witness runs no state machine: it only advances
                     // its applied index past commands, and applies
                     // maintenance mode.
-                    if let Ok(Payload::Maintenance {
-                        on,
-                        allowed,
-                        stamp_ms,
-                    }) = Payload::decode(&e.data)
-                    {
-                        self.apply_maintenance(e.index, on, allowed, stamp_ms);
-                    }
+                    self.apply_if_maintenance(&e);
                     decided.push((e, Step::Nothing, Vec::new()));
                 }
                 EntryType::EntryNormal => {

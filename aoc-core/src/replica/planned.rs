@@ -24,7 +24,7 @@
 //! local form on every member (persisted at once); the next leader commits
 //! the replicated off.
 
-use raft::eraftpb::MessageType;
+use raft::eraftpb::{Entry, MessageType};
 use raft::StateRole;
 use tracing::{info, warn};
 
@@ -64,18 +64,24 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             let entries = store.entries(from, to + 1, None).map_err(|e| {
                 Error::storage("log", format!("cannot read entries {from}..={to}: {e}"))
             })?;
-            for e in entries {
-                if let Ok(Payload::Maintenance {
-                    on,
-                    allowed,
-                    stamp_ms,
-                }) = Payload::decode(&e.data)
-                {
-                    self.apply_maintenance(e.index, on, allowed, stamp_ms);
-                }
+            for e in &entries {
+                self.apply_if_maintenance(e);
             }
         }
         Ok(())
+    }
+
+    /// Applies `e` if it is a maintenance entry (the witness decodes
+    /// nothing else).
+    pub(crate) fn apply_if_maintenance(&mut self, e: &Entry) {
+        if let Ok(Payload::Maintenance {
+            on,
+            allowed,
+            stamp_ms,
+        }) = Payload::decode(&e.data)
+        {
+            self.apply_maintenance(e.index, on, allowed, stamp_ms);
+        }
     }
 
     /// Applies a committed maintenance entry.

@@ -561,35 +561,44 @@ impl Cluster {
         t
     }
 
-    /// Proposes a command on member `id`; the outcome appears under the
-    /// returned token.
-    pub fn propose(&mut self, id: u64, command: Vec<u8>, session: Option<(u64, u64)>) -> u64 {
+    /// Hands a request to member `id`'s replica under a new token; a
+    /// member that is down answers `down` at once.
+    fn request(
+        &mut self,
+        id: u64,
+        down: Outcome,
+        ask: impl FnOnce(&mut Replica<MemLogStore, AuditKv>, u64),
+    ) -> u64 {
         let token = self.token();
         match self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
-            Some(r) => r.propose(token, command, session),
+            Some(r) => ask(r, token),
             None => {
-                self.outcomes.insert(
-                    token,
-                    Outcome::Proposal {
-                        index: 0,
-                        result: Err(Error::Stopped),
-                    },
-                );
+                self.outcomes.insert(token, down);
             }
         }
         self.drain(id);
         token
     }
 
+    fn stopped_proposal() -> Outcome {
+        Outcome::Proposal {
+            index: 0,
+            result: Err(Error::Stopped),
+        }
+    }
+
+    /// Proposes a command on member `id`; the outcome appears under the
+    /// returned token.
+    pub fn propose(&mut self, id: u64, command: Vec<u8>, session: Option<(u64, u64)>) -> u64 {
+        self.request(id, Self::stopped_proposal(), |r, t| {
+            r.propose(t, command, session)
+        })
+    }
+
     /// Opens a client session on member `id`; the outcome's response is the
     /// client id (8 bytes, little-endian).
     pub fn register_client(&mut self, id: u64) -> u64 {
-        let token = self.token();
-        if let Some(r) = self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
-            r.register_client(token);
-        }
-        self.drain(id);
-        token
+        self.request(id, Self::stopped_proposal(), |r, t| r.register_client(t))
     }
 
     /// A linearizable read of `key` on member `id`.
@@ -627,35 +636,16 @@ impl Cluster {
 
     /// Asks member `id` for a planned switchover.
     pub fn switchover(&mut self, id: u64) -> u64 {
-        let token = self.token();
-        match self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
-            Some(r) => r.switchover(token),
-            None => {
-                self.outcomes
-                    .insert(token, Outcome::Switchover(Err(Error::Stopped)));
-            }
-        }
-        self.drain(id);
-        token
+        self.request(id, Outcome::Switchover(Err(Error::Stopped)), |r, t| {
+            r.switchover(t)
+        })
     }
 
     /// Asks member `id` (the active) to turn maintenance mode on or off.
     pub fn set_maintenance(&mut self, id: u64, on: bool) -> u64 {
-        let token = self.token();
-        match self.members.get_mut(&id).and_then(|m| m.replica.as_mut()) {
-            Some(r) => r.set_maintenance(token, on),
-            None => {
-                self.outcomes.insert(
-                    token,
-                    Outcome::Proposal {
-                        index: 0,
-                        result: Err(Error::Stopped),
-                    },
-                );
-            }
-        }
-        self.drain(id);
-        token
+        self.request(id, Self::stopped_proposal(), |r, t| {
+            r.set_maintenance(t, on)
+        })
     }
 
     /// Turns maintenance off on member `id` alone (the local form).
