@@ -794,3 +794,51 @@ fn no_failover_without_a_quorum_and_status_says_why() {
         check(&c, &w);
     }
 }
+
+/// The witness is wiped while the active waits in sync mode for a passive
+/// it cannot reach: the witness's earlier acknowledgements are void, so
+/// the active must not fall back to degraded mode on them (the entries
+/// would commit with one copy). Writes wait, status says why, and resume
+/// when the passive is back. Without the rule, the durability check
+/// reports `acknowledged ... held durably by 1 of 3 members`.
+#[test]
+fn a_wiped_witness_gives_the_active_no_second_copy() {
+    for seed in 0..8 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.set_link(active, passive, false);
+        w.run(&mut c, 200 * MS);
+        c.wipe(3);
+        c.restart(3);
+        let acked_at_wipe = w.acked(&c).len();
+        let waited = c.run_until(3 * SECOND_US, |c| {
+            c.status(active)
+                .and_then(|s| s.waiting_for)
+                .is_some_and(|why| why.contains("the witness lost its data"))
+        });
+        let v = c.violations();
+        assert!(v.is_empty(), "{}: {v:#?}", c.replay_hint());
+        assert!(waited, "seed {seed}: status says what writes wait for");
+        w.run(&mut c, 2 * SECOND_US);
+        assert_eq!(
+            w.acked(&c).len(),
+            acked_at_wipe,
+            "seed {seed}: nothing acknowledged with one copy"
+        );
+        let v = c.violations();
+        assert!(v.is_empty(), "{}: {v:#?}", c.replay_hint());
+        c.set_link(active, passive, true);
+        w.run(&mut c, 2 * SECOND_US);
+        assert!(
+            w.acked(&c).len() > acked_at_wipe,
+            "seed {seed}: writes resumed with the passive"
+        );
+        let v = c.violations();
+        assert!(v.is_empty(), "{}: {v:#?}", c.replay_hint());
+        let kv: BTreeMap<_, _> = c.state_of(passive).unwrap().1.into_iter().collect();
+        for k in w.acked(&c) {
+            assert!(kv.contains_key(k.as_bytes()), "seed {seed}: {k} lost");
+        }
+    }
+}

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use raft::{RawNode, StateRole, Storage};
 
 use crate::config::ReplicaConfig;
+use crate::sim::Breaks;
 
 /// The replication mode, as the leader runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +67,18 @@ pub(crate) struct Ha {
     pub(crate) data_persisted: u64,
     /// On the active: what it last told the witness.
     pub(crate) told_witness: u64,
+    /// On the leader: the witness, which had acknowledged entries, probed
+    /// as a blank member: it lost its log, so the acknowledgements raft
+    /// recorded from it are void. Kept while this member leads (a wiped
+    /// witness rejoins only by a membership change; a message it sent
+    /// before the wipe may still arrive); a new leader learns it from the
+    /// witness's next probe (one per tick).
+    pub(crate) witness_lost_data: bool,
+    /// Why sync mode does not fall back to degraded mode.
+    pub(crate) degrade_blocked: Option<String>,
+    /// Deliberate breaks (the simulation's checker proofs; all off
+    /// elsewhere).
+    pub(crate) breaks: Breaks,
 }
 
 impl Ha {
@@ -84,6 +97,9 @@ impl Ha {
             waiting_for: None,
             data_persisted: 0,
             told_witness: 0,
+            witness_lost_data: false,
+            degrade_blocked: None,
+            breaks: Breaks::default(),
         }
     }
 
@@ -143,7 +159,7 @@ impl Ha {
             .map(|(i, d)| (*d, i as u64 + 1))
             .collect();
         raw.raft.assign_commit_groups(&groups);
-        let sync = self.mode == Mode::Sync;
+        let sync = self.mode == Mode::Sync && !self.breaks.ack_before_sync;
         raw.raft.enable_group_commit(sync);
         // A half-assigned set makes every commit wait for all members; a
         // witness in a group lets a commit skip a data member.
@@ -182,6 +198,8 @@ impl Ha {
     }
 
     pub(crate) fn on_step_down(&mut self) {
+        self.degrade_blocked = None;
+        self.witness_lost_data = false;
         self.told_witness = 0;
         self.lease_until = 0;
         self.waiting.clear();
@@ -231,6 +249,19 @@ impl Ha {
                 let expired = self.waiting.front().is_some_and(|(_, since)| {
                     tick.saturating_sub(*since) >= self.sync_timeout_ticks
                 });
+                // Degraded mode commits on the active and the witness, with
+                // the witness's acknowledgements raft already holds. A
+                // witness that lost its log holds none of them: the entries
+                // would commit with one copy. They wait for the passive.
+                if expired && self.witness_lost_data {
+                    self.degrade_blocked = Some(
+                        "writes wait for the passive: the witness lost its data (replace it \
+                         with members replace) and cannot hold the second copy"
+                            .into(),
+                    );
+                    return None;
+                }
+                self.degrade_blocked = None;
                 if expired {
                     self.mode = Mode::Degraded;
                     self.waiting.clear();
@@ -294,14 +325,17 @@ impl Ha {
         raw.raft.state == StateRole::Leader
             && Some(raw.raft.id) != self.witness
             && raw.raft.lead_transferee.is_none()
-            && tick < self.lease_until
+            && (tick < self.lease_until || self.breaks.skip_fence)
     }
 
     /// A witness that leads hands leadership to the most up-to-date data
     /// member as soon as raft can bring it up to date; raft-rs sends it
     /// the missing entries and then `MsgTimeoutNow`.
     pub(crate) fn witness_hand_over<T: Storage>(&mut self, raw: &mut RawNode<T>) {
-        if raw.raft.state != StateRole::Leader || Some(raw.raft.id) != self.witness {
+        if raw.raft.state != StateRole::Leader
+            || Some(raw.raft.id) != self.witness
+            || self.breaks.witness_stays_leader
+        {
             self.waiting_for = None;
             return;
         }

@@ -54,7 +54,7 @@ use view::LogView;
 
 /// The witness compacts in steps of at least this many entries (one
 /// synced compaction write per step).
-const WITNESS_COMPACT_BATCH: u64 = 64;
+pub(crate) const WITNESS_COMPACT_BATCH: u64 = 64;
 
 /// A member's raft role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -592,6 +592,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.now_ms = now_ms;
         self.ticks += 1;
         self.check_own_disk();
+        self.break_priority();
         if !self.ha.silenced {
             self.hold_election_timer();
             self.raw.tick();
@@ -907,6 +908,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         match notice.body {
             Some(Notice_oneof_body::blank_probe(_)) => {
+                // A blank probe from a witness that had acknowledged
+                // entries to this leader: it lost its log. (At cluster
+                // creation every member probes, holding nothing yet.)
+                let acked_before = self.is_leader()
+                    && self
+                        .raw
+                        .raft
+                        .prs()
+                        .get(notice.from)
+                        .is_some_and(|p| p.matched > 0);
+                if Some(notice.from) == self.cfg.witness
+                    && acked_before
+                    && !self.ha.witness_lost_data
+                {
+                    warn!(
+                        member = self.cfg.id,
+                        witness = notice.from,
+                        "the witness probes as a blank member: it lost its log"
+                    );
+                    self.ha.witness_lost_data = true;
+                }
                 let r = &self.raw.raft;
                 let mut answer = BlankAnswer::new();
                 answer.fresh = r.term == 0 && r.raft_log.last_index() == 0;
@@ -1040,6 +1062,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 .lost_data
                 .clone()
                 .or_else(|| self.ha.waiting_for.clone())
+                .or_else(|| self.ha.degrade_blocked.clone())
                 .or_else(|| self.why_no_leader()),
             passive_lag_bytes: if r.state == StateRole::Leader {
                 self.ha
@@ -1098,6 +1121,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
         v.sort_unstable();
         v
+    }
+
+    /// Switches deliberate breaks on (the simulation's checker proofs).
+    pub(crate) fn set_breaks(&mut self, breaks: crate::sim::Breaks) {
+        self.ha.breaks = breaks;
+        if self.raw.raft.state == raft::StateRole::Leader {
+            self.ha.apply_policy(&mut self.raw);
+        }
+    }
+
+    /// The low-priority-witness break: the witness gets raft priority 1,
+    /// the data members 2 (see `Breaks::low_priority_witness`).
+    fn break_priority(&mut self) {
+        if self.ha.breaks.low_priority_witness
+            && self.cfg.witness.is_some()
+            && self.raw.raft.term > 0
+            && self.raw.raft.priority == 0
+        {
+            let priority = if self.is_witness() { 1 } else { 2 };
+            self.raw.raft.set_priority(priority);
+        }
     }
 
     /// The stored session of `client`, if open.

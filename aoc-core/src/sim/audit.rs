@@ -29,9 +29,9 @@ impl AuditKv {
     }
 
     fn violation(&self, what: String) {
-        self.violations
-            .lock()
-            .push(format!("member {}: {what}", self.member));
+        self.violations.lock().push(
+            super::check::Property::ApplyOnce.report(format!("member {}: {what}", self.member)),
+        );
     }
 }
 

@@ -33,6 +33,11 @@
 //! ```
 
 mod audit;
+mod breaks;
+pub mod check;
+mod run;
+mod schedule;
+mod workload;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -52,6 +57,11 @@ use crate::storage::{LogStore, LogWrite, MemLogStore};
 use crate::transport::{split_snapshot, Reassembler};
 use crate::{Error, Event, ProposalResult, Ready, Replica, ReplicaConfig, Result};
 use audit::{AuditKv, Violations};
+pub use breaks::Break;
+pub(crate) use breaks::Breaks;
+use check::{Property, WitnessLead};
+pub use run::{run_seed, RunOptions, RunReport};
+pub use workload::WorkloadStats;
 
 /// Key-value pairs in key order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -108,6 +118,16 @@ pub struct SimOptions {
     /// the latency. A correct sync-before-acknowledgement check must report
     /// violations.
     pub lying_disk: bool,
+    /// Deliberate protocol breaks (see [`Break`]); empty for a correct
+    /// build.
+    pub breaks: BTreeSet<Break>,
+    /// Each member's tick is `tick_us` plus or minus up to this many per
+    /// mille (drawn per member from the seed): clocks that run at slightly
+    /// different rates. Keep it within the fence's margin (the lease is
+    /// `election_tick - heartbeat_tick` ticks of the leader's clock, a
+    /// follower's promise `election_tick` ticks of its own: 25% with the
+    /// defaults).
+    pub tick_skew_per_mille: u64,
 }
 
 impl SimOptions {
@@ -132,6 +152,8 @@ impl SimOptions {
             max_disk_us: 300,
             lying_disk: false,
             snapshot_chunk_bytes: 1024,
+            breaks: BTreeSet::new(),
+            tick_skew_per_mille: 0,
         }
     }
 }
@@ -181,7 +203,7 @@ enum EventKind {
     DiskDone { member: u64, incarnation: u64 },
 }
 
-struct Member {
+pub(crate) struct Member {
     /// What the replica reads.
     log: MemLogStore,
     /// What survives a crash: the same store as `log`, except with a lying
@@ -202,6 +224,13 @@ struct Member {
     chunks: Reassembler,
     /// The bootstrap handshake, while the member's store is blank.
     blank: Option<Bootstrap>,
+    /// This member's tick length (see `SimOptions::tick_skew_per_mille`).
+    tick_us: u64,
+    /// The durable log this member had when it was last wiped, and the
+    /// members that have since heard it probe as blank: until a member
+    /// hears that, the acknowledgements it holds from before the wipe are
+    /// all it can know (see `durable_at_ack.rs`).
+    wiped: Option<(MemLogStore, BTreeSet<u64>)>,
 }
 
 /// The deterministic cluster (see the module docs).
@@ -225,6 +254,9 @@ pub struct Cluster {
     trace: Vec<String>,
     violations: Violations,
     events_seen: Vec<(u64, Event)>,
+    /// The members seen active at once (one report per overlap).
+    overlap: Option<Vec<u64>>,
+    witness_lead: WitnessLead,
 }
 
 impl Cluster {
@@ -246,8 +278,23 @@ impl Cluster {
             trace: Vec::new(),
             violations: Arc::new(Mutex::new(Vec::new())),
             events_seen: Vec::new(),
+            overlap: None,
+            witness_lead: WitnessLead::default(),
         };
+        if c.opts.breaks.contains(&Break::LyingDisk) {
+            c.opts.lying_disk = true;
+        }
+        if !c.opts.breaks.is_empty() {
+            c.trace.push(format!("0 breaks {:?}", c.opts.breaks));
+        }
         for id in c.opts.voters.clone() {
+            let skew = c.opts.tick_skew_per_mille.min(500);
+            let per_mille = if skew == 0 {
+                1000
+            } else {
+                c.rng.gen_range(1000 - skew..=1000 + skew)
+            };
+            let tick_us = (c.opts.tick_us * per_mille / 1000).max(1);
             let log = MemLogStore::new();
             // The simulation's own logic: a fresh in-memory store takes the
             // configuration.
@@ -269,6 +316,8 @@ impl Cluster {
                     reads: BTreeMap::new(),
                     chunks: Reassembler::new(u64::MAX),
                     blank: None,
+                    tick_us,
+                    wiped: None,
                 },
             );
             c.start(id);
@@ -342,12 +391,21 @@ impl Cluster {
             };
             Replica::new(cfg, m.log.clone(), AuditKv::new(sm, id, violations), seed)
         };
+        let breaks = Breaks {
+            ack_before_sync: self.opts.breaks.contains(&Break::AckBeforeSync),
+            witness_stays_leader: self.opts.breaks.contains(&Break::WitnessStaysLeader),
+            skip_fence: self.opts.breaks.contains(&Break::SkipFence),
+            low_priority_witness: self.opts.breaks.contains(&Break::WitnessLowPriority),
+        };
         match opened {
-            Ok(r) => m.replica = Some(r),
+            Ok(mut r) => {
+                r.set_breaks(breaks);
+                m.replica = Some(r);
+            }
             Err(e) => {
-                self.violations
-                    .lock()
-                    .push(format!("member {id} failed to start: {e}"));
+                self.violations.lock().push(
+                    Property::MemberFailed.report(format!("member {id} failed to start: {e}")),
+                );
                 return;
             }
         }
@@ -360,7 +418,10 @@ impl Cluster {
             return;
         };
         let Some(b) = m.blank.as_ref() else { return };
-        if b.decision() != Decision::Bootstrap {
+        // The wiped-member-votes break: bootstrap a fresh log at once.
+        if b.decision() != Decision::Bootstrap
+            && !self.opts.breaks.contains(&Break::WipedMemberVotes)
+        {
             return;
         }
         let voters = b.voters().to_vec();
@@ -413,6 +474,7 @@ impl Cluster {
         let is_witness = self.opts.witness == Some(id);
         if let Some(m) = self.members.get_mut(&id) {
             m.blank = None;
+            m.wiped = Some((m.durable.deep_clone(), BTreeSet::new()));
             m.log = MemLogStore::new();
             m.durable = if lying {
                 MemLogStore::new()
@@ -709,6 +771,7 @@ impl Cluster {
             self.now_us = at;
             self.handle(kind);
             self.check_one_active();
+            self.check_witness_lead();
         }
     }
 
@@ -731,7 +794,7 @@ impl Cluster {
                 } else if let Some(b) = m.blank.as_mut() {
                     probes = b.tick();
                 }
-                let next = self.now_us + self.opts.tick_us;
+                let next = self.now_us + m.tick_us;
                 self.schedule(
                     next,
                     EventKind::Tick {
@@ -753,6 +816,14 @@ impl Cluster {
                     "{} notice {}->{} {:?}",
                     self.now_us, n.from, n.to, n.body
                 ));
+                if let Some((_, known_by)) = self
+                    .members
+                    .get_mut(&n.from)
+                    .filter(|m| m.blank.is_some())
+                    .and_then(|m| m.wiped.as_mut())
+                {
+                    known_by.insert(to);
+                }
                 let Some(m) = self.members.get_mut(&to) else {
                     return;
                 };
@@ -909,7 +980,7 @@ impl Cluster {
                 Err(e) => {
                     self.violations
                         .lock()
-                        .push(format!("member {id} failed: {e}"));
+                        .push(Property::MemberFailed.report(format!("member {id} failed: {e}")));
                     self.crash(id);
                     return;
                 }
@@ -956,10 +1027,17 @@ impl Cluster {
                 if lying_disk {
                     let _ = m.log.compact(to);
                 }
-                if let Err(e) = m.durable.compact(to) {
-                    self.violations
-                        .lock()
-                        .push(format!("member {id}: compaction failed: {e}"));
+                // A lying disk may not hold the entries it claimed yet.
+                let durable_to = if lying_disk {
+                    to.min(m.durable.last_index().unwrap_or(0))
+                } else {
+                    to
+                };
+                if let Err(e) = m.durable.compact(durable_to) {
+                    self.violations.lock().push(
+                        Property::MemberFailed
+                            .report(format!("member {id}: compaction failed: {e}")),
+                    );
                 }
             }
         }
@@ -1015,25 +1093,6 @@ impl Cluster {
         }
     }
 
-    /// One active: no two members hold the active role (leader inside its
-    /// fenced lease) at the same simulated instant. Checked after every
-    /// event, since a member's role changes only when it handles one.
-    fn check_one_active(&mut self) {
-        let active: Vec<u64> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.replica.as_ref().is_some_and(|r| r.is_active()))
-            .map(|(id, _)| *id)
-            .collect();
-        if active.len() > 1 {
-            let msg = format!("two actives at {} us: {active:?}", self.now_us);
-            let mut v = self.violations.lock();
-            if v.last() != Some(&msg) {
-                v.push(msg);
-            }
-        }
-    }
-
     /// The member holding the active role, if any.
     pub fn active(&self) -> Option<u64> {
         self.members
@@ -1049,56 +1108,6 @@ impl Cluster {
             return Some(crate::Status::blank(id, format!("{:?}", b.decision())));
         }
         m.replica.as_ref().map(|r| r.status())
-    }
-
-    /// Sync before acknowledgement: an acknowledged entry must be on a
-    /// majority of the members' durable logs.
-    fn check_durable(&mut self, member: u64, index: u64, token: u64, sync_mode: bool) {
-        let Some(term) = self
-            .members
-            .get(&member)
-            .and_then(|m| m.durable.term(index).ok())
-        else {
-            self.violations.lock().push(format!(
-                "member {member} acknowledged token {token} at index {index} not in its durable log"
-            ));
-            return;
-        };
-        let holders = self
-            .members
-            .values()
-            .filter(|m| {
-                m.durable.term(index).ok() == Some(term)
-                    || m.durable.first_index().is_ok_and(|f| f > index)
-            })
-            .count();
-        let majority = self.opts.voters.len() / 2 + 1;
-        if sync_mode {
-            // Sync mode: on both data members' synced logs (RPO=0).
-            let missing: Vec<u64> = self
-                .members
-                .iter()
-                .filter(|(id, _)| Some(**id) != self.opts.witness)
-                .filter(|(_, m)| {
-                    !(m.durable.term(index).ok() == Some(term)
-                        || m.durable.first_index().is_ok_and(|f| f > index))
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            if !missing.is_empty() {
-                self.violations.lock().push(format!(
-                    "member {member} acknowledged index {index} (token {token}) in sync mode \
-                     while data members {missing:?} had not synced it"
-                ));
-            }
-        }
-        if holders < majority {
-            self.violations.lock().push(format!(
-                "member {member} acknowledged index {index} (token {token}) held durably by \
-                 {holders} of {} members",
-                self.opts.voters.len()
-            ));
-        }
     }
 
     fn send(&mut self, msg: Message) {
@@ -1182,6 +1191,22 @@ impl Cluster {
         let r = self.members.get(&id)?.replica.as_ref()?;
         let sm = r.state_machine()?;
         Some((sm.applied_index(), sm.scan(b"").ok()?))
+    }
+
+    /// Adds a line to the trace (the workload and the fault schedule note
+    /// what they do).
+    pub fn note(&mut self, line: impl std::fmt::Display) {
+        self.trace.push(format!("{} {line}", self.now_us));
+    }
+
+    /// The options the cluster runs with.
+    pub fn options(&self) -> &SimOptions {
+        &self.opts
+    }
+
+    /// Whether member `id` is up with a blank store (waiting to join).
+    pub fn is_blank(&self, id: u64) -> bool {
+        self.members.get(&id).is_some_and(|m| m.blank.is_some())
     }
 
     /// Replay hint for a failing test.

@@ -1,0 +1,323 @@
+//! The fault schedule of a run, drawn from its seed: episodes that each
+//! start a fault and later end it, sometimes overlapping.
+//!
+//! Fair to a correct build: every fault ends by the heal; at most one
+//! directory is wiped per run, and only the witness's (a wiped data member
+//! needs a membership change to be replaced); maintenance mode is turned
+//! off when its episode ends and again at the heal.
+
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+use super::{Cluster, NetFaults};
+
+/// Whom a fault hits: a member, or whoever holds a role when the fault
+/// begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Member(u64),
+    Active,
+    Passive,
+}
+
+impl Target {
+    /// The member hit, resolved when the fault begins.
+    fn resolve(self, c: &Cluster) -> Option<u64> {
+        match self {
+            Target::Member(id) => Some(id),
+            Target::Active => c.active(),
+            Target::Passive => {
+                let a = c.active()?;
+                c.options()
+                    .voters
+                    .iter()
+                    .copied()
+                    .find(|v| *v != a && Some(*v) != c.options().witness)
+            }
+        }
+    }
+}
+
+/// One fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Kill the member (losing what it had not synced); restart it at the
+    /// end.
+    Crash(Target),
+    /// Its disk completes nothing; its network stays up.
+    StallDisk(Target),
+    /// Kill the witness, wipe its directory and restart it blank.
+    WipeWitness,
+    /// Cut the member off from every other member, both ways.
+    Isolate(Target),
+    /// Cut one direction of one link.
+    OneWay(u64, u64),
+    /// Ask the active for a planned switchover.
+    Switchover,
+    /// Turn maintenance mode on (off at the end).
+    Maintenance,
+    /// Heavier message loss, duplication and delay.
+    Lossy(NetFaults),
+    /// Kill the next member to become active (other than the one active
+    /// when this begins) the moment it does; restart it at the end.
+    CrashNextActive,
+}
+
+/// A fault and when it starts and ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Episode {
+    pub(crate) start_us: u64,
+    pub(crate) end_us: u64,
+    pub(crate) fault: Fault,
+}
+
+/// The network conditions of a whole run (faults add to them).
+pub(crate) fn base_net(rng: &mut SmallRng) -> NetFaults {
+    NetFaults {
+        drop_per_mille: rng.gen_range(0..=20),
+        duplicate_per_mille: rng.gen_range(0..=20),
+        min_delay_us: 50,
+        max_delay_us: rng.gen_range(500..=10_000),
+    }
+}
+
+/// Draws the episodes of a run lasting `duration_us` on members
+/// `voters`, whose witness is `witness`.
+pub(crate) fn draw(
+    rng: &mut SmallRng,
+    duration_us: u64,
+    voters: &[u64],
+    witness: Option<u64>,
+) -> Vec<Episode> {
+    let mut out = Vec::new();
+    let mut wiped = false;
+    let mut t = rng.gen_range(500_000..2_000_000);
+    let pick = |rng: &mut SmallRng| voters[rng.gen_range(0..voters.len())];
+    let member = |rng: &mut SmallRng| Target::Member(pick(rng));
+    while t < duration_us {
+        if rng.gen_range(0..100) < 20 {
+            // A known-dangerous combination of the same faults.
+            let (episodes, end) = combination(rng, t, &mut wiped, witness.is_some());
+            out.extend(
+                episodes
+                    .into_iter()
+                    .filter(|e| e.start_us < duration_us)
+                    .map(|mut e| {
+                        e.end_us = e.end_us.min(duration_us);
+                        e
+                    }),
+            );
+            t = end + rng.gen_range(500_000..2_000_000);
+            continue;
+        }
+        let length = rng.gen_range(200_000..4_000_000);
+        let fault = match rng.gen_range(0..100) {
+            0..=21 => Fault::Crash(member(rng)),
+            22..=33 => Fault::StallDisk(member(rng)),
+            34..=37 if !wiped && witness.is_some() => {
+                wiped = true;
+                Fault::WipeWitness
+            }
+            38..=53 => Fault::Isolate(member(rng)),
+            54..=67 => {
+                let from = pick(rng);
+                let mut to = pick(rng);
+                while to == from {
+                    to = pick(rng);
+                }
+                Fault::OneWay(from, to)
+            }
+            68..=77 => Fault::Switchover,
+            78..=87 => Fault::Maintenance,
+            88..=99 => Fault::Lossy(NetFaults {
+                drop_per_mille: rng.gen_range(50..=300),
+                duplicate_per_mille: rng.gen_range(0..=100),
+                min_delay_us: 100,
+                max_delay_us: rng.gen_range(5_000..=200_000),
+            }),
+            _ => Fault::Crash(member(rng)),
+        };
+        out.push(Episode {
+            start_us: t,
+            end_us: (t + length).min(duration_us),
+            fault,
+        });
+        // Sometimes the next fault starts before this one ends.
+        let gap = if rng.gen_bool(0.3) {
+            rng.gen_range(0..length)
+        } else {
+            length + rng.gen_range(100_000..2_000_000)
+        };
+        t += gap;
+    }
+    out
+}
+
+/// Combinations that reach the protocol's hardest paths, starting at `t`:
+/// (episodes, when the last one ends).
+fn combination(
+    rng: &mut SmallRng,
+    t: u64,
+    wiped: &mut bool,
+    has_witness: bool,
+) -> (Vec<Episode>, u64) {
+    let d1 = rng.gen_range(1_000_000..4_000_000);
+    let d2 = rng.gen_range(1_000_000..5_000_000);
+    let mut out = Vec::new();
+    if rng.gen_bool(0.5) {
+        // Failover to a lagging passive: the passive misses writes (the
+        // active runs degraded with the witness), returns, and the active
+        // dies as it does; sometimes the witness is wiped then too. Only
+        // the witness's copy can complete the passive.
+        out.push(Episode {
+            start_us: t,
+            end_us: t + d1,
+            fault: Fault::Crash(Target::Passive),
+        });
+        out.push(Episode {
+            start_us: t + d1,
+            end_us: t + d1 + d2,
+            fault: Fault::Crash(Target::Active),
+        });
+        if has_witness && !*wiped && rng.gen_bool(0.3) {
+            *wiped = true;
+            out.push(Episode {
+                start_us: t + d1 + 1,
+                end_us: t + d1 + 2,
+                fault: Fault::WipeWitness,
+            });
+        }
+    } else {
+        // A stale tail: the active is cut off while clients still write to
+        // it inside its lease; the others elect and write; the new active
+        // dies just before the old one reconnects.
+        let isolated = rng.gen_range(2_000_000..5_000_000);
+        let before = rng.gen_range(0..500_000);
+        out.push(Episode {
+            start_us: t,
+            end_us: t + isolated,
+            fault: Fault::Isolate(Target::Active),
+        });
+        // Either whoever is active just before the reconnection, or the
+        // new active the moment it is elected (its log then barely passes
+        // the old active's: the longest stale tail).
+        out.push(Episode {
+            start_us: t + isolated - before,
+            end_us: t + isolated + rng.gen_range(2_000_000..12_000_000),
+            fault: if rng.gen_bool(0.5) {
+                Fault::Crash(Target::Active)
+            } else {
+                Fault::CrashNextActive
+            },
+        });
+    }
+    let end = out.iter().map(|e| e.end_us).max().unwrap_or(t);
+    (out, end)
+}
+
+/// A fault as it began: the member a role named, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Begun {
+    fault: Fault,
+    /// `CrashNextActive`: the active when it began, and whom it killed.
+    armed: Option<(Option<u64>, Option<u64>)>,
+}
+
+impl Begun {
+    /// Acts on what happened since it began (`CrashNextActive`).
+    pub(crate) fn poll(&mut self, c: &mut Cluster) {
+        let Some((first, None)) = self.armed else {
+            return;
+        };
+        if let Some(a) = c.active().filter(|a| Some(*a) != first) {
+            c.note(format!("fault: the new active {a} is killed"));
+            c.crash(a);
+            self.armed = Some((first, Some(a)));
+        }
+    }
+
+    /// Whether the cluster must stay available while this runs (see
+    /// `liveness.rs`): not during heavy loss, maintenance or a switchover.
+    pub(crate) fn is_calm(&self) -> bool {
+        !matches!(
+            self.fault,
+            Fault::Lossy(_) | Fault::Maintenance | Fault::Switchover
+        )
+    }
+}
+
+/// Starts an episode's fault; what it hit is needed to end it.
+pub(crate) fn begin(c: &mut Cluster, fault: &Fault) -> Begun {
+    let fault = match fault {
+        Fault::Crash(t) => Fault::Crash(t.resolve(c).map_or(*t, Target::Member)),
+        Fault::StallDisk(t) => Fault::StallDisk(t.resolve(c).map_or(*t, Target::Member)),
+        Fault::Isolate(t) => Fault::Isolate(t.resolve(c).map_or(*t, Target::Member)),
+        f => f.clone(),
+    };
+    c.note(format!("fault begins: {fault:?}"));
+    let armed = (fault == Fault::CrashNextActive).then_some((c.active(), None));
+    match &fault {
+        Fault::Crash(Target::Member(id)) => c.crash(*id),
+        Fault::StallDisk(Target::Member(id)) => c.stall_disk(*id, true),
+        Fault::WipeWitness => {
+            if let Some(w) = c.options().witness {
+                c.wipe(w);
+                c.restart(w);
+            }
+        }
+        Fault::Isolate(Target::Member(id)) => c.isolate(*id),
+        Fault::OneWay(from, to) => c.set_link(*from, *to, false),
+        Fault::Switchover => {
+            if let Some(a) = c.active() {
+                c.switchover(a);
+            }
+        }
+        Fault::Maintenance => {
+            if let Some(a) = c.active() {
+                c.set_maintenance(a, true);
+            }
+        }
+        Fault::Lossy(net) => c.set_net(net.clone()),
+        // A role nobody held: nothing was hit.
+        Fault::Crash(_) | Fault::StallDisk(_) | Fault::Isolate(_) | Fault::CrashNextActive => {}
+    }
+    Begun { fault, armed }
+}
+
+/// Ends an episode's fault (`base` is the run's network).
+pub(crate) fn end(c: &mut Cluster, begun: &Begun, base: &NetFaults) {
+    let fault = &begun.fault;
+    if let Some((_, Some(killed))) = begun.armed {
+        c.restart(killed);
+    }
+    c.note(format!("fault ends: {fault:?}"));
+    match fault {
+        Fault::Crash(Target::Member(id)) => c.restart(*id),
+        Fault::StallDisk(Target::Member(id)) => c.stall_disk(*id, false),
+        Fault::WipeWitness | Fault::Switchover => {}
+        Fault::Isolate(Target::Member(id)) => {
+            for other in c.options().voters.clone() {
+                if other != *id {
+                    c.set_link(*id, other, true);
+                    c.set_link(other, *id, true);
+                }
+            }
+        }
+        Fault::OneWay(from, to) => c.set_link(*from, *to, true),
+        Fault::Maintenance => match c.active() {
+            Some(a) => {
+                c.set_maintenance(a, false);
+            }
+            None => maintenance_off_everywhere(c),
+        },
+        Fault::Lossy(_) => c.set_net(base.clone()),
+        Fault::Crash(_) | Fault::StallDisk(_) | Fault::Isolate(_) | Fault::CrashNextActive => {}
+    }
+}
+
+/// The local form of maintenance off, on every member.
+pub(crate) fn maintenance_off_everywhere(c: &mut Cluster) {
+    for id in c.options().voters.clone() {
+        c.maintenance_off_local(id);
+    }
+}
