@@ -73,6 +73,19 @@ impl<S: StateMachine> Machine<S> {
         }
     }
 
+    /// Whether a peer's snapshot could be restored (see
+    /// [`StateMachine::check_snapshot`]); the witness takes metadata only.
+    pub(crate) fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
+        match self {
+            Machine::Data(s) => s.check_snapshot(index, data),
+            Machine::Witness { .. } if data.is_empty() => Ok(()),
+            Machine::Witness { .. } => Err(Error::storage(
+                "witness",
+                "the witness installs no state snapshot",
+            )),
+        }
+    }
+
     pub(crate) fn sync(&mut self) -> Result<u64> {
         match self {
             Machine::Data(s) => s.sync(),

@@ -630,6 +630,23 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             return;
         }
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            let snap = msg.get_snapshot();
+            // Restoring is fatal when it fails: check first, refuse here.
+            if let Err(e) = self
+                .sm
+                .check_snapshot(snap.get_metadata().index, snap.get_data())
+            {
+                warn!(
+                    member = self.cfg.id,
+                    from = msg.from,
+                    index = snap.get_metadata().index,
+                    error = %e,
+                    "refused a snapshot that cannot be restored"
+                );
+                return;
+            }
+        }
         if self.ticks < self.no_votes_before
             && matches!(
                 msg.get_msg_type(),

@@ -73,6 +73,10 @@ impl StateMachine for AuditKv {
         self.inner.restore(index, data)
     }
 
+    fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
+        self.inner.check_snapshot(index, data)
+    }
+
     fn sync(&mut self) -> Result<u64> {
         self.inner.sync()
     }

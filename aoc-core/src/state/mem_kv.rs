@@ -129,6 +129,10 @@ impl StateMachine for MemKv {
         .encode())
     }
 
+    fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
+        SnapshotData::decode(index, data).map(|_| ())
+    }
+
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<()> {
         let snapshot = SnapshotData::decode(index, data)?;
         self.data = snapshot.pairs.into_iter().collect();

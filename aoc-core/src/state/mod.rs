@@ -98,6 +98,16 @@ pub trait StateMachine: Send + 'static {
     /// The new state must be durable (synced) when this returns.
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<()>;
 
+    /// Checks, changing nothing, that `data` is a snapshot taken at `index`
+    /// that [`StateMachine::restore`] would accept. A member checks every
+    /// snapshot a peer sends before raft takes it: a damaged or foreign
+    /// snapshot is refused with a warning instead of failing the member at
+    /// restore. The default accepts everything (restore then decides).
+    fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
+        let _ = (index, data);
+        Ok(())
+    }
+
     /// Makes every applied batch durable (a real sync) and returns the
     /// applied index that is now durable.
     fn sync(&mut self) -> Result<u64>;

@@ -324,6 +324,10 @@ impl StateMachine for SledKv {
         .encode())
     }
 
+    fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
+        SnapshotData::decode(index, data).map(|_| ())
+    }
+
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<()> {
         let snapshot = SnapshotData::decode(index, data)?;
         if index < self.recorded_sync {
