@@ -97,10 +97,11 @@ fn messages_replayed_from_an_old_term_change_nothing() {
     app.index = 0;
     app.log_term = 0;
     app.commit = 0;
-    let mut e = Entry::default();
-    e.index = 1;
-    e.term = 3;
-    app.mut_entries().push(e);
+    app.mut_entries().push(Entry {
+        index: 1,
+        term: 3,
+        ..Default::default()
+    });
     r.step(app.clone());
     drain(&mut r);
     assert_eq!(r.term(), 3);
