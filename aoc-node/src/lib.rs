@@ -7,7 +7,8 @@
 //! - [`health`]: the `/health`, `/ready` and `/metrics` HTTP listener;
 //! - [`mgmt_ip`]: the floating management IP and the promote/demote hooks
 //!   that follow the active;
-//! - [`lock`]: the data directory lock (one process per data directory).
+//! - [`lock`]: the data directory lock (one process per data directory);
+//! - [`identity`]: the cluster and member a data directory belongs to.
 //!
 //! A binary's start, in order:
 //!
@@ -46,6 +47,7 @@
 
 pub mod config;
 pub mod health;
+pub mod identity;
 pub mod lock;
 pub mod mgmt_ip;
 pub mod run;

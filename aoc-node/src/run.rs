@@ -45,6 +45,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     warn!("member and client traffic is plain TCP (allow_plain_tcp = true): unauthenticated and unencrypted");
     let lock = DataDirLock::acquire(&cfg.data_dir)?;
+    crate::identity::check_or_stamp(
+        &cfg.data_dir,
+        crate::identity::Identity {
+            cluster_id: cfg.cluster_id,
+            member_id: cfg.member_id,
+        },
+    )?;
     let listen = resolve("ha_addr", &cfg.ha_addr)?;
     let mut peers = BTreeMap::new();
     let mut peers_api = BTreeMap::new();

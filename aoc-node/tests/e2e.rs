@@ -324,6 +324,41 @@ fn bad_configuration_files_exit_2_naming_the_field() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
+/// A data directory stamped by another cluster (or as another member) is
+/// refused at start, with both identities named; nothing in it changes.
+#[test]
+fn a_data_directory_of_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    let stamp = "cluster_id = 2\nmember_id = 1\n";
+    std::fs::write(data.join("IDENTITY"), stamp).unwrap();
+    let config = dir.path().join("n.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster_id = 1\nmember_id = 1\nrole = \"data\"\ndata_dir = \"d\"\n\
+             ha_addr = \"127.0.0.1:{}\"\napi_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\n\
+             allow_plain_tcp = true\n",
+            free_port(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, stderr) = run_with(&config);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("belongs to cluster 2 member 1") && stderr.contains("cluster 1 member 1"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("IDENTITY")).unwrap(),
+        stamp
+    );
+    assert!(!data.join("log").exists(), "no store was opened");
+}
+
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(node_bin()).args(args).output().expect("runs");
     (
