@@ -92,7 +92,12 @@ fn run_many(
                 if i as usize >= seeds.len() || i > stopped_at.load(Ordering::SeqCst) {
                     return;
                 }
-                let report = run_caught(options(args, seeds[i as usize], breaks.clone()));
+                let mut report = run_caught(options(args, seeds[i as usize], breaks.clone()));
+                if !args.trace {
+                    // Traces are large (tens of MB per seed): keep them
+                    // only when asked to print them.
+                    report.trace = Vec::new();
+                }
                 if stop(&report) {
                     stopped_at.fetch_min(i, Ordering::SeqCst);
                 }
