@@ -538,3 +538,42 @@ fn three_nodes_elect_a_leader_and_replicate_over_tcp() {
         t.shutdown();
     }
 }
+
+/// A sender that trickles its handshake a byte at a time (slow loris) is
+/// cut off when the handshake's 5 seconds are up, however steadily the
+/// bytes come; the member serves its real peer all the while.
+#[test]
+fn a_handshake_trickled_byte_by_byte_is_cut_off() {
+    init_logs();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a, rec_a) = start(config(7, 1, a_addr, &[(2, b_addr)]));
+    let (b, _rec_b) = start(config(7, 2, b_addr, &[(1, a_addr)]));
+    let mut loris = raw(a_addr);
+    // Large ids make a handshake long enough to trickle, one byte every
+    // 400 ms, for longer than the deadline.
+    let bytes = hello(u64::MAX, u64::MAX);
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(8) && sent + 1 < bytes.len() {
+        if loris.write_all(&bytes[sent..sent + 1]).is_err() {
+            break;
+        }
+        sent += 1;
+        b.send(heartbeat(2, 1, sent as u64));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(5) || sent + 1 >= bytes.len(),
+        "the trickle outlasted the deadline ({sent} of {} bytes)",
+        bytes.len()
+    );
+    loris
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    assert_closed(&mut loris, "a trickled handshake");
+    wait_until("the real peer's messages", Duration::from_secs(5), || {
+        rec_a.raft.lock().len() >= 5
+    });
+    a.shutdown();
+    b.shutdown();
+}

@@ -51,7 +51,8 @@
 //!   [`TcpConfig::max_frame_bytes`]) closes that connection, with a
 //!   `tracing` warning naming the peer's address and the reason; the
 //!   transport keeps serving every other connection. A connection whose
-//!   handshake does not arrive within 5 seconds is closed, and at most
+//!   handshake is not complete within 5 seconds is closed (however slowly
+//!   its bytes trickle in), and at most
 //!   four accepted connections per peer (plus 16) are open at once: more
 //!   are closed as they arrive. Raft messages,
 //!   notices and chunks whose `from` is not the member named by the
@@ -1221,6 +1222,27 @@ fn refuse(stream: &TcpStream, reason: String) {
     }
 }
 
+/// Reads from a socket until a deadline: each read waits at most for the
+/// time left, and none starts after it.
+struct DeadlineRead<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("not complete within {HANDSHAKE_TIMEOUT:?}"),
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&*self.stream).read(buf)
+    }
+}
+
 /// Serves one accepted connection until it ends.
 fn serve(shared: &Shared, stream: &TcpStream, addr: SocketAddr, id: u64) {
     let cfg = &shared.cfg;
@@ -1231,14 +1253,20 @@ fn serve(shared: &Shared, stream: &TcpStream, addr: SocketAddr, id: u64) {
         warn!(peer = %addr, error = %e, "cannot set up an accepted connection");
         return;
     }
-    let mut reader = BufReader::with_capacity(IO_BUFFER, stream);
     let bad = |reason: &dyn fmt::Display| {
         if !shared.is_stopped() {
             bump(&shared.stats.bad_frames);
             warn!(peer = %addr, reason = %reason, "closing the connection");
         }
     };
-    let hello = match read_frame(&mut reader, MAX_HANDSHAKE_BYTES) {
+    // The whole handshake must arrive within HANDSHAKE_TIMEOUT (a sender
+    // trickling a byte at a time does not hold the connection), read
+    // unbuffered so that nothing after it is consumed here.
+    let mut handshake = DeadlineRead {
+        stream,
+        deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+    };
+    let hello = match read_frame(&mut handshake, MAX_HANDSHAKE_BYTES) {
         Ok(Frame {
             body: Some(Frame_oneof_body::hello(h)),
             ..
@@ -1263,6 +1291,7 @@ fn serve(shared: &Shared, stream: &TcpStream, addr: SocketAddr, id: u64) {
         return;
     }
     debug!(peer = %addr, member, "connection accepted");
+    let mut reader = BufReader::with_capacity(IO_BUFFER, stream);
     let mut reassembler = Reassembler::new(cfg.max_snapshot_bytes);
     loop {
         let frame = match read_frame(&mut reader, cfg.max_frame_bytes) {
