@@ -10,6 +10,7 @@
 
 mod chunk;
 pub mod tcp;
+pub mod tls;
 
 pub use crate::proto::SnapshotChunk;
 use chunk::split;

@@ -112,6 +112,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tracing::{debug, info, warn};
 
+use super::tls::{member_name, Stream, TlsIdentity};
 use super::{split_snapshot, Notice, Reassembler, Transport};
 use crate::proto::wire::{Frame, Frame_oneof_body, Handshake, HandshakeRefused};
 use crate::{Error, Result};
@@ -179,6 +180,11 @@ pub struct TcpConfig {
     pub write_timeout: Duration,
     /// The longest back-off between connection attempts (default 1 s).
     pub max_backoff: Duration,
+    /// Mutual TLS (see [`super::tls`]); `None`: plain TCP (default). With
+    /// TLS, a peer without a certificate of the cluster's CA is refused at
+    /// the TLS handshake, and one whose certificate does not name the
+    /// member it says it is, at the `hello`.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl TcpConfig {
@@ -202,6 +208,7 @@ impl TcpConfig {
             connect_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(1),
+            tls: None,
         }
     }
 
@@ -241,6 +248,9 @@ impl TcpConfig {
         }
         if self.max_backoff.is_zero() {
             return Err(Error::config("max_backoff", "must be positive"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.check_own_name(&member_name(self.cluster_id, self.member_id))?;
         }
         Ok(())
     }
@@ -658,7 +668,7 @@ impl From<io::Error> for Lost {
 struct Conn {
     /// For polling the peer and for closing.
     stream: TcpStream,
-    out: BufWriter<TcpStream>,
+    out: BufWriter<Stream>,
     /// The registration in [`Sockets`].
     id: u64,
     since: Instant,
@@ -778,6 +788,7 @@ impl Writer {
 
     fn connect(&mut self) -> std::result::Result<Conn, String> {
         let cfg = &self.shared.cfg;
+        let started = Instant::now();
         let stream = TcpStream::connect_timeout(&self.addr, cfg.connect_timeout)
             .map_err(|e| format!("cannot connect: {e}"))?;
         let setup = |s: &TcpStream| -> io::Result<TcpStream> {
@@ -790,9 +801,28 @@ impl Writer {
             .shared
             .register(&stream, false)
             .ok_or_else(|| "the transport is stopping".to_string())?;
+        // TLS: the peer's certificate must name the member dialled.
+        let io = Stream::connect(
+            clone,
+            cfg.tls.as_ref(),
+            &member_name(cfg.cluster_id, self.peer),
+            started + cfg.connect_timeout,
+        )
+        .and_then(|io| {
+            io.tcp().set_read_timeout(None)?;
+            io.tcp().set_write_timeout(Some(cfg.write_timeout))?;
+            Ok(io)
+        });
+        let io = match io {
+            Ok(io) => io,
+            Err(e) => {
+                self.shared.unregister(id);
+                return Err(format!("TLS handshake failed: {e}"));
+            }
+        };
         let mut conn = Conn {
             stream,
-            out: BufWriter::with_capacity(IO_BUFFER, clone),
+            out: BufWriter::with_capacity(IO_BUFFER, io),
             id,
             since: Instant::now(),
             incoming: Vec::new(),
@@ -1004,7 +1034,7 @@ fn poll_peer(c: &mut Conn) -> std::result::Result<(), Lost> {
     let mut buf = [0u8; 4096];
     let mut ended = None;
     loop {
-        match (&c.stream).read(&mut buf) {
+        match c.out.get_mut().read(&mut buf) {
             Ok(0) => {
                 ended = Some("closed by the peer".to_string());
                 break;
@@ -1066,7 +1096,7 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, stop: Receiver<()>) {
                 };
                 let s = shared.clone();
                 let spawned = shared.spawn(format!("aoc-tcp-r{member}"), move || {
-                    serve(&s, &stream, addr, id);
+                    serve(&s, stream, addr, id);
                     s.unregister(id);
                 });
                 if let Err(e) = spawned {
@@ -1197,25 +1227,25 @@ fn check_hello(cfg: &TcpConfig, h: &Handshake) -> std::result::Result<(), String
 /// refusal, what the peer still sends is read and discarded for a moment,
 /// so that the close does not reset the connection before the refusal is
 /// read.
-fn refuse(stream: &TcpStream, reason: String) {
+fn refuse(io: &mut Stream, reason: String) {
     let mut refused = HandshakeRefused::new();
     refused.reason = reason;
     let mut frame = Frame::new();
     frame.set_refused(refused);
     if let Ok(bytes) = encode_frame(&frame, MAX_HANDSHAKE_BYTES) {
-        let _ = stream.set_write_timeout(Some(LINGER));
-        let _ = (&*stream).write_all(&bytes);
+        let _ = io.tcp().set_write_timeout(Some(LINGER));
+        let _ = io.write_all(&bytes).and_then(|()| io.flush());
     }
-    let _ = stream.shutdown(Shutdown::Write);
+    let _ = io.tcp().shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER;
     let mut buf = [0u8; 4096];
     let mut discarded = 0usize;
     while discarded < (1 << 20) {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() || io.tcp().set_read_timeout(Some(left)).is_err() {
             break;
         }
-        match (&*stream).read(&mut buf) {
+        match io.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => discarded += n,
         }
@@ -1225,7 +1255,7 @@ fn refuse(stream: &TcpStream, reason: String) {
 /// Reads from a socket until a deadline: each read waits at most for the
 /// time left, and none starts after it.
 struct DeadlineRead<'a> {
-    stream: &'a TcpStream,
+    stream: &'a mut Stream,
     deadline: Instant,
 }
 
@@ -1238,14 +1268,15 @@ impl Read for DeadlineRead<'_> {
                 format!("not complete within {HANDSHAKE_TIMEOUT:?}"),
             ));
         }
-        self.stream.set_read_timeout(Some(left))?;
-        (&*self.stream).read(buf)
+        self.stream.tcp().set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 
 /// Serves one accepted connection until it ends.
-fn serve(shared: &Shared, stream: &TcpStream, addr: SocketAddr, id: u64) {
+fn serve(shared: &Shared, stream: TcpStream, addr: SocketAddr, id: u64) {
     let cfg = &shared.cfg;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let setup = stream
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)));
@@ -1262,9 +1293,15 @@ fn serve(shared: &Shared, stream: &TcpStream, addr: SocketAddr, id: u64) {
     // The whole handshake must arrive within HANDSHAKE_TIMEOUT (a sender
     // trickling a byte at a time does not hold the connection), read
     // unbuffered so that nothing after it is consumed here.
+    // TLS first (within the same deadline): a peer without a certificate
+    // of the cluster's CA goes no further.
+    let mut io = match Stream::accept(stream, cfg.tls.as_ref(), deadline) {
+        Ok(io) => io,
+        Err(e) => return bad(&format_args!("TLS handshake failed: {e}")),
+    };
     let mut handshake = DeadlineRead {
-        stream,
-        deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+        stream: &mut io,
+        deadline,
     };
     let hello = match read_frame(&mut handshake, MAX_HANDSHAKE_BYTES) {
         Ok(Frame {
@@ -1278,20 +1315,26 @@ fn serve(shared: &Shared, stream: &TcpStream, addr: SocketAddr, id: u64) {
         }
         Err(e) => return bad(&format_args!("no valid handshake: {e}")),
     };
-    if let Err(reason) = check_hello(cfg, &hello) {
+    // With TLS, the member the peer says it is must be the one its
+    // certificate names.
+    let checked = check_hello(cfg, &hello).and_then(|()| {
+        io.peer_is(&member_name(cfg.cluster_id, hello.member_id))
+            .map_err(|e| format!("member {}: {e}", hello.member_id))
+    });
+    if let Err(reason) = checked {
         bump(&shared.stats.refused);
         warn!(peer = %addr, member = hello.member_id, cluster = hello.cluster_id, reason = %reason, "handshake refused");
-        refuse(stream, reason);
+        refuse(&mut io, reason);
         return;
     }
     let member = hello.member_id;
     shared.claim_member(member, id);
-    if let Err(e) = stream.set_read_timeout(None) {
+    if let Err(e) = io.tcp().set_read_timeout(None) {
         warn!(peer = %addr, error = %e, "cannot set up an accepted connection");
         return;
     }
     debug!(peer = %addr, member, "connection accepted");
-    let mut reader = BufReader::with_capacity(IO_BUFFER, stream);
+    let mut reader = BufReader::with_capacity(IO_BUFFER, io);
     let mut reassembler = Reassembler::new(cfg.max_snapshot_bytes);
     loop {
         let frame = match read_frame(&mut reader, cfg.max_frame_bytes) {
