@@ -249,10 +249,27 @@ pub struct Config {
     #[serde(default)]
     pub management_ip: Option<ManagementIpConfig>,
     /// Allow member and client traffic over plain TCP, without TLS
-    /// (default false). TLS comes later; a binary should refuse plain TCP
-    /// unless this says so explicitly.
+    /// (default false): a binary refuses to start with neither `[tls]` nor
+    /// this.
     #[serde(default)]
     pub allow_plain_tcp: bool,
+    /// Mutual TLS on the HA channel and the client API (see
+    /// `aoc-node certs`).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// The `[tls]` section: PEM files, relative paths taken relative to the
+/// configuration file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster's CA certificate.
+    pub ca: PathBuf,
+    /// This member's certificate (naming `member-<id>.cluster-<id>.aoc`).
+    pub cert: PathBuf,
+    /// This member's private key.
+    pub key: PathBuf,
 }
 
 /// Reads and checks the configuration file at `path`.
@@ -282,6 +299,13 @@ impl Config {
         })?;
         cfg.validate()
             .map_err(|(field, problem)| ConfigError::new(path, Some(field), problem))?;
+        if let (Some(tls), Some(dir)) = (cfg.tls.as_mut(), path.parent()) {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
         if cfg.data_dir.is_relative() {
             if let Some(dir) = path.parent() {
                 // `./data/x` joins as `DIR/data/x`, not `DIR/./data/x`.

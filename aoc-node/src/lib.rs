@@ -7,6 +7,7 @@
 //! - [`health`]: the `/health`, `/ready` and `/metrics` HTTP listener;
 //! - [`mgmt_ip`]: the floating management IP and the promote/demote hooks
 //!   that follow the active;
+//! - [`certs`]: the cluster's CA and certificates for mutual TLS;
 //! - [`lock`]: the data directory lock (one process per data directory);
 //! - [`identity`]: the cluster and member a data directory belongs to.
 //!
@@ -45,6 +46,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod config;
 pub mod health;
 pub mod identity;

@@ -5,9 +5,15 @@
 //!   commit and applied index, the mode, the passive's lag, maintenance;
 //! - `aoc-node kv put|get|delete|cas|scan ... --endpoints ...`;
 //! - `aoc-node switchover --endpoints ...`, `aoc-node maintenance on|off`;
+//! - `aoc-node certs --cluster-id N --members 1,2,3 --out DIR`: the
+//!   cluster's CA and the members' (and clients') certificates for mutual
+//!   TLS;
 //! - `aoc-node demo` (the default): a standalone member on real storage in
 //!   a temporary directory that writes, reads, restarts and checks that
 //!   nothing was lost.
+//!
+//! The client commands speak TLS with `--tls-ca`, `--tls-cert`,
+//! `--tls-key` and `--cluster-id` (a client certificate from `certs`).
 //!
 //! Exit codes: 0 success, 1 a failed operation (or `kv get` of a missing
 //! key), 2 a bad configuration or command line.
@@ -29,6 +35,18 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Client commands over TLS: the cluster's CA certificate (PEM).
+    #[arg(long, global = true, requires_all = ["tls_cert", "tls_key", "cluster_id"])]
+    tls_ca: Option<PathBuf>,
+    /// The client's certificate (PEM), signed by the cluster's CA.
+    #[arg(long, global = true, requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// The client's private key (PEM).
+    #[arg(long, global = true, requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
+    /// The cluster the members must belong to (with TLS).
+    #[arg(long, global = true)]
+    cluster_id: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -74,6 +92,21 @@ enum Command {
         #[arg(long, value_name = "DATA_DIR", conflicts_with = "endpoints")]
         local: Option<PathBuf>,
     },
+    /// Generate the cluster's CA and certificates for mutual TLS: DIR/ca.pem
+    /// and ca.key (reused when present, to add members later),
+    /// member-ID.pem/.key and client-NAME.pem/.key. Existing certificate
+    /// files are never overwritten. Keys are written owner-only.
+    Certs {
+        /// Where to write the files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Member ids to issue certificates for (1,2,3).
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<u64>,
+        /// Client names to issue certificates for (admin,...).
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
+    },
     /// Run a standalone member on real storage: write, read back, restart,
     /// and check every acknowledged write (the default command).
     Demo {
@@ -116,6 +149,13 @@ enum OnOff {
 fn main() -> ExitCode {
     aoc_core::logging::init_logging();
     let cli = Cli::parse();
+    let opts = match client_options(&cli) {
+        Ok(o) => o,
+        Err((code, e)) => {
+            eprintln!("aoc-node: {e}");
+            return ExitCode::from(code);
+        }
+    };
     let result = match cli.command.unwrap_or(Command::Demo {
         data_dir: None,
         writes: 2000,
@@ -137,9 +177,23 @@ fn main() -> ExitCode {
             )),
             Ok(cfg) => aoc_node::run::run(cfg).map_err(|e| (1, e)),
         },
-        Command::Status { endpoints, json } => status(&endpoints, json),
-        Command::Kv { op, endpoints } => kv(op, &endpoints),
-        Command::Switchover { endpoints } => connect(&endpoints).and_then(|mut c| {
+        Command::Certs {
+            out,
+            members,
+            clients,
+        } => match cli.cluster_id {
+            None => Err((2, "--cluster-id: give the cluster's id".into())),
+            Some(cluster) => aoc_node::certs::generate(&out, cluster, &members, &clients)
+                .map(|written| {
+                    for f in written {
+                        println!("wrote {}", f.display());
+                    }
+                })
+                .map_err(|e| (1, e)),
+        },
+        Command::Status { endpoints, json } => status(&endpoints, json, &opts),
+        Command::Kv { op, endpoints } => kv(op, &endpoints, &opts),
+        Command::Switchover { endpoints } => connect(&endpoints, &opts).and_then(|mut c| {
             let pause = c.switchover().map_err(|e| (1, e.to_string()))?;
             println!("switchover done; write pause {} ms", pause.as_millis());
             Ok(())
@@ -158,7 +212,7 @@ fn main() -> ExitCode {
         )),
         Command::Maintenance {
             state, endpoints, ..
-        } => connect(&endpoints).and_then(|mut c| {
+        } => connect(&endpoints, &opts).and_then(|mut c| {
             let on = matches!(state, OnOff::On);
             c.maintenance(on).map_err(|e| (1, e.to_string()))?;
             println!("maintenance {}", if on { "on" } else { "off" });
@@ -188,12 +242,28 @@ fn endpoints(list: &[String]) -> Result<Vec<SocketAddr>, (u8, String)> {
         .collect()
 }
 
-fn connect(list: &[String]) -> Result<Client, (u8, String)> {
-    Client::connect(endpoints(list)?, ClientOptions::default()).map_err(|e| (1, e.to_string()))
+/// The client options: TLS when `--tls-ca` (and the rest) are given.
+fn client_options(cli: &Cli) -> Result<ClientOptions, (u8, String)> {
+    let mut opts = ClientOptions::default();
+    if let (Some(ca), Some(cert), Some(key), Some(cluster_id)) =
+        (&cli.tls_ca, &cli.tls_cert, &cli.tls_key, cli.cluster_id)
+    {
+        let identity = aoc_core::transport::tls::TlsIdentity::from_files(ca, cert, key)
+            .map_err(|e| (2, e.to_string()))?;
+        opts.tls = Some(client::ClientTls {
+            identity,
+            cluster_id,
+        });
+    }
+    Ok(opts)
 }
 
-fn kv(op: KvOp, list: &[String]) -> CliResult {
-    let mut c = connect(list)?;
+fn connect(list: &[String], opts: &ClientOptions) -> Result<Client, (u8, String)> {
+    Client::connect(endpoints(list)?, opts.clone()).map_err(|e| (1, e.to_string()))
+}
+
+fn kv(op: KvOp, list: &[String], opts: &ClientOptions) -> CliResult {
+    let mut c = connect(list, opts)?;
     let fail = |e: aoc_core::Error| (1, e.to_string());
     match op {
         KvOp::Put { key, value } => {
@@ -243,12 +313,11 @@ fn role_name(s: &aoc_core::Status) -> &'static str {
     }
 }
 
-fn status(list: &[String], json: bool) -> CliResult {
-    let opts = ClientOptions::default();
+fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
     let mut members = Vec::new();
     let mut active: Option<MemberStatus> = None;
     for ep in endpoints(list)? {
-        match client::status_of(ep, &opts) {
+        match client::status_of(ep, opts) {
             Ok(ms) => {
                 if ms.status.active {
                     active = Some(ms.clone());

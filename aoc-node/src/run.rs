@@ -16,6 +16,7 @@ use aoc_core::client::{ClientServer, ServerLimits};
 use aoc_core::state::SledKv;
 use aoc_core::storage::{EngineLogOptions, EngineLogStore};
 use aoc_core::transport::tcp::{TcpConfig, TcpTransport};
+use aoc_core::transport::tls::TlsIdentity;
 use aoc_core::{Mode, Node};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -36,14 +37,30 @@ pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr, String> {
 
 /// Runs the member described by `cfg` until SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> Result<(), String> {
-    if !cfg.allow_plain_tcp {
-        return Err(
-            "allow_plain_tcp: member and client traffic is plain TCP in this build; set \
-             allow_plain_tcp = true to accept that explicitly"
-                .into(),
-        );
-    }
-    warn!("member and client traffic is plain TCP (allow_plain_tcp = true): unauthenticated and unencrypted");
+    let tls = match (&cfg.tls, cfg.allow_plain_tcp) {
+        (Some(_), true) => {
+            return Err(
+                "allow_plain_tcp: set either [tls] or allow_plain_tcp = true, not both".into(),
+            )
+        }
+        (Some(files), false) => {
+            let identity = TlsIdentity::from_files(&files.ca, &files.cert, &files.key)
+                .map_err(|e| e.to_string())?;
+            info!("member and client traffic: mutual TLS");
+            Some(identity)
+        }
+        (None, true) => {
+            warn!("member and client traffic is plain TCP (allow_plain_tcp = true): unauthenticated and unencrypted");
+            None
+        }
+        (None, false) => {
+            return Err(
+                "tls: no [tls] section (ca, cert, key: see `aoc-node certs`); to run \
+                        over plain TCP instead, set allow_plain_tcp = true"
+                    .into(),
+            )
+        }
+    };
     let lock = DataDirLock::acquire(&cfg.data_dir)?;
     crate::identity::check_or_stamp(
         &cfg.data_dir,
@@ -64,9 +81,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
             peers_api.insert(p.id, resolve(&format!("peers[{}].api_addr", p.id), api)?);
         }
     }
-    let transport =
-        TcpTransport::start(TcpConfig::new(cfg.cluster_id, cfg.member_id, listen, peers))
-            .map_err(|e| e.to_string())?;
+    let mut tcp = TcpConfig::new(cfg.cluster_id, cfg.member_id, listen, peers);
+    tcp.tls = tls.clone();
+    let transport = TcpTransport::start(tcp).map_err(|e| e.to_string())?;
     let log = EngineLogStore::open(&cfg.data_dir.join("log"), EngineLogOptions::default())
         .map_err(|e| e.to_string())?;
     let builder = Node::builder(cfg.replica_config())
@@ -110,6 +127,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 peers_api,
                 ServerLimits::default(),
                 Some(Arc::new(move |latency| observed.record_proposal(latency))),
+                tls.clone(),
             )
             .map_err(|e| e.to_string())?;
             let status_node = node.clone();

@@ -34,11 +34,38 @@ struct Member {
 struct Cluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// How clients reach the members (TLS or not).
+    opts: ClientOptions,
 }
 
 impl Cluster {
     fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The cluster over mutual TLS, with certificates from `aoc-node
+    /// certs`' library (the client's is `client-admin`).
+    fn with_tls() -> Self {
+        Self::build(true)
+    }
+
+    fn build(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let mut opts = ClientOptions::default();
+        if tls {
+            aoc_node::certs::generate(&certs, 7, &[1, 2, 3], &["admin".into()]).unwrap();
+            let identity = aoc_core::transport::tls::TlsIdentity::from_files(
+                &certs.join("ca.pem"),
+                &certs.join("client-admin.pem"),
+                &certs.join("client-admin.key"),
+            )
+            .unwrap();
+            opts.tls = Some(client::ClientTls {
+                identity,
+                cluster_id: 7,
+            });
+        }
         let ha: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let api: Vec<u16> = (0..2).map(|_| free_port()).collect();
         let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -47,10 +74,11 @@ impl Cluster {
             let i = id as usize - 1;
             let mut text = format!(
                 "cluster_id = 7\nmember_id = {id}\nrole = \"{}\"\ndata_dir = \"data{id}\"\n\
-                 ha_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\nallow_plain_tcp = true\n",
+                 ha_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\n{}",
                 if id == 3 { "witness" } else { "data" },
                 ha[i],
-                http[i]
+                http[i],
+                if tls { "" } else { "allow_plain_tcp = true\n" }
             );
             if id != 3 {
                 text += &format!("api_addr = \"127.0.0.1:{}\"\n", api[i]);
@@ -71,6 +99,11 @@ impl Cluster {
             }
             text +=
                 "[timeouts]\ntick_ms = 50\nsync_timeout_ms = 500\nswitchover_timeout_ms = 1500\n";
+            if tls {
+                text += &format!(
+                    "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/member-{id}.pem\"\nkey = \"certs/member-{id}.key\"\n"
+                );
+            }
             let config = dir.path().join(format!("m{id}.toml"));
             std::fs::write(&config, text).unwrap();
             members.push(Member {
@@ -82,7 +115,7 @@ impl Cluster {
                 log: dir.path().join(format!("m{id}.log")),
             });
         }
-        let mut c = Cluster { dir, members };
+        let mut c = Cluster { dir, members, opts };
         for id in 1..=3 {
             c.start(id);
         }
@@ -137,9 +170,8 @@ impl Cluster {
     }
 
     fn active(&self) -> Option<(u64, Mode)> {
-        let opts = ClientOptions::default();
         self.endpoints().into_iter().find_map(|e| {
-            client::status_of(e, &opts)
+            client::status_of(e, &self.opts)
                 .ok()
                 .filter(|s| s.status.active)
                 .map(|s| (s.status.id, s.status.mode))
@@ -426,4 +458,68 @@ fn command_line_status_and_maintenance_off_locally() {
     let (code, out, _) = cli(&["status", "--endpoints", &eps]);
     assert_eq!(code, Some(0));
     assert!(out.contains("last failover"), "{out}");
+}
+
+/// The three processes over mutual TLS: a failover, the command line with
+/// a client certificate, and clients without one (plain TCP, or another
+/// CA's certificate) get nothing.
+#[test]
+fn three_processes_over_mutual_tls() {
+    let mut c = Cluster::with_tls();
+    let active = c.wait_active("an active in sync mode over TLS", |_, m| m == Mode::Sync);
+    let mut client = Client::connect(c.endpoints(), c.opts.clone()).expect("client");
+    let (mut keys, _) = write_all(&mut client, "t", 30);
+    c.kill(active);
+    let (more, gap) = write_all(&mut client, "u", 30);
+    keys.extend(more);
+    eprintln!("kill -9 of the active over TLS: longest write {gap:?}");
+    check_all(&mut client, &keys);
+
+    let certs = c.dir.path().join("certs");
+    let eps: Vec<String> = c.endpoints().iter().map(|e| e.to_string()).collect();
+    let with_tls = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        for (flag, file) in [
+            ("--tls-ca", "ca.pem"),
+            ("--tls-cert", "client-admin.pem"),
+            ("--tls-key", "client-admin.key"),
+        ] {
+            all.push(flag.into());
+            all.push(certs.join(file).display().to_string());
+        }
+        all.push("--cluster-id".into());
+        all.push("7".into());
+        let out = Command::new(node_bin()).args(&all).output().expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = with_tls(&["kv", "get", "t0", "--endpoints", &eps.join(",")]);
+    assert_eq!((code, out.trim()), (Some(0), "v"));
+
+    // Plain TCP: the status request gets no answer.
+    let plain = client::status_of(c.endpoints()[0], &ClientOptions::default());
+    assert!(plain.is_err(), "a plain client was answered: {plain:?}");
+    // Another CA's client certificate: refused at the handshake.
+    let other = c.dir.path().join("other");
+    aoc_node::certs::generate(&other, 7, &[], &["admin".into()]).unwrap();
+    let opts = ClientOptions {
+        tls: Some(client::ClientTls {
+            identity: aoc_core::transport::tls::TlsIdentity::from_files(
+                &other.join("ca.pem"),
+                &other.join("client-admin.pem"),
+                &other.join("client-admin.key"),
+            )
+            .unwrap(),
+            cluster_id: 7,
+        }),
+        deadline: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let refused = client::status_of(c.endpoints()[0], &opts);
+    assert!(
+        refused.is_err(),
+        "another CA's client was answered: {refused:?}"
+    );
 }

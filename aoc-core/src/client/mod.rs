@@ -89,6 +89,8 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use crate::transport::tls::{Stream, TlsIdentity};
+
 use crate::proto::client as pb;
 use crate::proto::client::Request_oneof_body as Req;
 use crate::proto::client::Response_oneof_body as Resp;
@@ -117,6 +119,37 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// Largest answer frame accepted, in bytes (default 64 MiB).
     pub max_frame_bytes: usize,
+    /// Mutual TLS: this client's credentials and the cluster it expects
+    /// (members must hold certificates naming it); `None`: plain TCP
+    /// (default).
+    pub tls: Option<ClientTls>,
+}
+
+/// A client's TLS settings (see [`crate::transport::tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The client's certificate and key, and the cluster's CA.
+    pub identity: TlsIdentity,
+    /// The cluster whose members it talks to.
+    pub cluster_id: u64,
+}
+
+impl ClientTls {
+    fn connect(
+        tls: Option<&ClientTls>,
+        tcp: TcpStream,
+        deadline: Instant,
+    ) -> std::io::Result<Stream> {
+        match tls {
+            None => Stream::connect(tcp, None, "", deadline),
+            Some(t) => Stream::connect(
+                tcp,
+                Some(&t.identity),
+                &crate::transport::tls::cluster_name(t.cluster_id),
+                deadline,
+            ),
+        }
+    }
 }
 
 impl Default for ClientOptions {
@@ -128,6 +161,7 @@ impl Default for ClientOptions {
             backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
             max_frame_bytes: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -165,7 +199,7 @@ enum AttemptError {
 
 struct Conn {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
 }
 
 /// A client of an AOC HA cluster: finds the active member, holds a session
@@ -505,9 +539,13 @@ impl Client {
             .is_some_and(|c| c.addr == addr && still_open(&c.stream));
         if !reusable {
             self.conn = None;
-            let stream = TcpStream::connect_timeout(&addr, self.opts.connect_timeout.min(left))
+            let connect = self.opts.connect_timeout.min(left);
+            let stream = TcpStream::connect_timeout(&addr, connect)
                 .map_err(|e| AttemptError::Unsent(format!("connect: {e}")))?;
             let _ = stream.set_nodelay(true);
+            let stream =
+                ClientTls::connect(self.opts.tls.as_ref(), stream, Instant::now() + connect)
+                    .map_err(|e| AttemptError::Unsent(format!("TLS handshake: {e}")))?;
             self.conn = Some(Conn { addr, stream });
         }
         let request_id = self.next_request_id;
@@ -550,15 +588,16 @@ impl Client {
 
 /// Sends `req` on `stream` and reads the answer within `wait`.
 fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     req: &pb::Request,
     wait: Duration,
     max_frame_bytes: usize,
 ) -> std::result::Result<pb::Response, AttemptError> {
     let wait = wait.max(Duration::from_millis(1));
     stream
+        .tcp()
         .set_write_timeout(Some(wait))
-        .and_then(|()| stream.set_read_timeout(Some(wait)))
+        .and_then(|()| stream.tcp().set_read_timeout(Some(wait)))
         .map_err(|e| AttemptError::Unsent(format!("socket: {e}")))?;
     // A failed write may still have delivered the request.
     frame::write_message(stream, req).map_err(|e| AttemptError::Lost(format!("send: {e}")))?;
@@ -579,7 +618,8 @@ fn exchange(
 /// closed it (idle timeout, restart) and it holds no unread bytes. Checked
 /// before reuse, so that a request is not sent into a connection the
 /// server already gave up (whose failure would look like a lost answer).
-fn still_open(stream: &TcpStream) -> bool {
+fn still_open(stream: &Stream) -> bool {
+    let stream = stream.tcp();
     if stream.set_nonblocking(true).is_err() {
         return false;
     }
@@ -661,8 +701,14 @@ fn answer_name(answer: &Resp) -> &'static str {
 /// One member's status, asked of `endpoint` without opening a session
 /// (works with no active, for `aoc-node status`).
 pub fn status_of(endpoint: SocketAddr, opts: &ClientOptions) -> Result<MemberStatus> {
-    let mut stream = TcpStream::connect_timeout(&endpoint, opts.connect_timeout)
+    let stream = TcpStream::connect_timeout(&endpoint, opts.connect_timeout)
         .map_err(|e| unreachable_member(endpoint, &format!("connect: {e}")))?;
+    let mut stream = ClientTls::connect(
+        opts.tls.as_ref(),
+        stream,
+        Instant::now() + opts.connect_timeout,
+    )
+    .map_err(|e| unreachable_member(endpoint, &format!("TLS handshake: {e}")))?;
     let mut req = pb::Request::new();
     req.set_request_id(1);
     req.set_status(pb::StatusRequest::new());

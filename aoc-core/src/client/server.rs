@@ -18,6 +18,7 @@ use crate::proto::client as pb;
 use crate::proto::client::Request_oneof_body as Req;
 use crate::proto::client::Response_oneof_body as Resp;
 use crate::state::{KvCommand, KvResponse, KvStateMachine};
+use crate::transport::tls::{Stream, TlsIdentity};
 use crate::{Error, Node, Result};
 
 /// The limits a [`ClientServer`] enforces. A request over a limit gets a
@@ -102,10 +103,14 @@ struct Shared {
     conns: Mutex<(u64, HashMap<u64, Conn>)>,
 }
 
+/// A client's TLS handshake must be complete within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Told the latency of every acknowledged write (for metrics).
 pub type WriteObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 struct Ctx<S> {
+    tls: Option<TlsIdentity>,
     node: Node<S>,
     peers_api: BTreeMap<u64, SocketAddr>,
     limits: ServerLimits,
@@ -154,17 +159,21 @@ impl ClientServer {
         peers_api: BTreeMap<u64, SocketAddr>,
         limits: ServerLimits,
     ) -> Result<ClientServer> {
-        Self::start_observed(listen, node, peers_api, limits, None)
+        Self::start_observed(listen, node, peers_api, limits, None, None)
     }
 
     /// [`ClientServer::start`], telling `observer` the latency of every
-    /// acknowledged write (the binaries feed their proposal histogram).
+    /// acknowledged write (the binaries feed their proposal histogram), and
+    /// with mutual TLS when `tls` is set: a client without a certificate of
+    /// the cluster's CA is refused at the TLS handshake (see
+    /// [`crate::transport::tls`]).
     pub fn start_observed<S: KvStateMachine>(
         listen: SocketAddr,
         node: Node<S>,
         peers_api: BTreeMap<u64, SocketAddr>,
         limits: ServerLimits,
         observer: Option<WriteObserver>,
+        tls: Option<TlsIdentity>,
     ) -> Result<ClientServer> {
         limits.validate()?;
         let listener = TcpListener::bind(listen)
@@ -183,6 +192,7 @@ impl ClientServer {
             limits,
             shared: shared.clone(),
             observer,
+            tls,
         });
         let acceptor = std::thread::Builder::new()
             .name(format!("aoc-client-api-{member}"))
@@ -301,8 +311,12 @@ fn admit<S: KvStateMachine>(ctx: &Arc<Ctx<S>>, mut stream: TcpStream, peer: Sock
             err.set_message(format!(
                 "too many connections: the limit (max_connections) is {limit}"
             ));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = frame::write_message(&mut stream, &error_response(0, err));
+            // Over TLS the refusal could only follow a handshake, which
+            // is the work this limit saves: the connection just closes.
+            if ctx.tls.is_none() {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = frame::write_message(&mut stream, &error_response(0, err));
+            }
             return;
         }
         conns.0 += 1;
@@ -348,8 +362,24 @@ fn error_response(request_id: u64, err: pb::ApiError) -> pb::Response {
 }
 
 /// Serves one connection until it closes or breaks.
-fn serve<S: KvStateMachine>(ctx: &Ctx<S>, mut stream: TcpStream, peer: SocketAddr) {
+fn serve<S: KvStateMachine>(ctx: &Ctx<S>, stream: TcpStream, peer: SocketAddr) {
     let member = ctx.node.id();
+    let deadline = std::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT;
+    let mut stream = match Stream::accept(stream, ctx.tls.as_ref(), deadline) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(member, %peer, error = %e, "TLS handshake failed; closing");
+            return;
+        }
+    };
+    if let Err(e) = stream
+        .tcp()
+        .set_read_timeout(ctx.limits.idle_timeout)
+        .and_then(|()| stream.tcp().set_write_timeout(ctx.limits.idle_timeout))
+    {
+        warn!(member, %peer, error = %e, "cannot set socket timeouts; closing");
+        return;
+    }
     debug!(member, %peer, "client connected");
     loop {
         let body = match frame::read_frame(&mut stream, ctx.limits.max_frame_bytes) {

@@ -115,7 +115,7 @@ impl TlsIdentity {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|e| tls_error("tls.ca", e))?;
-        let server = ServerConfig::builder_with_provider(provider())
+        let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error("tls", e))?
             .with_client_cert_verifier(verifier)
@@ -127,6 +127,10 @@ impl TlsIdentity {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain.clone(), key)
             .map_err(|e| tls_error("tls.key", format!("does not match tls.cert: {e}")))?;
+        // No session tickets: a ticket arriving after the handshake would
+        // look like unread data on an idle connection (the client checks
+        // for that before reusing one), and members reconnect rarely.
+        server.send_tls13_tickets = 0;
         Ok(TlsIdentity {
             ca,
             chain,
