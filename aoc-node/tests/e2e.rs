@@ -498,9 +498,12 @@ fn three_processes_over_mutual_tls() {
     let (code, out) = with_tls(&["kv", "get", "t0", "--endpoints", &eps.join(",")]);
     assert_eq!((code, out.trim()), (Some(0), "v"));
 
-    // Plain TCP: the status request gets no answer.
+    // Plain TCP: no answer, and an error that says why.
     let plain = client::status_of(c.endpoints()[0], &ClientOptions::default());
-    assert!(plain.is_err(), "a plain client was answered: {plain:?}");
+    match plain {
+        Err(e) => assert!(e.to_string().contains("speaks TLS"), "{e}"),
+        Ok(s) => panic!("a plain client was answered: {s:?}"),
+    }
     // Another CA's client certificate: refused at the handshake.
     let other = c.dir.path().join("other");
     aoc_node::certs::generate(&other, 7, &[], &["admin".into()]).unwrap();

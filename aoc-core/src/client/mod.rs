@@ -604,6 +604,15 @@ fn exchange(
     let body = frame::read_frame(stream, max_frame_bytes).map_err(|e| match e {
         FrameError::Closed => AttemptError::Lost("the connection was closed".into()),
         e if e.is_timeout() => AttemptError::Lost(format!("no answer within {wait:?}")),
+        // A TLS record (alert 0x15 or handshake 0x16, version 3.x) read as
+        // a frame length: the member speaks TLS and this client does not.
+        FrameError::TooLarge { size, .. } if matches!(size >> 16, 0x1503 | 0x1603) => {
+            AttemptError::Fatal(Error::config(
+                "tls",
+                "the member speaks TLS and this client has no TLS settings (ClientOptions::tls; \
+                 on the command line --tls-ca, --tls-cert, --tls-key and --cluster-id)",
+            ))
+        }
         FrameError::TooLarge { size, limit } => AttemptError::Fatal(Error::TooLarge {
             what: "answer (ClientOptions::max_frame_bytes)".into(),
             size: usize::try_from(size).unwrap_or(usize::MAX),
