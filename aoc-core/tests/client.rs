@@ -734,3 +734,71 @@ fn an_expired_session_is_replaced_and_the_write_applied() {
     server.shutdown();
     node.shutdown();
 }
+
+/// A client that trickles a request a byte at a time (slow loris) is cut
+/// off at `frame_timeout`, though every byte comes well within
+/// `idle_timeout`; other clients are served all the while, and nothing is
+/// written.
+#[test]
+fn a_request_trickled_byte_by_byte_is_cut_off() {
+    let node = Node::builder(ReplicaConfig::new(1))
+        .voters(vec![1])
+        .tick(TICK)
+        .start(MemLogStore::new(), MemKv::new())
+        .unwrap();
+    let limits = ServerLimits {
+        idle_timeout: Some(Duration::from_secs(2)),
+        frame_timeout: Duration::from_secs(1),
+        ..ServerLimits::default()
+    };
+    let server = ClientServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        node.clone(),
+        BTreeMap::new(),
+        limits,
+    )
+    .unwrap();
+    let mut req = pb::Request::new();
+    req.set_request_id(1);
+    let mut put = pb::PutRequest::new();
+    put.set_key(b"slow".to_vec());
+    put.set_value(vec![b'x'; 64]);
+    req.set_put(put);
+    let mut bytes = Vec::new();
+    frame::write_message(&mut bytes, &req).expect("a frame in memory");
+    let mut loris = TcpStream::connect(server.local_addr()).expect("connect");
+    let mut client = Client::connect(vec![server.local_addr()], opts()).unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for (i, b) in bytes.iter().enumerate() {
+        if loris.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        client
+            .put(format!("other{i}"), "v")
+            .expect("others are served");
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    if !cut {
+        loris
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let closed = match loris.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        assert!(closed, "the trickling connection was closed");
+    }
+    assert_eq!(client.get("slow").unwrap(), None, "nothing was written");
+    drop(client);
+    server.shutdown();
+    node.shutdown();
+}

@@ -44,6 +44,10 @@ pub struct ServerLimits {
     /// (default 5 minutes; `None`: never). Also bounds how long writing an
     /// answer may block.
     pub idle_timeout: Option<Duration>,
+    /// Once a request frame's first byte has arrived, the whole frame must
+    /// arrive within this (default 10 s): a sender trickling bytes does not
+    /// hold a connection for `idle_timeout` per byte.
+    pub frame_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -55,6 +59,7 @@ impl Default for ServerLimits {
             max_value_bytes: 512 * 1024,
             max_connections: 1024,
             idle_timeout: Some(Duration::from_secs(300)),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -80,6 +85,9 @@ impl ServerLimits {
                 "must fit the frame's 32-bit length",
             ));
         }
+        if self.frame_timeout.is_zero() {
+            return Err(Error::config("frame_timeout", "must be positive"));
+        }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err(Error::config(
                 "idle_timeout",
@@ -101,6 +109,39 @@ struct Conn {
 struct Shared {
     stopping: AtomicBool,
     conns: Mutex<(u64, HashMap<u64, Conn>)>,
+}
+
+/// Reads one request frame: waits up to `idle` for its first byte, then
+/// up to `frame_timeout` in all for the rest.
+struct FrameDeadline<'a> {
+    stream: &'a mut Stream,
+    idle: Option<Duration>,
+    frame_timeout: Duration,
+    started: Option<std::time::Instant>,
+}
+
+impl io::Read for FrameDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = match self.started {
+            None => self.idle,
+            Some(t) => {
+                let left = self.frame_timeout.saturating_sub(t.elapsed());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request frame not complete within frame_timeout",
+                    ));
+                }
+                Some(left)
+            }
+        };
+        self.stream.tcp().set_read_timeout(timeout)?;
+        let n = self.stream.read(buf)?;
+        if n > 0 && self.started.is_none() {
+            self.started = Some(std::time::Instant::now());
+        }
+        Ok(n)
+    }
 }
 
 /// A client's TLS handshake must be complete within this.
@@ -382,7 +423,13 @@ fn serve<S: KvStateMachine>(ctx: &Ctx<S>, stream: TcpStream, peer: SocketAddr) {
     }
     debug!(member, %peer, "client connected");
     loop {
-        let body = match frame::read_frame(&mut stream, ctx.limits.max_frame_bytes) {
+        let mut timed = FrameDeadline {
+            stream: &mut stream,
+            idle: ctx.limits.idle_timeout,
+            frame_timeout: ctx.limits.frame_timeout,
+            started: None,
+        };
+        let body = match frame::read_frame(&mut timed, ctx.limits.max_frame_bytes) {
             Ok(body) => body,
             Err(FrameError::Closed) => {
                 debug!(member, %peer, "client disconnected");
@@ -397,6 +444,11 @@ fn serve<S: KvStateMachine>(ctx: &Ctx<S>, stream: TcpStream, peer: SocketAddr) {
             }
             Err(e) if ctx.shared.stopping.load(Ordering::SeqCst) => {
                 debug!(member, %peer, error = %e, "connection closed at shutdown");
+                return;
+            }
+            Err(e) if e.is_timeout() && timed.started.is_some() => {
+                warn!(member, %peer, limit = ?ctx.limits.frame_timeout,
+                    "request frame not complete within frame_timeout; closing");
                 return;
             }
             Err(e) if e.is_timeout() => {
