@@ -203,7 +203,7 @@ fn combination(
         // the old active's: the longest stale tail).
         out.push(Episode {
             start_us: t + isolated - before,
-            end_us: t + isolated + rng.gen_range(2_000_000..12_000_000),
+            end_us: t + isolated + rng.gen_range(5_000_000..20_000_000),
             fault: if rng.gen_bool(0.5) {
                 Fault::Crash(Target::Active)
             } else {

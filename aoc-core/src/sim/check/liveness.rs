@@ -55,7 +55,7 @@ pub(crate) fn await_service(c: &mut Cluster, max_us: u64) -> Result<u64, String>
 /// How long two connected members (one a data member) may go without an
 /// active during the faulty phase: several election rounds, a witness
 /// hand-over and a catch-up.
-pub const AVAILABILITY_BOUND_TICKS: u64 = 50;
+pub const AVAILABILITY_BOUND_TICKS: u64 = 100;
 
 /// Availability under a single failure, during the faulty phase: whenever
 /// two members, one of them a data member, are up (not blank), their disks
