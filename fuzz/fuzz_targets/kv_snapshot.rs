@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(kv.applied_index(), index);
             let snap = kv.snapshot().expect("a restored state snapshots");
             let mut again = MemKv::new();
-            again.restore(index, &snap).expect("its own snapshot restores");
+            again
+                .restore(index, &snap)
+                .expect("its own snapshot restores");
         }
     }
 });
