@@ -1,4 +1,5 @@
-//! `aoc-bench`: load and floor measurements that print one JSON line each.
+//! `aoc-bench`: load, floor and HA measurements that print one JSON line
+//! each (progress goes to stderr).
 //!
 //! - `aoc-bench floor [--dir DIR] [--samples N]`: the physical floor on this
 //!   machine: a synced 4 KiB write's latency in DIR (write + fdatasync) and
@@ -6,9 +7,28 @@
 //! - `aoc-bench write --endpoints A,B --clients N --seconds S --value-bytes B`:
 //!   drives a running cluster through the client, closed loop (each client
 //!   waits for its write's acknowledgement before the next), and prints
-//!   `{"ops_per_sec":..,"p50_us":..,"p99_us":..,"max_us":..}`.
+//!   `{"clients":..,"value_bytes":..,"ops_per_sec":..,"p50_us":..,"p99_us":..,"max_us":..}`;
+//! - `aoc-bench failover [--kill active|passive] [--seconds S] [--value-bytes B] [--clients N]`:
+//!   starts a local three-process cluster, writes closed loop with
+//!   sessions, kill -9's the active (or the passive) a third of the way
+//!   in, keeps writing, restarts the killed member, lets the cluster
+//!   settle and reads every acknowledged write back:
+//!   `{"kill":"active","write_gap_ms":..,"lost_acked_writes":..,"acked_writes":..,...}`;
+//! - `aoc-bench catchup [--mb N]`: starts a local cluster, stops the
+//!   passive, writes N MiB of 64 KiB values, restarts the passive and
+//!   times it from the restart until its applied index reaches the
+//!   active's commit index: `{"mb":..,"seconds":..,"mb_per_sec":..,...}`;
+//! - `aoc-bench footprint [--writes N]`: starts a local cluster, makes N
+//!   writes in sync mode, then reports each member's resident memory and
+//!   data directory size:
+//!   `{"writes":..,"active":{"rss_kb":..,"dir_bytes":..},"passive":{..},"witness":{..},...}`.
 //!
-//! The failover, catch-up and footprint measurements are still to come.
+//! The last three run `aoc-node` and `aoc-witness` from the directory of
+//! `aoc-bench` (or `--bin-dir`) in a temporary directory (or one under
+//! `--dir`), on loopback, with the default timeouts; every process they
+//! start is killed and the directory removed at the end, errors included.
+//! `benches/plot.py` draws the JSON lines of `write` runs as SVG charts;
+//! docs/benchmarks.md says how.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -18,8 +38,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aoc_core::client::{Client, ClientOptions};
-use clap::{Parser, Subcommand};
+use benches::ha::{self, CatchupArgs, FailoverArgs, FootprintArgs, Setup, Victim};
+use clap::{Args, Parser, Subcommand};
 
+/// The command line.
 #[derive(Parser)]
 #[command(name = "aoc-bench", about = "AOC HA load and floor measurements")]
 struct Cli {
@@ -27,6 +49,7 @@ struct Cli {
     command: Cmd,
 }
 
+/// The measurements.
 #[derive(Subcommand)]
 enum Cmd {
     /// The physical floor: a synced 4 KiB write and a loopback round trip.
@@ -53,6 +76,86 @@ enum Cmd {
         #[arg(long, default_value_t = 256)]
         value_bytes: usize,
     },
+    /// kill -9 of the active (or the passive) of a local cluster under
+    /// closed-loop writes: the longest gap between acknowledgements, and
+    /// the acknowledged writes lost (read back after the restart).
+    Failover {
+        /// The member to kill.
+        #[arg(long, value_enum, default_value_t = Victim::Active)]
+        kill: Victim,
+        /// How long to write; the kill comes after a third of it.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256)]
+        value_bytes: usize,
+        /// Concurrent clients (each with its own session).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// The clients' longest pause between retries, in ms (the client
+        /// library's default is 500).
+        #[arg(long, default_value_t = 500)]
+        max_backoff_ms: u64,
+        #[command(flatten)]
+        setup: SetupArgs,
+    },
+    /// How fast a restarted passive catches up N MiB written while it was
+    /// stopped.
+    Catchup {
+        /// MiB of values written while the passive is stopped.
+        #[arg(long, default_value_t = 64)]
+        mb: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 65536)]
+        value_bytes: usize,
+        /// Concurrent clients writing them.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[command(flatten)]
+        setup: SetupArgs,
+    },
+    /// Each member's resident memory and data directory size after N
+    /// writes in sync mode.
+    Footprint {
+        /// Writes to make (distinct keys).
+        #[arg(long, default_value_t = 100_000)]
+        writes: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256)]
+        value_bytes: usize,
+        /// Concurrent clients making them.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[command(flatten)]
+        setup: SetupArgs,
+    },
+}
+
+/// Where the local cluster of `failover`, `catchup` and `footprint` runs.
+#[derive(Args)]
+struct SetupArgs {
+    /// The directory holding aoc-node and aoc-witness (default: the
+    /// directory of aoc-bench, e.g. target/release).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where to create the cluster's temporary directory (default: the
+    /// system's temporary directory). Use the file system to measure.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the temporary directory (configuration files, data
+    /// directories, member logs) instead of removing it at the end.
+    #[arg(long)]
+    keep_dir: bool,
+}
+
+impl From<SetupArgs> for Setup {
+    fn from(a: SetupArgs) -> Setup {
+        Setup {
+            bin_dir: a.bin_dir,
+            dir: a.dir,
+            keep_dir: a.keep_dir,
+        }
+    }
 }
 
 /// Latency percentiles of `samples` (microseconds), sorted in place.
@@ -62,6 +165,8 @@ fn percentiles(samples: &mut [u64]) -> (u64, u64, u64) {
     (at(0.5), at(0.99), samples[samples.len() - 1])
 }
 
+/// `aoc-bench floor`: synced 4 KiB writes in a temporary file under `dir`
+/// and loopback round trips, `samples` of each.
 fn floor(dir: PathBuf, samples: usize) -> Result<String, String> {
     let samples = samples.max(10);
     let file_dir = tempfile::tempdir_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -109,6 +214,8 @@ fn floor(dir: PathBuf, samples: usize) -> Result<String, String> {
     ))
 }
 
+/// `aoc-bench write`: `clients` closed-loop clients writing `value_bytes`
+/// values to a running cluster for `seconds`.
 fn write(
     endpoints: Vec<String>,
     clients: usize,
@@ -171,6 +278,8 @@ fn write(
     ))
 }
 
+/// Runs one measurement and prints its JSON line (exit 0), or the error
+/// on stderr (exit 1).
 fn main() -> ExitCode {
     let out = match Cli::parse().command {
         Cmd::Floor { dir, samples } => floor(dir, samples),
@@ -180,6 +289,49 @@ fn main() -> ExitCode {
             seconds,
             value_bytes,
         } => write(endpoints, clients, seconds, value_bytes),
+        Cmd::Failover {
+            kill,
+            seconds,
+            value_bytes,
+            clients,
+            max_backoff_ms,
+            setup,
+        } => ha::failover(
+            &setup.into(),
+            &FailoverArgs {
+                kill,
+                seconds,
+                value_bytes,
+                clients,
+                max_backoff: Duration::from_millis(max_backoff_ms.max(1)),
+            },
+        ),
+        Cmd::Catchup {
+            mb,
+            value_bytes,
+            clients,
+            setup,
+        } => ha::catchup(
+            &setup.into(),
+            &CatchupArgs {
+                mb,
+                value_bytes,
+                clients,
+            },
+        ),
+        Cmd::Footprint {
+            writes,
+            value_bytes,
+            clients,
+            setup,
+        } => ha::footprint(
+            &setup.into(),
+            &FootprintArgs {
+                writes,
+                value_bytes,
+                clients,
+            },
+        ),
     };
     match out {
         Ok(line) => {
