@@ -1,9 +1,7 @@
 //! Inputs the fuzz targets (`fuzz/`) found, fed again to the same public
 //! API: each test asserts that the input is refused or handled, not a
-//! panic. Tests marked `#[ignore]` reproduce a finding that is not fixed
-//! yet (in the replica, which filters what raft-rs cannot take); they fail
-//! today, and the fix removes the mark. `fuzz/README.md` lists the
-//! findings.
+//! panic. The raft-rs panics are filtered by the replica
+//! (`replica/filter.rs`); `fuzz/README.md` lists the findings.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -60,7 +58,6 @@ fn step_survives<S: StateMachine>(r: &mut Replica<MemLogStore, S>, msg: Message,
 // request's term, then panics in `Raft::send`: "term should be set when
 // sending MsgRequestPreVoteResponse".
 #[test]
-#[ignore = "finding: the replica steps vote requests with term 0 into raft-rs (fuzz/README.md)"]
 fn a_pre_vote_request_with_term_0_is_not_a_panic() {
     let mut w = witness();
     let m = message(MessageType::MsgRequestPreVote, 1, 3);
@@ -71,7 +68,6 @@ fn a_pre_vote_request_with_term_0_is_not_a_panic() {
 }
 
 #[test]
-#[ignore = "finding: the replica steps vote requests with term 0 into raft-rs (fuzz/README.md)"]
 fn a_vote_request_with_term_0_is_not_a_panic() {
     let mut d = data_member();
     let m = message(MessageType::MsgRequestVote, 2, 1);
@@ -84,7 +80,6 @@ fn a_vote_request_with_term_0_is_not_a_panic() {
 // `debug_assert_eq!(self.term, m.term)` in `step_candidate`; in a release
 // build the candidate becomes a follower at term 0: its term goes back.
 #[test]
-#[ignore = "finding: the replica steps messages with term 0 into raft-rs (fuzz/README.md)"]
 fn a_candidate_takes_no_message_with_term_0() {
     for t in [
         MessageType::MsgAppend,
@@ -115,7 +110,6 @@ fn a_candidate_takes_no_message_with_term_0() {
 // commit index, beyond the log: "to_commit 12 is out of range [last_index
 // 0]" in `RaftLog::commit_to`.
 #[test]
-#[ignore = "finding: the replica steps appends whose previous entry has term 0 beyond the log (fuzz/README.md)"]
 fn an_append_claiming_term_0_beyond_the_log_is_not_a_panic() {
     for term in [0, 1] {
         let mut d = data_member();
@@ -149,7 +143,6 @@ fn an_append_claiming_term_0_beyond_the_log_is_not_a_panic() {
 // held, appends nothing and commits to 1: "to_commit 1 is out of range
 // [last_index 0]".
 #[test]
-#[ignore = "finding: the replica steps appends carrying entries of term 0 (fuzz/README.md)"]
 fn an_append_carrying_an_entry_of_term_0_is_not_a_panic() {
     let mut d = majority_member();
     let mut m = message(MessageType::MsgAppend, 2, 1);

@@ -22,6 +22,7 @@
 //! entry is applied, and raft-rs hands out entries to apply only once they
 //! are committed (persisted by a quorum) and persisted locally.
 
+mod filter;
 mod ha;
 mod machine;
 mod planned;
@@ -618,6 +619,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Steps a message from a peer. Invalid messages are dropped and logged.
     pub fn step(&mut self, msg: Message) {
+        if let Some(why) = filter::refuse(&msg) {
+            warn!(
+                member = self.cfg.id,
+                from = msg.from,
+                kind = ?msg.get_msg_type(),
+                why,
+                "dropped a message no correct peer sends"
+            );
+            return;
+        }
         if msg.get_msg_type() == MessageType::MsgSnapshot
             && msg.get_snapshot().get_data().is_empty()
             && !self.is_witness()
