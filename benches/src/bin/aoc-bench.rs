@@ -75,6 +75,19 @@ enum Cmd {
         /// Bytes per value.
         #[arg(long, default_value_t = 256)]
         value_bytes: usize,
+        /// Over TLS: the cluster's CA, a client certificate and key (from
+        /// `aoc-node certs`) and the cluster id.
+        #[arg(long, requires_all = ["tls_cert", "tls_key", "cluster_id"])]
+        tls_ca: Option<std::path::PathBuf>,
+        /// See `--tls-ca`.
+        #[arg(long, requires = "tls_ca")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// See `--tls-ca`.
+        #[arg(long, requires = "tls_ca")]
+        tls_key: Option<std::path::PathBuf>,
+        /// See `--tls-ca`.
+        #[arg(long, requires = "tls_ca")]
+        cluster_id: Option<u64>,
     },
     /// kill -9 of the active (or the passive) of a local cluster under
     /// closed-loop writes: the longest gap between acknowledgements, and
@@ -221,6 +234,7 @@ fn write(
     clients: usize,
     seconds: u64,
     value_bytes: usize,
+    opts: ClientOptions,
 ) -> Result<String, String> {
     let eps: Vec<SocketAddr> = endpoints
         .iter()
@@ -237,8 +251,9 @@ fn write(
         let handles: Vec<_> = (0..clients.max(1))
             .map(|c| {
                 let eps = eps.clone();
+                let opts = opts.clone();
                 s.spawn(move || -> Result<Vec<u64>, String> {
-                    let mut client = Client::connect(eps, ClientOptions::default())
+                    let mut client = Client::connect(eps, opts)
                         .map_err(|e| e.to_string())?;
                     let value = vec![b'x'; value_bytes];
                     let mut lat = Vec::new();
@@ -288,7 +303,28 @@ fn main() -> ExitCode {
             clients,
             seconds,
             value_bytes,
-        } => write(endpoints, clients, seconds, value_bytes),
+            tls_ca,
+            tls_cert,
+            tls_key,
+            cluster_id,
+        } => {
+            let mut opts = ClientOptions::default();
+            match (tls_ca, tls_cert, tls_key, cluster_id) {
+                (Some(ca), Some(cert), Some(key), Some(cluster_id)) => {
+                    match aoc_core::transport::tls::TlsIdentity::from_files(&ca, &cert, &key) {
+                        Ok(identity) => {
+                            opts.tls = Some(aoc_core::client::ClientTls {
+                                identity,
+                                cluster_id,
+                            });
+                            write(endpoints, clients, seconds, value_bytes, opts)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                _ => write(endpoints, clients, seconds, value_bytes, opts),
+            }
+        }
         Cmd::Failover {
             kill,
             seconds,
