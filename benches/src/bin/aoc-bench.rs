@@ -253,8 +253,7 @@ fn write(
                 let eps = eps.clone();
                 let opts = opts.clone();
                 s.spawn(move || -> Result<Vec<u64>, String> {
-                    let mut client = Client::connect(eps, opts)
-                        .map_err(|e| e.to_string())?;
+                    let mut client = Client::connect(eps, opts).map_err(|e| e.to_string())?;
                     let value = vec![b'x'; value_bytes];
                     let mut lat = Vec::new();
                     let mut i = 0u64;
