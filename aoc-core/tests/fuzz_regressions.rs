@@ -77,8 +77,9 @@ fn a_vote_request_with_term_0_is_not_a_panic() {
 // core_messages, crash-66addef8: a (pre-)candidate got an append, a
 // heartbeat or a snapshot with term 0 (raft-rs skips its term checks for
 // term 0, taking it for a local message). raft-rs fails
-// `debug_assert_eq!(self.term, m.term)` in `step_candidate`; in a release
-// build the candidate becomes a follower at term 0: its term goes back.
+// `debug_assert_eq!(self.term, m.term)` in `step_candidate`; past that
+// assertion (release builds) it calls `become_follower(0, ..)`, which sets
+// the candidate's term back to 0.
 #[test]
 fn a_candidate_takes_no_message_with_term_0() {
     for t in [
@@ -152,4 +153,121 @@ fn an_append_carrying_an_entry_of_term_0_is_not_a_panic() {
     e.index = 1;
     m.entries.push(e);
     step_survives(&mut d, m, "an append carrying an entry of term 0");
+}
+
+// core_messages, crash-0c45d101 (after the filter above): raft-rs assumes
+// the entries of an append are numbered from its previous index + 1 on.
+// An append at term 255 after index 0 (log term 0) carrying an entry
+// numbered 0 of term 255, commit 7809, to a fresh data member: raft-rs
+// finds the "conflict" at index 0, which it reads as no conflict, appends
+// nothing and commits to 1: "to_commit 1 is out of range [last_index 0]".
+// Numbered 5 instead, the entry makes raft-rs slice the entries from
+// position 4 of 1.
+#[test]
+#[ignore = "finding: the replica steps appends whose entries are not numbered from index + 1 (fuzz/README.md)"]
+fn an_append_with_misnumbered_entries_is_not_a_panic() {
+    for number in [0, 5] {
+        let mut d = data_member();
+        let mut m = message(MessageType::MsgAppend, 2, 1);
+        m.term = 255;
+        m.commit = 7809;
+        let mut e = raft::eraftpb::Entry::new();
+        e.index = number;
+        e.term = 255;
+        m.entries.push(e);
+        step_survives(
+            &mut d,
+            m,
+            &format!("an append whose entry is numbered {number}"),
+        );
+    }
+}
+
+/// A snapshot message from member `from` to `to` at index 10 of term 5
+/// whose configuration is `voters` and `learners`.
+fn snapshot(from: u64, to: u64, voters: &[u64], learners: &[u64], data: Vec<u8>) -> Message {
+    let mut m = message(MessageType::MsgSnapshot, from, to);
+    m.term = 5;
+    let snap = m.mut_snapshot();
+    snap.mut_metadata().index = 10;
+    snap.mut_metadata().term = 5;
+    snap.mut_metadata().mut_conf_state().voters = voters.to_vec();
+    snap.mut_metadata().mut_conf_state().learners = learners.to_vec();
+    snap.data = data.into();
+    m
+}
+
+// core_messages, crash-0b659de2: a snapshot whose configuration names
+// member 0 (voters 3 and 0, to the witness). raft-rs restores the
+// configuration, which drops or merges what is not a valid member set,
+// compares it with the snapshot's and panics: "invalid restore: voters: 3
+// voters: 0 != voters: 3" (`Raft::restore`). The same for a voter that is
+// also a learner; a configuration of learners only (crash-cc9618a1) fails
+// earlier: "unable to restore config ...: removed all voters".
+#[test]
+#[ignore = "finding: the replica steps snapshots whose configuration is not a valid member set (fuzz/README.md)"]
+fn a_snapshot_with_a_malformed_configuration_is_not_a_panic() {
+    let mut kv = MemKv::new();
+    kv.apply(&aoc_core::state::ApplyBatch {
+        applied_index: 10,
+        ..Default::default()
+    })
+    .expect("a batch");
+    let state = kv.snapshot().expect("a snapshot");
+    for (voters, learners) in [
+        (&[1, 0][..], &[][..]),
+        (&[1, 2, 3][..], &[2][..]),
+        (&[][..], &[1, 2, 3][..]),
+    ] {
+        let mut w = witness();
+        let m = snapshot(1, 3, &[voters, &[3]].concat(), learners, Vec::new());
+        step_survives(
+            &mut w,
+            m,
+            &format!("a snapshot for voters {voters:?} + 3, learners {learners:?} (witness)"),
+        );
+        let mut d = data_member();
+        let m = snapshot(2, 1, voters, learners, state.clone());
+        step_survives(
+            &mut d,
+            m,
+            &format!("a snapshot for voters {voters:?}, learners {learners:?}"),
+        );
+    }
+}
+
+// core_messages, crash-2661c686: a snapshot at index 0 (term 221, voters 3,
+// learner 1) to a fresh witness. raft-rs restores it and then computes
+// `next_idx - 1` with `next_idx` 0 for the witness's own progress:
+// "attempt to subtract with overflow" (`raft.rs:2648`; it wraps in release
+// builds). A snapshot at index 0 holds nothing.
+#[test]
+#[ignore = "finding: the replica steps snapshots at index 0 (fuzz/README.md)"]
+fn a_snapshot_at_index_0_is_not_a_panic() {
+    let mut w = witness();
+    let mut m = snapshot(2, 3, &[3], &[1], Vec::new());
+    m.term = 6;
+    m.mut_snapshot().mut_metadata().index = 0;
+    m.mut_snapshot().mut_metadata().term = 221;
+    step_survives(&mut w, m, "a snapshot at index 0");
+}
+
+// core_messages, crash-bb77c257: a follower that knows its leader (after an
+// append of term 1 from member 1) gets a leader transfer of term 1. raft-rs
+// forwards it to the leader as it came, term included, and panics in
+// `Raft::send`: "term should not be set when sending MsgTransferLeader (was
+// 1)". A follower's own raft-rs forwards transfers with its term set, so
+// this needs no malice: a transfer forwarded to a member that stopped
+// leading does it too.
+#[test]
+#[ignore = "finding: the replica steps leader transfers from peers (fuzz/README.md)"]
+fn a_leader_transfer_from_a_peer_is_not_a_panic() {
+    let mut w = witness();
+    let mut append = message(MessageType::MsgAppend, 1, 3);
+    append.term = 1;
+    step_survives(&mut w, append, "an append of term 1");
+    assert_eq!(w.leader(), Some(1));
+    let mut m = message(MessageType::MsgTransferLeader, 2, 3);
+    m.term = 1;
+    step_survives(&mut w, m, "a leader transfer of term 1");
 }

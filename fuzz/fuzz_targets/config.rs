@@ -7,7 +7,8 @@
 //! configuration validates, its voters are distinct and non-zero and
 //! include this member, its tick is positive, it is standalone or has
 //! exactly two data members and one witness, every peer can be looked up,
-//! and a relative data directory was joined to the file's directory.
+//! and a relative data directory and TLS files were joined to the file's
+//! directory.
 #![no_main]
 
 use std::path::Path;
@@ -61,4 +62,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(cfg.data_dir.is_absolute(), "{:?}", cfg.data_dir);
+    if let Some(tls) = &cfg.tls {
+        for p in [&tls.ca, &tls.cert, &tls.key] {
+            assert!(p.is_absolute(), "{p:?}");
+        }
+    }
 });
