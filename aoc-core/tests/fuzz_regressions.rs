@@ -164,7 +164,6 @@ fn an_append_carrying_an_entry_of_term_0_is_not_a_panic() {
 // Numbered 5 instead, the entry makes raft-rs slice the entries from
 // position 4 of 1.
 #[test]
-#[ignore = "finding: the replica steps appends whose entries are not numbered from index + 1 (fuzz/README.md)"]
 fn an_append_with_misnumbered_entries_is_not_a_panic() {
     for number in [0, 5] {
         let mut d = data_member();
@@ -205,7 +204,6 @@ fn snapshot(from: u64, to: u64, voters: &[u64], learners: &[u64], data: Vec<u8>)
 // also a learner; a configuration of learners only (crash-cc9618a1) fails
 // earlier: "unable to restore config ...: removed all voters".
 #[test]
-#[ignore = "finding: the replica steps snapshots whose configuration is not a valid member set (fuzz/README.md)"]
 fn a_snapshot_with_a_malformed_configuration_is_not_a_panic() {
     let mut kv = MemKv::new();
     kv.apply(&aoc_core::state::ApplyBatch {
@@ -242,7 +240,6 @@ fn a_snapshot_with_a_malformed_configuration_is_not_a_panic() {
 // "attempt to subtract with overflow" (`raft.rs:2648`; it wraps in release
 // builds). A snapshot at index 0 holds nothing.
 #[test]
-#[ignore = "finding: the replica steps snapshots at index 0 (fuzz/README.md)"]
 fn a_snapshot_at_index_0_is_not_a_panic() {
     let mut w = witness();
     let mut m = snapshot(2, 3, &[3], &[1], Vec::new());
@@ -260,7 +257,6 @@ fn a_snapshot_at_index_0_is_not_a_panic() {
 // this needs no malice: a transfer forwarded to a member that stopped
 // leading does it too.
 #[test]
-#[ignore = "finding: the replica steps leader transfers from peers (fuzz/README.md)"]
 fn a_leader_transfer_from_a_peer_is_not_a_panic() {
     let mut w = witness();
     let mut append = message(MessageType::MsgAppend, 1, 3);

@@ -4,7 +4,8 @@
 //! `tests/fuzz_regressions.rs` replays each).
 //!
 //! - **Local message types** (`MsgHup`, `MsgBeat`, `MsgPropose`,
-//!   `MsgReadIndex`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`):
+//!   `MsgReadIndex`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`,
+//!   `MsgTransferLeader`):
 //!   raft-rs takes them as this member's own (a `MsgHup` would make it
 //!   campaign, a `MsgPropose` would append an entry past every check). This
 //!   replica never forwards proposals or reads, so no peer sends them.
@@ -19,6 +20,16 @@
 //!   and commits past the last index (a panic in `RaftLog::commit_to`).
 //!   Real entries have terms of 1 or more; index 0 (the empty log) is the
 //!   only position of term 0.
+//! - **Misnumbered entries**: raft-rs assumes an append's entries are
+//!   numbered from its previous index + 1, one by one; otherwise it commits
+//!   past its log or slices out of range.
+//! - **Snapshots at index 0, or with a configuration that is not a member
+//!   set** (no voter, id 0, an id both voter and learner): raft-rs
+//!   restores, compares with the snapshot's configuration and panics, or
+//!   underflows `next_idx - 1`.
+//! - A **leader transfer** from a peer is forwarded by a follower as it
+//!   came, term included, and raft-rs panics in `send`; this replica asks
+//!   only itself to transfer (on the leader), so no peer sends one.
 
 use raft::eraftpb::{Message, MessageType};
 
@@ -28,7 +39,7 @@ pub(crate) fn refuse(msg: &Message) -> Option<&'static str> {
     use MessageType::*;
     match msg.get_msg_type() {
         MsgHup | MsgBeat | MsgPropose | MsgReadIndex | MsgUnreachable | MsgSnapStatus
-        | MsgCheckQuorum => return Some("a local message type"),
+        | MsgCheckQuorum | MsgTransferLeader => return Some("a local message type"),
         _ => {}
     }
     if msg.term == 0 {
@@ -41,11 +52,36 @@ pub(crate) fn refuse(msg: &Message) -> Option<&'static str> {
         if msg.entries.iter().any(|e| e.term == 0) {
             return Some("an entry of term 0");
         }
+        let numbered = msg.entries.iter().enumerate().all(|(i, e)| {
+            msg.index
+                .checked_add(1 + i as u64)
+                .is_some_and(|want| e.index == want)
+        });
+        if !numbered {
+            return Some("entries not numbered from the previous index + 1");
+        }
     }
-    if msg.get_msg_type() == MsgSnapshot && msg.get_snapshot().get_metadata().term == 0 {
-        return Some("a snapshot of term 0");
+    if msg.get_msg_type() == MsgSnapshot {
+        let meta = msg.get_snapshot().get_metadata();
+        if meta.term == 0 || meta.index == 0 {
+            return Some("a snapshot at term or index 0");
+        }
+        if !member_set(meta.get_conf_state()) {
+            return Some("a snapshot whose configuration is not a member set");
+        }
     }
     None
+}
+
+/// Whether `cs` is a configuration raft-rs restores as it is: some voter,
+/// no id 0, no id both voter and learner (in either half of a joint
+/// configuration).
+fn member_set(cs: &raft::eraftpb::ConfState) -> bool {
+    let voters = cs.voters.iter().chain(cs.voters_outgoing.iter());
+    let learners = cs.learners.iter().chain(cs.learners_next.iter());
+    !cs.voters.is_empty()
+        && !voters.clone().chain(learners.clone()).any(|id| *id == 0)
+        && !learners.clone().any(|l| voters.clone().any(|v| v == l))
 }
 
 #[cfg(test)]
@@ -106,5 +142,22 @@ mod tests {
             ..Default::default()
         });
         assert!(refuse(&app).is_some());
+        let mut app = msg(MessageType::MsgAppend, 1);
+        app.index = 3;
+        app.log_term = 1;
+        app.entries.push(Entry {
+            index: 5,
+            term: 1,
+            ..Default::default()
+        });
+        assert!(refuse(&app).is_some(), "entry 5 after index 3");
+        let mut snap = msg(MessageType::MsgSnapshot, 2);
+        snap.mut_snapshot().mut_metadata().index = 10;
+        snap.mut_snapshot().mut_metadata().term = 2;
+        snap.mut_snapshot().mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        assert_eq!(refuse(&snap), None);
+        snap.mut_snapshot().mut_metadata().mut_conf_state().learners = vec![2];
+        assert!(refuse(&snap).is_some(), "2 both voter and learner");
+        assert!(refuse(&msg(MessageType::MsgTransferLeader, 1)).is_some());
     }
 }
