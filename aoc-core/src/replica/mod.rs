@@ -596,6 +596,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.break_priority();
         if !self.ha.silenced {
             self.hold_election_timer();
+            self.hold_during_snapshot_install();
             self.raw.tick();
         }
         self.ha.maybe_probe(&mut self.raw, self.ticks);
@@ -619,7 +620,20 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Steps a message from a peer. Invalid messages are dropped and logged.
     pub fn step(&mut self, msg: Message) {
-        if let Some(why) = filter::refuse(&msg) {
+        let refused = filter::refuse(&msg).or_else(|| {
+            // A leader transfer to this member while it persists a snapshot
+            // install would campaign as above (a correct leader waits for
+            // the install's answer, which waits for the write).
+            // A leader never gets one from a correct peer (a transfer's
+            // target has acknowledged the transferring leader's term); taking
+            // it, a leader with an unpersisted entry could be elected on an
+            // unsolicited grant with its log unpersisted (a raft-rs assertion).
+            (msg.get_msg_type() == MessageType::MsgTimeoutNow
+                && (self.raw.store().snapshot_pending()
+                    || self.raw.raft.state == StateRole::Leader))
+                .then_some("a leader transfer during a snapshot install, or to a leader")
+        });
+        if let Some(why) = refused {
             warn!(
                 member = self.cfg.id,
                 from = msg.from,
@@ -1149,6 +1163,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
         v.sort_unstable();
         v
+    }
+
+    /// No election while a snapshot install is being persisted: raft-rs
+    /// would campaign and read the entries between its applied index (not
+    /// yet moved to the snapshot) and its commit index from a log that now
+    /// starts past them, and panic (found by the `core_messages` fuzz
+    /// target with a slow disk). The member stands once the write is done.
+    fn hold_during_snapshot_install(&mut self) {
+        if !self.raw.store().snapshot_pending() || self.raw.raft.state == StateRole::Leader {
+            return;
+        }
+        // raft-rs campaigns when the tick brings `election_elapsed` to the
+        // randomized timeout: keep it two below.
+        let limit = self
+            .raw
+            .raft
+            .randomized_election_timeout()
+            .saturating_sub(2);
+        if self.raw.raft.election_elapsed > limit {
+            self.raw.raft.election_elapsed = limit;
+        }
     }
 
     /// Switches deliberate breaks on (the simulation's checker proofs).

@@ -129,6 +129,11 @@ impl<L: LogStore> LogView<L> {
     }
 
     /// Whether a write is still pending.
+    /// Whether a snapshot install is written but not yet persisted.
+    pub(crate) fn snapshot_pending(&self) -> bool {
+        self.pending_snapshot.is_some()
+    }
+
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
