@@ -76,6 +76,20 @@ fn heartbeat(from: u64, to: u64, commit: u64) -> Message {
     m
 }
 
+/// A framed `hello` of this cluster claiming to be `member`.
+fn hello_from(member: u64) -> Vec<u8> {
+    let mut h = Handshake::new();
+    h.cluster_id = CLUSTER;
+    h.member_id = member;
+    h.protocol_version = PROTOCOL_VERSION;
+    let mut f = Frame::new();
+    f.set_hello(h);
+    let body = f.write_to_bytes().expect("encode");
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !f() {
@@ -141,15 +155,7 @@ fn a_plain_tcp_sender_gets_nothing_in() {
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     // A valid plain hello and a raft frame: not TLS, so not accepted.
-    let mut h = Handshake::new();
-    h.cluster_id = CLUSTER;
-    h.member_id = 2;
-    h.protocol_version = PROTOCOL_VERSION;
-    let mut f = Frame::new();
-    f.set_hello(h);
-    let body = f.write_to_bytes().expect("encode");
-    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-    bytes.extend_from_slice(&body);
+    let bytes = hello_from(2);
     let _ = s.write_all(&bytes);
     let mut buf = [0u8; 256];
     // The member answers with a TLS alert at most, then closes.
@@ -198,15 +204,7 @@ fn a_certificate_must_name_the_member_it_speaks_for() {
     let tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut h = Handshake::new();
-    h.cluster_id = CLUSTER;
-    h.member_id = 2;
-    h.protocol_version = PROTOCOL_VERSION;
-    let mut f = Frame::new();
-    f.set_hello(h);
-    let body = f.write_to_bytes().expect("encode");
-    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-    bytes.extend_from_slice(&body);
+    let bytes = hello_from(2);
     tls.write_all(&bytes)
         .expect("the TLS handshake itself succeeds");
     tls.flush().expect("flush");
