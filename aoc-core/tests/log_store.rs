@@ -465,6 +465,29 @@ fn compaction_deletes_old_files() {
     );
 }
 
+/// Guards the witness's footprint (issue: at most 1 MB on disk): the
+/// witness compacts in 64-entry steps behind what both data members hold.
+/// With the default options the first file alone is allocated in 2 MiB
+/// steps, so this fails on them.
+#[test]
+fn a_witness_like_load_stays_under_one_megabyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineLogOptions::witness();
+    let store = open(dir.path(), opts);
+    let mut largest = 0;
+    for chunk in 0..60u64 {
+        let first = chunk * 64 + 1;
+        fill(&store, first..=first + 63);
+        store.compact(first + 63).unwrap();
+        largest = largest.max(store.size_bytes());
+    }
+    // ~1 MB of entries went through the log (3,840 x 200 B and framing).
+    assert!(largest < 1_000_000, "the log reached {largest} bytes");
+    drop(store);
+    let store = open(dir.path(), opts);
+    assert_eq!(store.last_index().unwrap(), 60 * 64);
+}
+
 #[test]
 fn a_write_that_would_leave_a_gap_is_refused() {
     let dir = tempfile::tempdir().unwrap();

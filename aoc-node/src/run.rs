@@ -84,8 +84,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut tcp = TcpConfig::new(cfg.cluster_id, cfg.member_id, listen, peers);
     tcp.tls = tls.clone();
     let transport = TcpTransport::start(tcp).map_err(|e| e.to_string())?;
-    let log = EngineLogStore::open(&cfg.data_dir.join("log"), EngineLogOptions::default())
-        .map_err(|e| e.to_string())?;
+    let log_options = match cfg.role {
+        MemberRole::Witness => EngineLogOptions::witness(),
+        MemberRole::Data => EngineLogOptions::default(),
+    };
+    let log =
+        EngineLogStore::open(&cfg.data_dir.join("log"), log_options).map_err(|e| e.to_string())?;
     let builder = Node::builder(cfg.replica_config())
         .voters(cfg.voters())
         .tick(cfg.tick());

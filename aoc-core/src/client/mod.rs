@@ -115,7 +115,10 @@ pub struct ClientOptions {
     /// The first pause between retries (default 20 ms); it doubles after
     /// each retry up to `max_backoff`.
     pub backoff: Duration,
-    /// The longest pause between retries (default 500 ms).
+    /// The longest pause between retries (default 100 ms: a failover
+    /// takes about a second, and a client pausing longer finds the new
+    /// active late; an attempt on a member that is not the active costs it
+    /// one short answer).
     pub max_backoff: Duration,
     /// Largest answer frame accepted, in bytes (default 64 MiB).
     pub max_frame_bytes: usize,
@@ -159,7 +162,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(6),
             backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_millis(100),
             max_frame_bytes: 64 * 1024 * 1024,
             tls: None,
         }

@@ -107,6 +107,24 @@ impl Default for EngineLogOptions {
 }
 
 impl EngineLogOptions {
+    /// The witness's tuning: 64 KiB files, old files purged once the log
+    /// passes 256 KiB. The witness keeps only the entries one data member
+    /// still lacks (a few hundred at most in sync mode) and compacts in
+    /// small steps, so small files let raft-engine delete them soon: its
+    /// directory stays below 1 MB (docs/benchmarks.md).
+    ///
+    /// ```
+    /// use aoc_core::storage::EngineLogOptions;
+    /// let w = EngineLogOptions::witness();
+    /// assert!(w.purge_threshold_bytes < EngineLogOptions::default().target_file_size_bytes);
+    /// ```
+    pub fn witness() -> Self {
+        EngineLogOptions {
+            target_file_size_bytes: 64 << 10,
+            purge_threshold_bytes: 256 << 10,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.target_file_size_bytes == 0 {
             return Err(Error::config(

@@ -106,8 +106,8 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         clients: usize,
         /// The clients' longest pause between retries, in ms (the client
-        /// library's default is 500).
-        #[arg(long, default_value_t = 500)]
+        /// library's default is 100).
+        #[arg(long, default_value_t = 100)]
         max_backoff_ms: u64,
         #[command(flatten)]
         setup: SetupArgs,
