@@ -245,6 +245,16 @@ fn a_cut_snapshot_stream_is_retried_and_completes() {
         .map(|i| put(&mut c, leader, &format!("k{i}"), "v"))
         .collect();
     assert!(c.run_until(10 * SECOND_US, |c| tokens.iter().all(|t| ok(c, *t))));
+    // Compaction waits for the commit index to be durable, which an idle
+    // leader writes a tick or two after its last write.
+    c.run_for(SECOND_US);
+    let first = c
+        .log_store(leader)
+        .map(|l| aoc_core::storage::LogStore::first_index(l).unwrap());
+    assert!(
+        first.unwrap() > 2,
+        "the leader compacted its log (first index {first:?})"
+    );
     c.drop_snapshots(true);
     c.restart(lagging);
     c.run_for(3 * SECOND_US);

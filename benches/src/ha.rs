@@ -459,12 +459,18 @@ pub struct FootprintArgs {
     pub value_bytes: usize,
     /// Concurrent clients making them.
     pub clients: usize,
+    /// Then time a restart of the active after kill -9 (see [`footprint`]).
+    pub restart: bool,
 }
 
 /// `aoc-bench footprint`: `writes` puts (distinct keys) in sync mode, then,
 /// once the passive has applied everything and the witness has had two
 /// election timeouts to compact, each member's resident memory and data
-/// directory size.
+/// directory size. With `restart`, then kill -9 of the active, whose log
+/// recovery and state opening are timed from the process spawn: until it
+/// answers a status request (`first_status_ms`) and until its applied
+/// index is back at the commit index it had reached (`ready_ms`: it could
+/// serve as the active again).
 pub fn footprint(setup: &Setup, args: &FootprintArgs) -> Result<String, String> {
     let mut cluster = setup.start()?;
     let eps = cluster.endpoints();
@@ -524,6 +530,34 @@ pub fn footprint(setup: &Setup, args: &FootprintArgs) -> Result<String, String> 
         let (len, alloc) = dir_size(cluster.data_dir(id)?)?;
         parts.push(format!(
             "\"{name}\":{{\"rss_kb\":{rss},\"dir_bytes\":{len},\"peak_rss_kb\":{peak},\"dir_alloc_bytes\":{alloc}}}"
+        ));
+    }
+    if args.restart {
+        let target = cluster.status(active)?.status;
+        eprintln!(
+            "aoc-bench: kill -9 of the active (member {active}, applied {}, {} entries in its log); restarting it",
+            target.applied,
+            target.last_index.saturating_sub(target.first_index) + 1
+        );
+        cluster.kill(active);
+        let t0 = Instant::now();
+        cluster.spawn(active)?;
+        let mut answered: Option<Duration> = None;
+        cluster.wait_for(
+            "the restarted member to hold its applied index again",
+            Duration::from_secs(120),
+            |c| {
+                let s = c.status(active).ok()?;
+                answered.get_or_insert_with(|| t0.elapsed());
+                (s.status.applied >= target.applied).then_some(())
+            },
+        )?;
+        parts.push(format!(
+            "\"restart\":{{\"first_status_ms\":{},\"ready_ms\":{},\"applied\":{},\"log_entries\":{}}}",
+            answered.map_or(0, |d| d.as_millis()),
+            t0.elapsed().as_millis(),
+            target.applied,
+            target.last_index.saturating_sub(target.first_index) + 1
         ));
     }
     let modes: Vec<String> = modes_seen

@@ -331,6 +331,18 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     held: VecDeque<Held>,
     /// Commit index of the last durable hard state.
     persisted_commit: u64,
+    /// Term and vote of the last hard state handed out for writing.
+    written_term_vote: (u64, u64),
+    /// A hard state that moved only the commit index, not written yet: it
+    /// rides on the next write (see `defer_commit_only`).
+    deferred_hard_state: Option<HardState>,
+    /// The tick at which the deferred hard state was first held back.
+    deferred_since_tick: Option<u64>,
+    /// The deferred hard state has waited a whole tick: write it alone.
+    flush_deferred: bool,
+    /// The number of the last raft-rs ready (a write of the deferred hard
+    /// state alone reuses it, see `flush_deferred_hard_state`).
+    last_ready_number: u64,
     applied_since_compact: u64,
     /// Entry bytes written to the log since the last compaction.
     bytes_since_compact: u64,
@@ -507,6 +519,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             reads_waiting_apply: Vec::new(),
             held: VecDeque::new(),
             persisted_commit,
+            written_term_vote: (state.hard_state.term, state.hard_state.vote),
+            deferred_hard_state: None,
+            deferred_since_tick: None,
+            flush_deferred: false,
+            last_ready_number: 0,
             applied_since_compact: 0,
             bytes_since_compact: 0,
             snapshots_in_flight: BTreeMap::new(),
@@ -608,6 +625,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.retry_reads();
         self.check_snapshot_streams();
+        if self
+            .deferred_since_tick
+            .is_some_and(|since| self.ticks >= since + 2)
+        {
+            self.flush_deferred = true;
+        }
         self.after_input();
     }
 
@@ -1049,7 +1072,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Whether [`Replica::ready`] has work.
     pub fn has_ready(&self) -> bool {
-        !self.out.is_empty() || self.meta_dirty || self.raw.has_ready() || self.reads_releasable()
+        !self.out.is_empty()
+            || self.meta_dirty
+            || self.raw.has_ready()
+            || self.reads_releasable()
+            || (self.flush_deferred && self.held.is_empty())
     }
 
     fn reads_releasable(&self) -> bool {
@@ -1362,6 +1389,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.release_reads(&mut out);
         self.maybe_compact(&mut out)?;
+        self.flush_deferred_hard_state(&mut out);
         out.events.append(&mut self.out.events);
         out.completions.append(&mut self.out.completions);
         out.reads.append(&mut self.out.reads);
@@ -1386,6 +1414,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn handle_raft_ready(&mut self, out: &mut Ready) -> Result<()> {
         let mut rd = self.raw.ready();
         let number = rd.number();
+        self.last_ready_number = number;
         let mut messages = rd.take_messages();
         if messages
             .iter()
@@ -1428,6 +1457,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         write.entries = rd.take_entries();
         write.hard_state = rd.hs().cloned();
+        self.defer_commit_only(&mut write);
         let hard_state_commit = write.hard_state.as_ref().map(|h| h.commit);
         let committed = rd.take_committed_entries();
         let persisted_messages = rd.take_persisted_messages();
@@ -1483,6 +1513,89 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.after_input();
         Ok(())
+    }
+
+    /// Keeps a hard state that only moved the commit index out of the log
+    /// until something else is written (entries, a term or a vote, a
+    /// configuration, a snapshot): it then rides on that write.
+    ///
+    /// Why this is safe: the commit index is volatile in Raft. A member
+    /// restarted with an older one learns the commit from the leader again;
+    /// what it applied was committed, and `Replica::open` raises the commit
+    /// to the applied index. Term and vote, which elections rely on, are
+    /// always written before any message that depends on them. Why it
+    /// matters: under a steady load every entry's commit came as a ready of
+    /// its own, one more synced write on each data member per write, which
+    /// the next entry's append waited behind.
+    ///
+    /// `persisted_commit` (the compaction bound) advances only when the
+    /// deferred commit is written; an idle member writes it alone after a
+    /// whole tick without another write (`flush_deferred_hard_state`), so
+    /// the bound keeps up and a restart finds a recent commit.
+    fn defer_commit_only(&mut self, write: &mut LogWrite) {
+        match write.hard_state.take() {
+            Some(hs) => {
+                let commit_only = (hs.term, hs.vote) == self.written_term_vote
+                    && write.entries.is_empty()
+                    && write.snapshot.is_none()
+                    && write.conf_state.is_none();
+                if commit_only {
+                    self.deferred_hard_state = Some(hs);
+                    self.deferred_since_tick.get_or_insert(self.ticks);
+                } else {
+                    // A newer hard state replaces the deferred one (raft-rs
+                    // never moves the commit index back).
+                    self.written_term_vote = (hs.term, hs.vote);
+                    self.clear_deferred();
+                    write.hard_state = Some(hs);
+                }
+            }
+            None if !write.is_empty() => {
+                write.hard_state = self.deferred_hard_state.take();
+                self.clear_deferred();
+            }
+            None => {}
+        }
+        debug_assert!(
+            self.deferred_hard_state.is_none() || write.hard_state.is_none(),
+            "a deferred hard state is never written alongside a newer one"
+        );
+    }
+
+    fn clear_deferred(&mut self) {
+        self.deferred_hard_state = None;
+        self.deferred_since_tick = None;
+        self.flush_deferred = false;
+    }
+
+    /// Writes the deferred hard state alone (see `defer_commit_only`), once
+    /// no other write is pending. The write reuses the last ready's number:
+    /// raft-rs and the log view take a number reported twice as done, and
+    /// with nothing pending before it, its completion releases only itself.
+    fn flush_deferred_hard_state(&mut self, out: &mut Ready) {
+        if !self.flush_deferred || out.write.is_some() || !self.held.is_empty() {
+            return;
+        }
+        let Some(hs) = self.deferred_hard_state.take() else {
+            self.clear_deferred();
+            return;
+        };
+        self.clear_deferred();
+        let number = self.last_ready_number;
+        self.held.push_back(Held {
+            number,
+            needs_write: true,
+            messages: Vec::new(),
+            hard_state_commit: Some(hs.commit),
+        });
+        if self.ha.write_pending_since.is_none() {
+            self.ha.write_pending_since = Some(self.ticks);
+        }
+        out.write = Some(LogWrite {
+            number,
+            hard_state: Some(hs),
+            ..Default::default()
+        });
     }
 
     /// Fills outgoing snapshots with the state machine's data. Returns the
@@ -1757,6 +1870,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let due = self.applied_since_compact >= self.cfg.compact_every_entries
             || self.bytes_since_compact >= self.cfg.compact_log_bytes;
         if !due || self.raw.store().has_pending() {
+            return Ok(());
+        }
+        // The durable commit trails the applied index by one write (commit
+        // moves are written with the next write, or after a tick: see
+        // `defer_commit_only`). Until it leaves something to compact, wait
+        // (without the state machine's costly sync) rather than skip a
+        // whole round.
+        let bound = self
+            .sm
+            .applied_index()
+            .min(self.persisted_commit)
+            .saturating_sub(self.cfg.compact_keep_entries);
+        if bound < store.first_index()? {
             return Ok(());
         }
         self.applied_since_compact = 0;

@@ -139,6 +139,10 @@ enum Cmd {
         /// Concurrent clients making them.
         #[arg(long, default_value_t = 32)]
         clients: usize,
+        /// Then kill -9 the active and time its restart: until it answers
+        /// a status request, and until it holds everything it had applied.
+        #[arg(long)]
+        restart: bool,
         #[command(flatten)]
         setup: SetupArgs,
     },
@@ -358,6 +362,7 @@ fn main() -> ExitCode {
             writes,
             value_bytes,
             clients,
+            restart,
             setup,
         } => ha::footprint(
             &setup.into(),
@@ -365,6 +370,7 @@ fn main() -> ExitCode {
                 writes,
                 value_bytes,
                 clients,
+                restart,
             },
         ),
     };

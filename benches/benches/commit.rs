@@ -1,0 +1,150 @@
+//! One write committed by a three-member HA cluster in one process: two
+//! data members (raft-engine log, sled state, fsync on) and the witness, on
+//! the in-process network. Everything but the TCP transport and the client
+//! API: the gap between this and `aoc-bench write` on one client is what
+//! processes, sockets and TLS add. The same cluster on in-memory storage
+//! (no disk at all) shows what the threads and raft cost alone.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aoc_core::state::{KvCommand, MemKv, NoStateMachine, SledKv, StateMachine};
+use aoc_core::storage::{EngineLogOptions, EngineLogStore, LogStore, MemLogStore};
+use aoc_core::transport::LocalNetwork;
+use aoc_core::{Mode, Node, ReplicaConfig};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+struct Cluster<S: StateMachine> {
+    _dirs: Vec<tempfile::TempDir>,
+    data: Vec<Node<S>>,
+    witness: Node<NoStateMachine>,
+}
+
+fn builder(id: u64) -> aoc_core::NodeBuilder {
+    Node::builder(ReplicaConfig::ha(id, 3))
+        .voters(vec![1, 2, 3])
+        .tick(Duration::from_millis(100))
+        .seed(id)
+}
+
+fn log(dir: &Path, opts: EngineLogOptions) -> EngineLogStore {
+    EngineLogStore::open(&dir.join("log"), opts).expect("log opens")
+}
+
+impl<S: StateMachine> Cluster<S> {
+    /// Starts the three members; `storage(id, dir)` opens member `id`'s
+    /// log and (for a data member) state machine in `dir`.
+    fn start<L: LogStore>(storage: impl Fn(u64, &Path) -> (L, Option<S>)) -> Self {
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("temporary directory"))
+            .collect();
+        let net = LocalNetwork::new();
+        let mut data = Vec::new();
+        for id in 1..=2u64 {
+            let (log, sm) = storage(id, dirs[id as usize - 1].path());
+            let node = builder(id)
+                .start_with_transport(
+                    log,
+                    sm.expect("a data member's state"),
+                    Arc::new(net.transport()),
+                )
+                .expect("data member starts");
+            net.attach(id, node.clone());
+            data.push(node);
+        }
+        let (log, _) = storage(3, dirs[2].path());
+        let witness = builder(3)
+            .start_witness(log, Arc::new(net.transport()))
+            .expect("witness starts");
+        net.attach(3, witness.clone());
+        Cluster {
+            _dirs: dirs,
+            data,
+            witness,
+        }
+    }
+
+    /// The active, once it is in sync mode.
+    fn active(&self) -> Node<S> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for n in &self.data {
+                let s = n.status();
+                if s.active && s.mode == Mode::Sync && s.passive_lag_entries == Some(0) {
+                    return n.clone();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no active in sync mode after 30 s");
+    }
+}
+
+impl<S: StateMachine> Drop for Cluster<S> {
+    fn drop(&mut self) {
+        for n in &self.data {
+            n.shutdown();
+        }
+        self.witness.shutdown();
+    }
+}
+
+fn bench_puts<S: StateMachine>(c: &mut Criterion, name: &str, cluster: &Cluster<S>) {
+    let active = cluster.active();
+    let value = vec![7u8; 256];
+    let mut i = 0u64;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            i += 1;
+            active
+                .propose(KvCommand::put(format!("k{i}"), value.clone()).encode())
+                .expect("the write commits")
+        })
+    });
+}
+
+fn ha_commit(c: &mut Criterion) {
+    let on_disk = Cluster::start(|id, dir| {
+        let opts = if id == 3 {
+            EngineLogOptions::witness()
+        } else {
+            EngineLogOptions::default()
+        };
+        let sm = (id != 3).then(|| SledKv::open(&dir.join("state")).expect("state opens"));
+        (log(dir, opts), sm)
+    });
+    bench_puts(
+        c,
+        "HA commit in process, one 256-byte put, sync mode",
+        &on_disk,
+    );
+    drop(on_disk);
+    let log_only = Cluster::start(|id, dir| {
+        let opts = if id == 3 {
+            EngineLogOptions::witness()
+        } else {
+            EngineLogOptions::default()
+        };
+        (log(dir, opts), (id != 3).then(MemKv::new))
+    });
+    bench_puts(
+        c,
+        "HA commit in process, raft-engine logs, in-memory state, one 256-byte put",
+        &log_only,
+    );
+    drop(log_only);
+    let in_memory = Cluster::start(|id, _| (MemLogStore::new(), (id != 3).then(MemKv::new)));
+    bench_puts(
+        c,
+        "HA commit in process, in memory (no disk), one 256-byte put",
+        &in_memory,
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).measurement_time(Duration::from_secs(5));
+    targets = ha_commit
+}
+criterion_main!(benches);
