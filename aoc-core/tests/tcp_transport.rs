@@ -11,7 +11,9 @@ use aoc_core::proto::wire::{Frame, Frame_oneof_body, Handshake};
 use aoc_core::proto::DataPersisted;
 use aoc_core::state::{KvCommand, KvStateMachine, MemKv};
 use aoc_core::storage::MemLogStore;
-use aoc_core::transport::tcp::{Inbound, TcpConfig, TcpTransport, PROTOCOL_VERSION};
+use aoc_core::transport::tcp::{
+    Inbound, TcpConfig, TcpTransport, MIN_READ_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use aoc_core::transport::{Notice, Transport};
 use aoc_core::{Error, Node, ReplicaConfig, Role};
 use parking_lot::Mutex;
@@ -149,10 +151,17 @@ fn frame_bytes(frame: &Frame) -> Vec<u8> {
 }
 
 fn hello(cluster: u64, member: u64) -> Vec<u8> {
+    hello_versions(cluster, member, PROTOCOL_VERSION, 0)
+}
+
+/// A hello speaking protocol `speaks` whose frames suit readers of
+/// `min_reader` and later (0: as the first version, which sent none).
+fn hello_versions(cluster: u64, member: u64, speaks: u32, min_reader: u32) -> Vec<u8> {
     let mut h = Handshake::new();
     h.cluster_id = cluster;
     h.member_id = member;
-    h.protocol_version = PROTOCOL_VERSION;
+    h.protocol_version = speaks;
+    h.min_protocol_version = min_reader;
     let mut f = Frame::new();
     f.set_hello(h);
     frame_bytes(&f)
@@ -310,6 +319,61 @@ fn a_member_of_another_cluster_is_refused() {
     assert_closed(&mut s, "unknown member");
     a.shutdown();
     b.shutdown();
+}
+
+/// Rolling upgrades: a member one version newer that writes frames this
+/// version reads is accepted; one whose frames need a newer reader is
+/// refused as too new, one older than this member reads as too old, and
+/// each refusal names the member and the side to upgrade.
+#[test]
+fn members_of_adjacent_versions_meet_and_others_are_refused_with_the_side_to_upgrade() {
+    init_logs();
+    let a_addr = free_addr();
+    let (a, ra) = start(config(1, 1, a_addr, &[(2, free_addr())]));
+    let refusal = |bytes: Vec<u8>| {
+        let mut s = raw(a_addr);
+        s.write_all(&bytes).unwrap();
+        let reason = match read_raw_frame(&mut s).body {
+            Some(Frame_oneof_body::refused(r)) => r.reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_closed(&mut s, "refused version");
+        reason
+    };
+    let too_new = refusal(hello_versions(
+        1,
+        2,
+        PROTOCOL_VERSION + 2,
+        PROTOCOL_VERSION + 1,
+    ));
+    assert!(
+        too_new.contains("member 2 is too new") && too_new.contains("upgrade this member"),
+        "reason: {too_new}"
+    );
+    let too_old = refusal(hello_versions(1, 2, MIN_READ_PROTOCOL_VERSION - 1, 0));
+    assert!(
+        too_old.contains("member 2 is too old") && too_old.contains("upgrade member 2"),
+        "reason: {too_old}"
+    );
+    let malformed = refusal(hello_versions(1, 2, PROTOCOL_VERSION, PROTOCOL_VERSION + 1));
+    assert!(malformed.contains("malformed"), "reason: {malformed}");
+
+    // One version newer, writing frames this version reads: accepted, and
+    // its messages arrive.
+    let mut s = raw(a_addr);
+    s.write_all(&hello_versions(
+        1,
+        2,
+        PROTOCOL_VERSION + 1,
+        PROTOCOL_VERSION,
+    ))
+    .unwrap();
+    s.write_all(&raft_frame(&heartbeat(2, 1, 7))).unwrap();
+    wait_until("the newer member's message", Duration::from_secs(5), || {
+        !ra.raft.lock().is_empty()
+    });
+    assert_eq!(a.stats().refused, 3);
+    a.shutdown();
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //! encoded `wire.Frame` (`proto/wire.proto`), whose body is one of:
 //!
 //! * `hello`: a [`Handshake`] (cluster id, member id, protocol version
-//!   [`PROTOCOL_VERSION`]). The connecting side sends it first, once.
+//!   [`PROTOCOL_VERSION`] and the oldest version its frames suit,
+//!   [`MIN_WRITE_PROTOCOL_VERSION`]). The connecting side sends it first,
+//!   once; see [`MIN_READ_PROTOCOL_VERSION`] for which versions meet.
 //! * `refused`: a [`HandshakeRefused`] with a reason: the accepting side's
 //!   answer to a handshake from another cluster, from a member that is not a
 //!   configured peer or with another protocol version. The accepting side
@@ -119,6 +121,22 @@ use crate::{Error, Result};
 
 /// The version of the frame protocol, sent in every [`Handshake`].
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest protocol version whose frames this member still reads.
+///
+/// Connections carry frames one way (from the connecting side), so a
+/// handshake is accepted when each side can live with the other: the
+/// sender's version is at least this (else the sender is too old), and
+/// this member's [`PROTOCOL_VERSION`] is at least the oldest version the
+/// sender's frames are written for (`min_protocol_version` in the
+/// handshake; else the sender is too new). Each release keeps both one
+/// version back, so members of adjacent versions interoperate during a
+/// rolling upgrade.
+pub const MIN_READ_PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest protocol version whose readers understand the frames this
+/// member writes (sent as `min_protocol_version`).
+pub const MIN_WRITE_PROTOCOL_VERSION: u32 = 1;
 
 /// The first back-off after a failed connection attempt.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -831,6 +849,7 @@ impl Writer {
         hello.cluster_id = cfg.cluster_id;
         hello.member_id = cfg.member_id;
         hello.protocol_version = PROTOCOL_VERSION;
+        hello.min_protocol_version = MIN_WRITE_PROTOCOL_VERSION;
         let mut frame = Frame::new();
         frame.set_hello(hello);
         let sent = encode_frame(&frame, cfg.max_frame_bytes)
@@ -1199,12 +1218,7 @@ fn read_frame(r: &mut impl Read, max: usize) -> std::result::Result<Frame, Frame
 
 /// Checks a handshake; the error is the reason for the refusal.
 fn check_hello(cfg: &TcpConfig, h: &Handshake) -> std::result::Result<(), String> {
-    if h.protocol_version != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {} is not supported (this member speaks {PROTOCOL_VERSION})",
-            h.protocol_version
-        ));
-    }
+    check_version(h.member_id, h.protocol_version, h.min_protocol_version)?;
     if h.cluster_id != cfg.cluster_id {
         return Err(format!(
             "cluster id {} does not match this member's cluster id {}",
@@ -1218,6 +1232,34 @@ fn check_hello(cfg: &TcpConfig, h: &Handshake) -> std::result::Result<(), String
         return Err(format!(
             "member id {} is not a configured peer",
             h.member_id
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the versions of a handshake from `member` (see
+/// [`MIN_READ_PROTOCOL_VERSION`]); the error says which side is too old.
+fn check_version(member: u64, speaks: u32, min_reader: u32) -> std::result::Result<(), String> {
+    // The first version sent no minimum: its frames were its own.
+    let min_reader = if min_reader == 0 { speaks } else { min_reader };
+    if speaks < MIN_READ_PROTOCOL_VERSION {
+        return Err(format!(
+            "member {member} is too old: it speaks protocol version {speaks}, and this member \
+             (version {PROTOCOL_VERSION}) reads versions {MIN_READ_PROTOCOL_VERSION} and later; \
+             upgrade member {member}"
+        ));
+    }
+    if min_reader > speaks {
+        return Err(format!(
+            "member {member} sent a malformed handshake: the oldest version its frames suit \
+             ({min_reader}) is above the version it speaks ({speaks})"
+        ));
+    }
+    if min_reader > PROTOCOL_VERSION {
+        return Err(format!(
+            "member {member} is too new: its frames (protocol version {speaks}) need readers of \
+             version {min_reader} or later, and this member speaks version {PROTOCOL_VERSION}; \
+             upgrade this member first"
         ));
     }
     Ok(())
