@@ -75,6 +75,7 @@ pub mod logging;
 mod node;
 mod payload;
 pub mod proto;
+pub mod recovery;
 mod replica;
 pub mod sim;
 pub mod state;

@@ -125,3 +125,28 @@ fn messages_replayed_from_an_old_term_change_nothing() {
     assert_eq!(r.status().last_index, 1);
     assert_eq!(r.status().term, 3);
 }
+
+fn vote_request(from: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgRequestVote);
+    m.from = from;
+    m.to = 1;
+    m.term = term;
+    m
+}
+
+/// A member left out of the configuration (by a forced recovery) that
+/// comes back must not move this member's term or get its vote; a member
+/// of the configuration does.
+#[test]
+fn messages_from_outside_the_configuration_are_dropped() {
+    let mut r = data_member();
+    drain(&mut r);
+    let before = r.status().term;
+    r.step(vote_request(9, before + 5));
+    drain(&mut r);
+    assert_eq!(r.status().term, before, "a non-member moved the term");
+    r.step(vote_request(2, before + 5));
+    drain(&mut r);
+    assert_eq!(r.status().term, before + 5, "a member's higher term counts");
+}

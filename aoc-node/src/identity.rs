@@ -60,6 +60,21 @@ impl Identity {
     }
 }
 
+/// Checks that `dir` is stamped with `want`, writing nothing: a directory
+/// without a stamp is an error too (tools that read another member's data
+/// directory use this).
+pub fn check(dir: &Path, want: Identity) -> Result<(), String> {
+    let path = dir.join(IDENTITY_FILE);
+    if !path.exists() {
+        return Err(format!(
+            "{} has no identity file ({IDENTITY_FILE}): it is not the data directory of a \
+             member that ever started",
+            dir.display()
+        ));
+    }
+    check_or_stamp(dir, want)
+}
+
 /// Stamps `dir` with `want` on the first start; afterwards checks that the
 /// stamp matches. The directory must exist (see
 /// [`crate::lock::DataDirLock::acquire`]).

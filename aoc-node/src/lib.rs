@@ -9,7 +9,8 @@
 //!   that follow the active;
 //! - [`certs`]: the cluster's CA and certificates for mutual TLS;
 //! - [`lock`]: the data directory lock (one process per data directory);
-//! - [`identity`]: the cluster and member a data directory belongs to.
+//! - [`identity`]: the cluster and member a data directory belongs to;
+//! - [`recover`]: forced recovery of a data member that lost its quorum.
 //!
 //! A binary's start, in order:
 //!
@@ -52,6 +53,7 @@ pub mod health;
 pub mod identity;
 pub mod lock;
 pub mod mgmt_ip;
+pub mod recover;
 pub mod run;
 
 pub use config::{load, Config, ConfigError};

@@ -107,6 +107,25 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         clients: Vec<String>,
     },
+    /// Forced recovery, when the active AND the witness are lost: report
+    /// what promoting this (stopped) data member to a standalone member
+    /// loses, and with --accept-data-loss, promote it. Without the flag it
+    /// changes nothing.
+    Recover {
+        /// The member's TOML configuration (its data_dir is recovered).
+        #[arg(long)]
+        config: PathBuf,
+        /// The member to promote: the id in the configuration.
+        #[arg(long)]
+        promote: u64,
+        /// The stopped witness's data directory, if its disk survived: the
+        /// lost writes are then counted exactly.
+        #[arg(long, value_name = "DIR")]
+        witness_data_dir: Option<PathBuf>,
+        /// Promote, losing what the report lists.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
     /// Run a standalone member on real storage: write, read back, restart,
     /// and check every acknowledged write (the default command).
     Demo {
@@ -146,6 +165,39 @@ enum OnOff {
     Off,
 }
 
+/// `aoc-node recover`: prints the survey; exit status 0 once promoted, 3
+/// when the report was printed and nothing changed (no
+/// --accept-data-loss).
+fn recover(
+    cfg: &aoc_node::config::Config,
+    path: &std::path::Path,
+    promote: u64,
+    witness_dir: Option<&std::path::Path>,
+    accept: bool,
+) -> Result<(), (u8, String)> {
+    let outcome =
+        aoc_node::recover::recover(cfg, promote, witness_dir, accept).map_err(|e| (1, e))?;
+    println!("{}", outcome.survey);
+    if !outcome.promoted {
+        return Err((
+            3,
+            format!(
+                "nothing changed. To promote member {promote} to a standalone member, losing \
+                 what is listed above, run again with --accept-data-loss"
+            ),
+        ));
+    }
+    println!(
+        "member {promote} is now standalone (its stored configuration is itself alone). Next: \
+         remove the [[peers]] entries from {} and start it with `aoc-node run --config {}`. Do \
+         not start the old active or witness with their data again: this member drops their \
+         messages, and they would hold writes it does not.",
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     aoc_core::logging::init_logging();
     let cli = Cli::parse();
@@ -176,6 +228,21 @@ fn main() -> ExitCode {
                 ),
             )),
             Ok(cfg) => aoc_node::run::run(cfg).map_err(|e| (1, e)),
+        },
+        Command::Recover {
+            config,
+            promote,
+            witness_data_dir,
+            accept_data_loss,
+        } => match aoc_node::config::load(&config) {
+            Err(e) => Err((2, e.to_string())),
+            Ok(cfg) => recover(
+                &cfg,
+                &config,
+                promote,
+                witness_data_dir.as_deref(),
+                accept_data_loss,
+            ),
         },
         Command::Certs {
             out,

@@ -90,6 +90,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     let log =
         EngineLogStore::open(&cfg.data_dir.join("log"), log_options).map_err(|e| e.to_string())?;
+    check_stored_voters(&cfg, &log)?;
     let builder = Node::builder(cfg.replica_config())
         .voters(cfg.voters())
         .tick(cfg.tick());
@@ -173,6 +174,35 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 /// owner-only data directory): `maintenance-off` turns maintenance mode off
 /// on this member alone, with no leader needed (the witness included, which
 /// has no client API). One command per line; the answer is one line.
+/// A data directory that already holds a configuration must hold this
+/// file's: after `aoc-node recover` the member is standalone, and starting
+/// it with its old peers would leave it waiting for votes it no longer
+/// counts (and the file would say otherwise than the cluster).
+fn check_stored_voters(cfg: &Config, log: &EngineLogStore) -> Result<(), String> {
+    use aoc_core::storage::LogStore;
+    let state = log.initial_state().map_err(|e| e.to_string())?;
+    if !state.initialized() {
+        return Ok(());
+    }
+    let mut stored = state.conf_state.voters.clone();
+    stored.sort_unstable();
+    let mut configured = cfg.voters();
+    configured.sort_unstable();
+    if stored == configured {
+        return Ok(());
+    }
+    let hint = if stored == vec![cfg.member_id] {
+        " (a standalone member, as `aoc-node recover` leaves it): remove the [[peers]] entries"
+    } else {
+        ": make the file list the cluster's members"
+    };
+    Err(format!(
+        "peers: the data directory {} holds the configuration of voters {stored:?}, but the \
+         file gives voters {configured:?}{hint}",
+        cfg.data_dir.display()
+    ))
+}
+
 fn serve_admin<S: aoc_core::state::StateMachine>(
     data_dir: &std::path::Path,
     node: Node<S>,

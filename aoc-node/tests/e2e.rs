@@ -526,3 +526,96 @@ fn three_processes_over_mutual_tls() {
         "another CA's client was answered: {refused:?}"
     );
 }
+
+/// Forced recovery after a double failure: the passive is stopped, the
+/// active goes on in degraded mode with the witness, then the active and
+/// the witness die. `recover` on the passive reports the loss (not
+/// countable without the witness's disk; exactly the degraded-mode writes
+/// with it) and changes nothing until told to; promoted, the passive runs
+/// standalone with every write it held and none of the lost ones, and
+/// refuses to start with its old peers.
+#[test]
+fn forced_recovery_reports_the_exact_loss_and_promotes_on_request() {
+    let mut c = Cluster::new();
+    let active = c.wait_active("an active in sync mode", |_, m| m == Mode::Sync);
+    let passive = if active == 1 { 2 } else { 1 };
+    let mut client = Client::connect(c.endpoints(), ClientOptions::default()).expect("client");
+    let (kept, _) = write_all(&mut client, "synced/", 20);
+    c.stop(passive);
+    // The first write waits sync_timeout for the passive, then commits on
+    // the active and the witness.
+    let (lost, _) = write_all(&mut client, "degraded/", 15);
+    c.wait_active("degraded mode", |id, m| id == active && m == Mode::Degraded);
+    // Let the witness write down the commit index it learned.
+    std::thread::sleep(Duration::from_secs(1));
+    c.kill(active);
+    c.kill(3);
+    drop(client);
+
+    let config = c.members[passive as usize - 1].config.clone();
+    let config_s = config.to_str().expect("a UTF-8 path");
+    let id = passive.to_string();
+    let witness_dir = c.dir.path().join("data3");
+    let witness_s = witness_dir.to_str().expect("a UTF-8 path");
+
+    let (code, out, err) = cli(&["recover", "--config", config_s, "--promote", &id]);
+    assert_eq!(code, Some(3), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("cannot be counted"), "{out}");
+    assert!(err.contains("nothing changed"), "{err}");
+
+    let with_witness = [
+        "recover",
+        "--config",
+        config_s,
+        "--promote",
+        &id,
+        "--witness-data-dir",
+        witness_s,
+    ];
+    let (code, out, err) = cli(&with_witness);
+    eprintln!("recover with the witness's log:\n{out}{err}");
+    assert_eq!(code, Some(3), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains(&format!(
+            "{} client writes, {} of them known committed",
+            lost.len(),
+            lost.len()
+        )),
+        "{out}"
+    );
+    // Still an HA member: nothing changed.
+    let (code, _, err) = cli(&["recover", "--config", config_s, "--promote", "9"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("give its own id"), "{err}");
+
+    let mut accept = with_witness.to_vec();
+    accept.push("--accept-data-loss");
+    let (code, out, err) = cli(&accept);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("is now standalone"), "{out}");
+
+    // With its old peers it refuses to start, saying what to change.
+    let (code, _, err) = cli(&["run", "--config", config_s]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("remove the [[peers]] entries"), "{err}");
+
+    // A standalone configuration: the same file without its peers.
+    let text = std::fs::read_to_string(&config).expect("the config");
+    let (head, rest) = text.split_once("[[peers]]").expect("peers");
+    let timeouts = &rest[rest.find("[timeouts]").expect("timeouts")..];
+    std::fs::write(&config, format!("{head}{timeouts}")).expect("rewritten");
+    c.start(passive);
+    let api = c.members[passive as usize - 1].api.expect("a data member");
+    let mut client = Client::connect(vec![api], ClientOptions::default()).expect("client");
+    check_all(&mut client, &kept);
+    for k in &lost {
+        assert_eq!(
+            client.get(k.clone()).expect("read"),
+            None,
+            "{k} was reported lost"
+        );
+    }
+    client
+        .put("after/recovery", "v")
+        .expect("the standalone member serves");
+}

@@ -643,19 +643,28 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Steps a message from a peer. Invalid messages are dropped and logged.
     pub fn step(&mut self, msg: Message) {
-        let refused = filter::refuse(&msg).or_else(|| {
-            // A leader transfer to this member while it persists a snapshot
-            // install would campaign as above (a correct leader waits for
-            // the install's answer, which waits for the write).
-            // A leader never gets one from a correct peer (a transfer's
-            // target has acknowledged the transferring leader's term); taking
-            // it, a leader with an unpersisted entry could be elected on an
-            // unsolicited grant with its log unpersisted (a raft-rs assertion).
-            (msg.get_msg_type() == MessageType::MsgTimeoutNow
-                && (self.raw.store().snapshot_pending()
-                    || self.raw.raft.state == StateRole::Leader))
-                .then_some("a leader transfer during a snapshot install, or to a leader")
-        });
+        let refused = filter::refuse(&msg)
+            .or_else(|| {
+                // A leader transfer to this member while it persists a snapshot
+                // install would campaign as above (a correct leader waits for
+                // the install's answer, which waits for the write).
+                // A leader never gets one from a correct peer (a transfer's
+                // target has acknowledged the transferring leader's term); taking
+                // it, a leader with an unpersisted entry could be elected on an
+                // unsolicited grant with its log unpersisted (a raft-rs assertion).
+                (msg.get_msg_type() == MessageType::MsgTimeoutNow
+                    && (self.raw.store().snapshot_pending()
+                        || self.raw.raft.state == StateRole::Leader))
+                    .then_some("a leader transfer during a snapshot install, or to a leader")
+            })
+            .or_else(|| {
+                // Only members of the configuration take part. A member left out
+                // by a forced recovery (`crate::recovery`) that comes back must
+                // not make the recovered member step down or vote for it.
+                let conf = self.raw.raft.prs().conf();
+                (!conf.voters().contains(msg.from) && !conf.learners().contains(&msg.from))
+                    .then_some("a sender that is not a member of the configuration")
+            });
         if let Some(why) = refused {
             warn!(
                 member = self.cfg.id,
