@@ -382,6 +382,8 @@ fn role_name(s: &aoc_core::Status) -> &'static str {
 
 fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
     let mut members = Vec::new();
+    // Why a member did not answer (refused TLS, connection refused, ...).
+    let mut errors = std::collections::HashMap::new();
     let mut active: Option<MemberStatus> = None;
     for ep in endpoints(list)? {
         match client::status_of(ep, opts) {
@@ -391,7 +393,10 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
                 }
                 members.push((ep, Some(ms.status)));
             }
-            Err(_) => members.push((ep, None)),
+            Err(e) => {
+                errors.insert(ep, e.to_string());
+                members.push((ep, None));
+            }
         }
     }
     // The witness has no client API: the active's view of it.
@@ -429,7 +434,7 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
                     "maintenance": s.maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
                     "waiting_for": s.waiting_for,
                 }),
-                None => serde_json::json!({"id": null, "endpoint": ep.to_string(), "role": "down"}),
+                None => serde_json::json!({"id": null, "endpoint": ep.to_string(), "role": "down", "error": errors.get(ep)}),
             });
         }
         if let Some((id, matched)) = witness {
@@ -482,7 +487,16 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
                         notes.join("; ")
                     );
                 }
-                None => println!("{:<4} {:<22} {:<10}", "?", ep, "down"),
+                None => println!(
+                    "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}  {}",
+                    "?",
+                    ep,
+                    "down",
+                    "-",
+                    "-",
+                    "-",
+                    errors.get(ep).map(String::as_str).unwrap_or("")
+                ),
             }
         }
         if let Some((id, matched)) = witness {

@@ -504,6 +504,17 @@ fn three_processes_over_mutual_tls() {
         Err(e) => assert!(e.to_string().contains("speaks TLS"), "{e}"),
         Ok(s) => panic!("a plain client was answered: {s:?}"),
     }
+    // The status table says why a member is shown down: the running one
+    // speaks TLS, the killed one refuses connections.
+    let (code, out, _) = cli(&["status", "--endpoints", &eps.join(",")]);
+    assert_eq!(code, Some(1), "{out}");
+    let down: Vec<&str> = out.lines().filter(|l| l.contains(" down ")).collect();
+    assert_eq!(down.len(), 2, "{out}");
+    assert!(down.iter().any(|l| l.contains("speaks TLS")), "{out}");
+    assert!(
+        down.iter().any(|l| l.contains("Connection refused")),
+        "{out}"
+    );
     // Another CA's client certificate: refused at the handshake.
     let other = c.dir.path().join("other");
     aoc_node::certs::generate(&other, 7, &[], &["admin".into()]).unwrap();
