@@ -1530,8 +1530,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     ///
     /// Why this is safe: the commit index is volatile in Raft. A member
     /// restarted with an older one learns the commit from the leader again;
-    /// what it applied was committed, and `Replica::open` raises the commit
-    /// to the applied index. Term and vote, which elections rely on, are
+    /// what it applied was committed, and at start the log view raises the
+    /// stored commit to the applied index (`LogView::initial_state`). Term and vote, which elections rely on, are
     /// always written before any message that depends on them. Why it
     /// matters: under a steady load every entry's commit came as a ready of
     /// its own, one more synced write on each data member per write, which
