@@ -104,6 +104,41 @@ fn bench_puts<S: StateMachine>(c: &mut Criterion, name: &str, cluster: &Cluster<
     });
 }
 
+/// Throughput: `threads` proposers at once (group commit batches them);
+/// the time reported is per write.
+fn bench_concurrent<S: StateMachine>(
+    c: &mut Criterion,
+    name: &str,
+    cluster: &Cluster<S>,
+    threads: u64,
+) {
+    let active = cluster.active();
+    let value = vec![7u8; 256];
+    let next = std::sync::atomic::AtomicU64::new(0);
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(threads).max(1);
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        for _ in 0..per_thread {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            active
+                                .propose(KvCommand::put(format!("c{i}"), value.clone()).encode())
+                                .expect("the write commits");
+                        }
+                    });
+                }
+            });
+            // Scaled to `iters` writes (the threads made a few more).
+            start
+                .elapsed()
+                .mul_f64(iters as f64 / (per_thread * threads) as f64)
+        })
+    });
+}
+
 fn ha_commit(c: &mut Criterion) {
     let on_disk = Cluster::start(|id, dir| {
         let opts = if id == 3 {
@@ -119,6 +154,12 @@ fn ha_commit(c: &mut Criterion) {
         "HA commit in process, one 256-byte put, sync mode",
         &on_disk,
     );
+    bench_concurrent(
+        c,
+        "HA commit in process, 64 concurrent proposers, per 256-byte put",
+        &on_disk,
+        64,
+    );
     drop(on_disk);
     let log_only = Cluster::start(|id, dir| {
         let opts = if id == 3 {
@@ -132,6 +173,12 @@ fn ha_commit(c: &mut Criterion) {
         c,
         "HA commit in process, raft-engine logs, in-memory state, one 256-byte put",
         &log_only,
+    );
+    bench_concurrent(
+        c,
+        "HA commit in process, raft-engine logs, in-memory state, 64 concurrent proposers, per put",
+        &log_only,
+        64,
     );
     drop(log_only);
     let in_memory = Cluster::start(|id, _| (MemLogStore::new(), (id != 3).then(MemKv::new)));
