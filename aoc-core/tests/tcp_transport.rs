@@ -641,3 +641,34 @@ fn a_handshake_trickled_byte_by_byte_is_cut_off() {
     a.shutdown();
     b.shutdown();
 }
+
+/// A peer that comes back is reached at once: its own connection to this
+/// member wakes the writer that was backing off, instead of leaving its
+/// messages (a restarted member's catch-up) to wait out the back-off.
+#[test]
+fn a_peer_that_connects_back_is_reached_without_waiting_out_the_back_off() {
+    init_logs();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut cfg = config(1, 1, a_addr, &[(2, b_addr)]);
+    cfg.max_backoff = Duration::from_secs(10);
+    let (a, _ra) = start(cfg);
+    // B is down: A's attempts fail at 0, 50, 150, 350, 750 ms, 1.55 and
+    // 3.15 s; the next one would come at 6.35 s.
+    std::thread::sleep(Duration::from_millis(3500));
+    let (b, rb) = start(config(1, 2, b_addr, &[(1, a_addr)]));
+    let t = Instant::now();
+    // B's message makes B connect to A.
+    b.send(heartbeat(2, 1, 1));
+    wait_until("A's message at B", Duration::from_secs(10), || {
+        a.send(heartbeat(1, 2, 2));
+        !rb.raft.lock().is_empty()
+    });
+    let took = t.elapsed();
+    // Waiting out the back-off would take about 2.85 s.
+    assert!(
+        took < Duration::from_millis(1500),
+        "A reached B only after {took:?}"
+    );
+    a.shutdown();
+    b.shutdown();
+}

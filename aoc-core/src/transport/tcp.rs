@@ -39,8 +39,10 @@
 //!   snapshot, [`Inbound::snapshot_sent`]`(peer, false)` is reported.
 //! * A peer's writer thread connects (with [`TcpConfig::connect_timeout`])
 //!   and reconnects after a failure with exponential back-off from 50 ms,
-//!   capped at [`TcpConfig::max_backoff`]. While the peer cannot be reached
-//!   its messages are dropped as they arrive. Each failed attempt, write
+//!   capped at [`TcpConfig::max_backoff`]; when the peer's own connection
+//!   to this member is accepted (it is back), the back-off ends at once.
+//!   While the peer cannot be reached its messages are dropped as they
+//!   arrive. Each failed attempt, write
 //!   error, lost connection or refused handshake reports
 //!   [`Inbound::unreachable`], and a snapshot being streamed at that moment
 //!   (or dropped) is reported with `snapshot_sent(peer, false)`. Once every
@@ -361,6 +363,10 @@ struct Sockets {
 /// What the transport's threads share.
 struct Shared {
     cfg: TcpConfig,
+    /// Per peer: wakes its writer when the peer's own connection to this
+    /// member is accepted (the peer is back: retry now, not after the
+    /// back-off).
+    peer_back: HashMap<u64, Sender<()>>,
     inbound: RwLock<Option<Arc<dyn Inbound>>>,
     sockets: Mutex<Sockets>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -539,16 +545,20 @@ impl TcpTransport {
             .map_err(|e| Error::config("listen", format!("{listen}: {e}")))?;
         let (stop_tx, stop_rx) = channel::bounded::<()>(0);
         let mut queues = HashMap::new();
+        let mut peer_back = HashMap::new();
         let mut receivers = Vec::new();
         for (&peer, &addr) in &cfg.peers {
             let (tx, rx) = channel::bounded(cfg.queue_len);
             queues.insert(peer, tx);
-            receivers.push((peer, addr, rx));
+            let (back_tx, back_rx) = channel::bounded(1);
+            peer_back.insert(peer, back_tx);
+            receivers.push((peer, addr, rx, back_rx));
         }
         let member = cfg.member_id;
         let max_backoff = cfg.max_backoff;
         let shared = Arc::new(Shared {
             cfg,
+            peer_back,
             inbound: RwLock::new(None),
             sockets: Mutex::new(Sockets::default()),
             threads: Mutex::new(Vec::new()),
@@ -563,12 +573,13 @@ impl TcpTransport {
             local_addr,
         });
         let spawn_error = |e: io::Error| Error::config("threads", format!("cannot start: {e}"));
-        for (peer, addr, rx) in receivers {
+        for (peer, addr, rx, back) in receivers {
             let writer = Writer {
                 shared: shared.clone(),
                 peer,
                 addr,
                 rx,
+                back,
                 stop: stop_rx.clone(),
                 deferred: VecDeque::new(),
                 backoff: MIN_BACKOFF.min(max_backoff),
@@ -700,6 +711,9 @@ struct Writer {
     peer: u64,
     addr: SocketAddr,
     rx: Receiver<Out>,
+    /// Signalled when the peer connected to this member (see
+    /// `Shared::peer_back`).
+    back: Receiver<()>,
     stop: Receiver<()>,
     /// Snapshots taken off the queue while another one was being streamed.
     deferred: VecDeque<Message>,
@@ -716,6 +730,8 @@ enum Wake {
     Stop,
     Item(Out),
     Idle,
+    /// The peer connected to this member: it is up again.
+    PeerBack,
 }
 
 impl Writer {
@@ -731,6 +747,14 @@ impl Writer {
                         Wake::Stop => break,
                         Wake::Item(item) => self.drop_item(item),
                         Wake::Idle => {}
+                        Wake::PeerBack => {
+                            // A restarted peer gets its messages (a lagging
+                            // member its catch-up) now, not up to
+                            // `max_backoff` later.
+                            debug!(peer = self.peer, "the peer connected to us; retrying now");
+                            next_attempt = Instant::now();
+                            self.backoff = MIN_BACKOFF.min(self.shared.cfg.max_backoff);
+                        }
                     }
                     continue;
                 }
@@ -748,7 +772,7 @@ impl Writer {
                 Some(snapshot) => self.write_batch(c, Out::Raft(snapshot)),
                 None => match self.wait(IDLE_POLL) {
                     Wake::Stop => break,
-                    Wake::Idle => poll_peer(c),
+                    Wake::Idle | Wake::PeerBack => poll_peer(c),
                     Wake::Item(item) => match poll_peer(c) {
                         Ok(()) => self.write_batch(c, item),
                         Err(lost) => {
@@ -781,6 +805,7 @@ impl Writer {
                 Ok(item) => Wake::Item(item),
                 Err(_) => Wake::Stop,
             },
+            recv(self.back) -> _ => Wake::PeerBack,
             default(timeout) => Wake::Idle,
         }
     }
@@ -1371,6 +1396,10 @@ fn serve(shared: &Shared, stream: TcpStream, addr: SocketAddr, id: u64) {
     }
     let member = hello.member_id;
     shared.claim_member(member, id);
+    if let Some(back) = shared.peer_back.get(&member) {
+        // Never blocks: one pending signal is enough.
+        let _ = back.try_send(());
+    }
     if let Err(e) = io.tcp().set_read_timeout(None) {
         warn!(peer = %addr, error = %e, "cannot set up an accepted connection");
         return;
