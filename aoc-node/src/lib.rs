@@ -9,7 +9,9 @@
 //!   that follow the active;
 //! - [`certs`]: the cluster's CA and certificates for mutual TLS;
 //! - [`lock`]: the data directory lock (one process per data directory);
-//! - [`identity`]: the cluster and member a data directory belongs to.
+//! - [`identity`]: the cluster and member a data directory belongs to;
+//! - [`backup`]: `aoc-node backup` and `restore` (files, directories,
+//!   messages around [`aoc_core::backup`]).
 //!
 //! A binary's start, in order:
 //!
@@ -46,6 +48,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod certs;
 pub mod config;
 pub mod health;
