@@ -84,6 +84,18 @@ pub enum Error {
         /// Which limit was reached.
         reason: String,
     },
+    /// Bytes that should hold a backup (see [`crate::backup`]) are not a
+    /// whole, undamaged backup of a format this build reads. Nothing was
+    /// restored; `problem` says what is wrong, with the values expected and
+    /// found.
+    #[error("backup {what} refused: {problem}")]
+    Backup {
+        /// Where the bytes came from (a file's path, or what was being
+        /// transferred).
+        what: String,
+        /// What is wrong with them.
+        problem: crate::backup::BackupProblem,
+    },
     /// raft-rs refused an operation (for example a proposal while a leader
     /// transfer is in progress). Retry later.
     #[error("raft: {0}")]

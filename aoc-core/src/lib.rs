@@ -67,6 +67,7 @@
 //! unsynced writes on a crash; the same seed replays the same run.
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod bootstrap;
 pub mod client;
 mod config;

@@ -55,7 +55,9 @@ pub struct Applied {
     pub response: Vec<u8>,
 }
 
-type ReadFn<S> = Box<dyn FnOnce(Result<&S>) + Send>;
+/// A read waiting for its barrier: run with the state machine and the term
+/// of its applied entry (see [`Node::read_applied`]), or with the error.
+type ReadFn<S> = Box<dyn FnOnce(Result<(&S, Option<u64>)>) + Send>;
 
 enum Request<S> {
     Propose {
@@ -557,9 +559,23 @@ impl<S: StateMachine> Node<S> {
     /// (ReadIndex confirmed by a quorum, and applied up to it). Only the
     /// leader serves reads: elsewhere the answer is [`Error::NotLeader`].
     pub fn read<R: Send + 'static>(&self, f: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
+        self.read_applied(move |sm, _term| f(sm))
+    }
+
+    /// [`Node::read`], also telling `f` the term of the entry at the state
+    /// machine's applied index (`None` in the rare case the replica does not
+    /// know it: see [`Replica::applied_term`]). A backup records the pair
+    /// (applied index, term) with the state it copies.
+    ///
+    /// `f` runs on the raft thread, which handles nothing else meanwhile:
+    /// keep it short, or the member misses heartbeats.
+    pub fn read_applied<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&S, Option<u64>) -> R + Send + 'static,
+    ) -> Result<R> {
         let (tx, rx) = channel::bounded(1);
-        let job: ReadFn<S> = Box::new(move |sm| {
-            let _ = tx.send(sm.map(f));
+        let job: ReadFn<S> = Box::new(move |read| {
+            let _ = tx.send(read.map(|(sm, term)| f(sm, term)));
         });
         self.request(Request::Read(job), &rx, "read")
     }
@@ -868,7 +884,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             if let Some(f) = self.reads.remove(&token) {
                 match outcome {
                     Ok(()) => match self.replica.state_machine() {
-                        Some(sm) => f(Ok(sm)),
+                        Some(sm) => f(Ok((sm, self.replica.applied_term()))),
                         None => f(Err(Error::NotLeader { leader_hint: None })),
                     },
                     Err(e) => f(Err(e)),

@@ -10,7 +10,9 @@
 //! - [`certs`]: the cluster's CA and certificates for mutual TLS;
 //! - [`lock`]: the data directory lock (one process per data directory);
 //! - [`identity`]: the cluster and member a data directory belongs to;
-//! - [`recover`]: forced recovery of a data member that lost its quorum.
+//! - [`recover`]: forced recovery of a data member that lost its quorum;
+//! - [`backup`]: `aoc-node backup` and `restore` (files, directories,
+//!   messages around [`aoc_core::backup`]).
 //!
 //! A binary's start, in order:
 //!
@@ -47,6 +49,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod certs;
 pub mod config;
 pub mod health;

@@ -5,6 +5,10 @@
 //!   commit and applied index, the mode, the passive's lag, maintenance;
 //! - `aoc-node kv put|get|delete|cas|scan ... --endpoints ...`;
 //! - `aoc-node switchover --endpoints ...`, `aoc-node maintenance on|off`;
+//! - `aoc-node backup --out FILE --endpoints ...`: a consistent copy of the
+//!   state, taken on the active while the cluster serves;
+//! - `aoc-node restore --from FILE --config FILE`: the data directory of a
+//!   new standalone member holding a backup's state;
 //! - `aoc-node certs --cluster-id N --members 1,2,3 --out DIR`: the
 //!   cluster's CA and the members' (and clients') certificates for mutual
 //!   TLS;
@@ -79,6 +83,27 @@ enum Command {
         /// Client API addresses of the data members (host:port,...).
         #[arg(long, value_delimiter = ',', required = true)]
         endpoints: Vec<String>,
+    },
+    /// Copy the state, consistent at one applied index, into a new backup
+    /// file while the cluster keeps serving (see docs/operations.md).
+    Backup {
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Client API addresses of the data members (host:port,...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+    },
+    /// Build the data directory of a new standalone data member from a
+    /// backup file; then start it with `aoc-node run --config FILE`.
+    Restore {
+        /// The backup file (checked whole before anything is written).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new member's configuration (standalone: no peers); its
+        /// data_dir must be missing or empty.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Suspend (on) or resume (off) automatic failover.
     Maintenance {
@@ -259,6 +284,15 @@ fn main() -> ExitCode {
                 .map_err(|e| (1, e)),
         },
         Command::Status { endpoints, json } => status(&endpoints, json, &opts),
+        Command::Backup {
+            out,
+            endpoints: list,
+        } => endpoints(&list).and_then(|eps| {
+            let summary = aoc_node::backup::take(&out, eps, opts.clone()).map_err(|e| (1, e))?;
+            println!("{summary}");
+            Ok(())
+        }),
+        Command::Restore { from, config } => restore(&from, &config),
         Command::Kv { op, endpoints } => kv(op, &endpoints, &opts),
         Command::Switchover { endpoints } => connect(&endpoints, &opts).and_then(|mut c| {
             let pause = c.switchover().map_err(|e| (1, e.to_string()))?;
@@ -296,6 +330,33 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), (u8, String)>;
+
+/// `restore`: a bad or non-standalone configuration exits 2, a refused
+/// backup or data directory 1.
+fn restore(from: &Path, config: &Path) -> CliResult {
+    let cfg = aoc_node::config::load(config).map_err(|e| (2, e.to_string()))?;
+    if cfg.is_witness() || !cfg.is_standalone() {
+        return Err((
+            2,
+            format!(
+                "{}: restore builds a standalone data member (role = \"data\", no [[peers]]); \
+                 this configuration is {}",
+                config.display(),
+                if cfg.is_witness() {
+                    "a witness's".to_string()
+                } else {
+                    format!("an HA member's ({} peers)", cfg.peers.len())
+                }
+            ),
+        ));
+    }
+    let restored = aoc_node::backup::restore(from, &cfg, config).map_err(|e| (1, e))?;
+    for note in restored.notes {
+        eprintln!("aoc-node: {note}");
+    }
+    println!("{}", restored.summary);
+    Ok(())
+}
 
 fn endpoints(list: &[String]) -> Result<Vec<SocketAddr>, (u8, String)> {
     if list.is_empty() {

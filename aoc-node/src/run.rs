@@ -126,7 +126,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             )?;
             peers_api.insert(cfg.member_id, api);
             let observed = metrics.clone();
-            let server = ClientServer::start_observed(
+            let server = ClientServer::start_in_cluster(
+                cfg.cluster_id,
                 api,
                 node.clone(),
                 peers_api,

@@ -62,6 +62,11 @@ pub(crate) fn error_to_proto(e: &Error, peers_api: &BTreeMap<u64, SocketAddr>) -
             out.set_sequence(*sequence);
             out.set_last_sequence(*last);
         }
+        Error::Backup { what, problem } => {
+            out.set_kind(pb::ErrorKind::INVALID);
+            out.set_what(what.clone());
+            out.set_message(problem.to_string());
+        }
         Error::Busy { reason } => {
             out.set_kind(pb::ErrorKind::BUSY);
             out.set_message(reason.clone());

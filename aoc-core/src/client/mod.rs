@@ -51,6 +51,17 @@
 //! | `status` | any member | `status` (a member's status) |
 //! | `switchover` | the active | `switchover { pause_ms }` |
 //! | `maintenance { on }` | the active | `done` |
+//! | `backup { start, offset, max_chunk_bytes }` | the active (linearizable) | `backup` (one chunk of the state) |
+//!
+//! A backup ([`Client::backup`]) is a snapshot of the state machine taken
+//! on the active after a linearizable read barrier, then read in chunks
+//! over the same connection: `start` takes the snapshot and answers its
+//! first chunk, each later request asks for the next offset. A chunk is at
+//! most [`BACKUP_CHUNK_BYTES`] (1 MiB), and less when the server's
+//! `max_response_bytes` or the client's `max_chunk_bytes` is smaller, so a
+//! state of any size crosses in frames of bounded size. The server keeps
+//! the snapshot in memory while the connection reads it (at most
+//! [`MAX_BACKUPS_HELD`] at once; one more is answered `BUSY`).
 //!
 //! Any request may instead get `error { kind, message, ... }`. The kinds:
 //! `NOT_LEADER` (with the active's member id and, when the server knows
@@ -82,7 +93,7 @@ pub mod frame;
 mod convert;
 mod server;
 
-pub use server::{ClientServer, ServerLimits, WriteObserver};
+pub use server::{ClientServer, ServerLimits, WriteObserver, BACKUP_CHUNK_BYTES, MAX_BACKUPS_HELD};
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -91,6 +102,7 @@ use tracing::debug;
 
 use crate::transport::tls::{Stream, TlsIdentity};
 
+use crate::backup::{Backup, BackupMeta, BackupProblem};
 use crate::proto::client as pb;
 use crate::proto::client::Request_oneof_body as Req;
 use crate::proto::client::Response_oneof_body as Resp;
@@ -431,6 +443,141 @@ impl Client {
         }
     }
 
+    /// A consistent copy of the state machine: its snapshot at one applied
+    /// index, taken on the active after a linearizable read barrier, so it
+    /// holds every write acknowledged before this call. The cluster goes on
+    /// serving meanwhile (the active's raft thread pauses while it copies
+    /// the state into memory).
+    ///
+    /// The snapshot crosses in chunks (see the [module
+    /// documentation](self)); `progress` is told the bytes received so far
+    /// and the total after each. Each chunk has [`ClientOptions::deadline`]
+    /// of its own. A transfer that breaks (a lost connection, a failover)
+    /// starts again with a new snapshot, up to three times in all. The
+    /// whole copy is checked against the CRC-32 the server sent with it.
+    ///
+    /// The result's `created_unix_ms` is this machine's clock; its
+    /// `cluster_id` is the server's (0 when the server was not told it).
+    pub fn backup(&mut self, mut progress: impl FnMut(u64, u64)) -> Result<Backup> {
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            match self.backup_once(&mut progress) {
+                Ok(b) => return Ok(b),
+                Err(e) if attempt < ATTEMPTS && backup_restartable(&e) => {
+                    debug!(attempt, error = %e, "backup transfer broke; starting again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn backup_once(&mut self, progress: &mut impl FnMut(u64, u64)) -> Result<Backup> {
+        // The answer frame holds the chunk and a few hundred bytes more.
+        let max_chunk = self.opts.max_frame_bytes.saturating_sub(1024).max(1) as u64;
+        let request = |start: bool, offset: u64| {
+            let mut b = pb::BackupRequest::new();
+            b.set_start(start);
+            b.set_offset(offset);
+            b.set_max_chunk_bytes(max_chunk);
+            Req::backup(b)
+        };
+        let deadline = Instant::now() + self.opts.deadline;
+        let first = match self.call(deadline, "backup", request(true, 0), Retry::Always)? {
+            Resp::backup(c) => c,
+            other => return Err(unexpected("backup", &other)),
+        };
+        let total = first.get_total_bytes();
+        let total_len = usize::try_from(total).map_err(|_| {
+            Error::decode(
+                "backup",
+                format!("a snapshot of {total} bytes does not fit in memory here"),
+            )
+        })?;
+        // The announced length is the server's word: reserve a bounded part
+        // of it up front and let the vector grow with what really arrives.
+        let mut data: Vec<u8> = Vec::with_capacity(total_len.min(64 * 1024 * 1024));
+        let mut chunk = first;
+        loop {
+            if chunk.get_offset() != data.len() as u64 {
+                return Err(Error::decode(
+                    "backup",
+                    format!(
+                        "a chunk at offset {} while {} bytes were received",
+                        chunk.get_offset(),
+                        data.len()
+                    ),
+                ));
+            }
+            if data.len() + chunk.get_data().len() > total_len
+                || (chunk.get_data().is_empty() && data.len() < total_len)
+            {
+                return Err(Error::decode(
+                    "backup",
+                    format!(
+                        "a chunk of {} bytes at offset {} of a {total}-byte snapshot",
+                        chunk.get_data().len(),
+                        data.len()
+                    ),
+                ));
+            }
+            data.extend_from_slice(chunk.get_data());
+            progress(data.len() as u64, total);
+            if data.len() == total_len {
+                break;
+            }
+            let deadline = Instant::now() + self.opts.deadline;
+            let next = match self.call(
+                deadline,
+                "backup",
+                request(false, data.len() as u64),
+                Retry::Always,
+            )? {
+                Resp::backup(c) => c,
+                other => return Err(unexpected("backup", &other)),
+            };
+            let same = |a: &pb::BackupChunk, b: &pb::BackupChunk| {
+                (a.get_cluster_id(), a.get_member_id(), a.get_index())
+                    == (b.get_cluster_id(), b.get_member_id(), b.get_index())
+                    && (a.get_term(), a.get_total_bytes(), a.get_data_crc32())
+                        == (b.get_term(), b.get_total_bytes(), b.get_data_crc32())
+            };
+            if !same(&next, &chunk) {
+                return Err(Error::decode(
+                    "backup",
+                    "a chunk of another snapshot arrived (the transfer moved to another \
+                     connection)",
+                ));
+            }
+            chunk = next;
+        }
+        let found = crc32fast::hash(&data);
+        if found != chunk.get_data_crc32() {
+            return Err(Error::Backup {
+                what: "transfer".into(),
+                problem: BackupProblem::ChecksumMismatch {
+                    expected: chunk.get_data_crc32(),
+                    found,
+                },
+            });
+        }
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Ok(Backup {
+            meta: BackupMeta {
+                cluster_id: chunk.get_cluster_id(),
+                member_id: chunk.get_member_id(),
+                index: chunk.get_index(),
+                term: chunk.get_term(),
+                created_unix_ms,
+            },
+            data,
+        })
+    }
+
     /// Opens a new session on the active (a retried registration may open
     /// a spare session, which expires unused).
     fn register(&mut self, deadline: Instant) -> Result<()> {
@@ -707,6 +854,7 @@ fn answer_name(answer: &Resp) -> &'static str {
         Resp::status(_) => "status",
         Resp::switchover(_) => "switchover",
         Resp::done(_) => "done",
+        Resp::backup(_) => "backup",
     }
 }
 
@@ -741,5 +889,16 @@ pub fn status_of(endpoint: SocketAddr, opts: &ClientOptions) -> Result<MemberSta
         }),
         Some(Resp::error(e)) => Err(error_from_proto(&e)),
         other => Err(unexpected_opt("status", other.as_ref())),
+    }
+}
+
+/// Whether a broken backup transfer is worth starting again: the
+/// connection holding its snapshot was lost or answered out of step, an
+/// attempt timed out, or the copy did not match its checksum.
+fn backup_restartable(e: &Error) -> bool {
+    match e {
+        Error::Decode { what, .. } => what == "backup",
+        Error::Timeout { .. } | Error::Backup { .. } => true,
+        _ => false,
     }
 }

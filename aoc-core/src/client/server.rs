@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -30,7 +30,8 @@ pub struct ServerLimits {
     /// is not read).
     pub max_frame_bytes: usize,
     /// Largest response frame body in bytes (default 16 MiB); a scan whose
-    /// answer would be larger is refused with `TOO_LARGE`.
+    /// answer would be larger is refused with `TOO_LARGE`. A backup is
+    /// sent in chunks that each fit under it.
     pub max_response_bytes: usize,
     /// Largest key (or scan prefix) in bytes (default 4 KiB).
     pub max_key_bytes: usize,
@@ -109,6 +110,38 @@ struct Conn {
 struct Shared {
     stopping: AtomicBool,
     conns: Mutex<(u64, HashMap<u64, Conn>)>,
+    /// Snapshots held for backups now (at most [`MAX_BACKUPS_HELD`]).
+    backups_held: AtomicUsize,
+}
+
+/// The most snapshots a server holds for backups at once. Each is a whole
+/// copy of the state in memory, kept for as long as its connection reads
+/// it; one more backup is answered `BUSY`.
+pub const MAX_BACKUPS_HELD: usize = 2;
+
+/// The largest chunk of a backup in one answer (1 MiB), unless
+/// `max_response_bytes` or the client asks for less.
+pub const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Room kept in a backup answer for everything but the chunk's bytes (the
+/// response's and the chunk's other fields take well under this).
+const BACKUP_CHUNK_OVERHEAD: usize = 256;
+
+/// A place among the [`MAX_BACKUPS_HELD`]; given back when dropped.
+struct BackupSlot(Arc<Shared>);
+
+impl Drop for BackupSlot {
+    fn drop(&mut self) {
+        self.0.backups_held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A snapshot a connection is reading in chunks.
+struct HeldBackup {
+    /// Every field of the answer but `offset` and `data`.
+    description: pb::BackupChunk,
+    data: Vec<u8>,
+    _slot: BackupSlot,
 }
 
 /// Reads one request frame: waits up to `idle` for its first byte, then
@@ -151,6 +184,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub type WriteObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 struct Ctx<S> {
+    /// The cluster this server's member belongs to (0: unknown), reported
+    /// with backups.
+    cluster_id: u64,
     tls: Option<TlsIdentity>,
     node: Node<S>,
     peers_api: BTreeMap<u64, SocketAddr>,
@@ -207,8 +243,24 @@ impl ClientServer {
     /// acknowledged write (the binaries feed their proposal histogram), and
     /// with mutual TLS when `tls` is set: a client without a certificate of
     /// the cluster's CA is refused at the TLS handshake (see
-    /// [`crate::transport::tls`]).
+    /// [`crate::transport::tls`]). Backups report cluster id 0 (unknown):
+    /// see [`ClientServer::start_in_cluster`].
     pub fn start_observed<S: KvStateMachine>(
+        listen: SocketAddr,
+        node: Node<S>,
+        peers_api: BTreeMap<u64, SocketAddr>,
+        limits: ServerLimits,
+        observer: Option<WriteObserver>,
+        tls: Option<TlsIdentity>,
+    ) -> Result<ClientServer> {
+        Self::start_in_cluster(0, listen, node, peers_api, limits, observer, tls)
+    }
+
+    /// [`ClientServer::start_observed`] for a member of cluster
+    /// `cluster_id`, which the server reports with every backup (so that a
+    /// backup file records where its state comes from).
+    pub fn start_in_cluster<S: KvStateMachine>(
+        cluster_id: u64,
         listen: SocketAddr,
         node: Node<S>,
         peers_api: BTreeMap<u64, SocketAddr>,
@@ -226,8 +278,10 @@ impl ClientServer {
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             conns: Mutex::new((0, HashMap::new())),
+            backups_held: AtomicUsize::new(0),
         });
         let ctx = Arc::new(Ctx {
+            cluster_id,
             node,
             peers_api,
             limits,
@@ -422,6 +476,9 @@ fn serve<S: KvStateMachine>(ctx: &Ctx<S>, stream: TcpStream, peer: SocketAddr) {
         return;
     }
     debug!(member, %peer, "client connected");
+    // The snapshot of a backup in progress on this connection (dropped
+    // with the connection).
+    let mut held: Option<HeldBackup> = None;
     loop {
         let mut timed = FrameDeadline {
             stream: &mut stream,
@@ -465,7 +522,7 @@ fn serve<S: KvStateMachine>(ctx: &Ctx<S>, stream: TcpStream, peer: SocketAddr) {
                 let id = req.get_request_id();
                 let mut r = pb::Response::new();
                 r.set_request_id(id);
-                r.body = Some(handle(ctx, req));
+                r.body = Some(handle(ctx, req, &mut held));
                 r
             }
             Err(e) => {
@@ -533,14 +590,22 @@ fn check_value(limits: &ServerLimits, what: &str, value: &[u8]) -> Refusable<()>
 }
 
 /// Answers one request.
-fn handle<S: KvStateMachine>(ctx: &Ctx<S>, req: pb::Request) -> Resp {
-    match answer(ctx, req) {
+fn handle<S: KvStateMachine>(
+    ctx: &Ctx<S>,
+    req: pb::Request,
+    held: &mut Option<HeldBackup>,
+) -> Resp {
+    match answer(ctx, req, held) {
         Ok(body) => body,
         Err(err) => Resp::error(*err),
     }
 }
 
-fn answer<S: KvStateMachine>(ctx: &Ctx<S>, req: pb::Request) -> Refusable<Resp> {
+fn answer<S: KvStateMachine>(
+    ctx: &Ctx<S>,
+    req: pb::Request,
+    held: &mut Option<HeldBackup>,
+) -> Refusable<Resp> {
     let node = &ctx.node;
     let limits = &ctx.limits;
     let api = |e: Error| error_to_proto(&e, &ctx.peers_api);
@@ -643,7 +708,103 @@ fn answer<S: KvStateMachine>(ctx: &Ctx<S>, req: pb::Request) -> Refusable<Resp> 
             node.set_maintenance(m.get_on()).map_err(api)?;
             Ok(Resp::done(pb::Done::new()))
         }
+        Req::backup(b) => backup_chunk(ctx, &b, held),
     }
+}
+
+/// Answers a backup request: takes the snapshot (on `start`), then the
+/// chunk at the requested offset.
+fn backup_chunk<S: KvStateMachine>(
+    ctx: &Ctx<S>,
+    req: &pb::BackupRequest,
+    held: &mut Option<HeldBackup>,
+) -> Refusable<Resp> {
+    if req.get_start() {
+        // A new start replaces the connection's snapshot (and its slot).
+        *held = None;
+        *held = Some(take_backup(ctx)?);
+    }
+    let Some(backup) = held.as_ref() else {
+        return Err(Box::new(invalid(
+            "backup",
+            "no backup is in progress on this connection (the connection that \
+             started it was closed, or its last chunk was sent): start a new one",
+        )));
+    };
+    let len = backup.data.len();
+    let offset = if req.get_start() { 0 } else { req.get_offset() };
+    let from = match usize::try_from(offset) {
+        Ok(from) if from <= len => from,
+        _ => {
+            return Err(Box::new(invalid(
+                "backup offset",
+                format!("offset {offset} is beyond the snapshot's {len} bytes"),
+            )))
+        }
+    };
+    // Every answer stays under max_response_bytes and under what the
+    // client takes; at least one byte, so a transfer always advances.
+    let mut chunk = BACKUP_CHUNK_BYTES.min(
+        ctx.limits
+            .max_response_bytes
+            .saturating_sub(BACKUP_CHUNK_OVERHEAD),
+    );
+    if req.get_max_chunk_bytes() > 0 {
+        chunk = chunk.min(usize::try_from(req.get_max_chunk_bytes()).unwrap_or(usize::MAX));
+    }
+    let to = from + chunk.max(1).min(len - from);
+    let mut out = backup.description.clone();
+    out.set_offset(offset);
+    out.set_data(backup.data[from..to].to_vec());
+    if to == len {
+        // The last chunk: free the copy now rather than at disconnect.
+        *held = None;
+    }
+    Ok(Resp::backup(out))
+}
+
+/// Takes a snapshot for a backup: a linearizable read on the active, so
+/// the state covers every write acknowledged before the request.
+fn take_backup<S: KvStateMachine>(ctx: &Ctx<S>) -> Refusable<HeldBackup> {
+    let member = ctx.node.id();
+    let held_now = ctx.shared.backups_held.fetch_add(1, Ordering::SeqCst);
+    // From here the slot is given back on every path (its drop).
+    let slot = BackupSlot(ctx.shared.clone());
+    if held_now >= MAX_BACKUPS_HELD {
+        let mut err = pb::ApiError::new();
+        err.set_kind(pb::ErrorKind::BUSY);
+        err.set_what("backups in progress (MAX_BACKUPS_HELD)".into());
+        err.set_limit(MAX_BACKUPS_HELD as u64);
+        err.set_message(format!(
+            "{MAX_BACKUPS_HELD} backups are in progress on member {member} (the limit); retry later"
+        ));
+        return Err(Box::new(err));
+    }
+    let started = std::time::Instant::now();
+    let (index, term, data) = ctx
+        .node
+        .read_applied(|sm, term| sm.snapshot().map(|data| (sm.applied_index(), term, data)))
+        .and_then(|r| r)
+        .map_err(|e| error_to_proto(&e, &ctx.peers_api))?;
+    info!(
+        member,
+        index,
+        bytes = data.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "snapshot taken for a backup"
+    );
+    let mut description = pb::BackupChunk::new();
+    description.set_cluster_id(ctx.cluster_id);
+    description.set_member_id(member);
+    description.set_index(index);
+    description.set_term(term.unwrap_or(0));
+    description.set_total_bytes(data.len() as u64);
+    description.set_data_crc32(crc32fast::hash(&data));
+    Ok(HeldBackup {
+        description,
+        data,
+        _slot: slot,
+    })
 }
 
 /// Proposes a write (exactly-once when it carries a session).

@@ -569,6 +569,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
+    /// The term of the entry at the state machine's applied index, when
+    /// this replica knows it: always, except on a member whose state machine
+    /// was found ahead of its log at start (a snapshot install whose log
+    /// write a crash lost), until the next entry is applied.
+    pub fn applied_term(&self) -> Option<u64> {
+        let view = self.raw.store();
+        (view.applied == self.sm.applied_index()).then_some(view.applied_term)
+    }
+
     /// Whether this member is the witness.
     pub fn is_witness(&self) -> bool {
         self.sm.is_witness()

@@ -13,6 +13,7 @@ mod kv;
 mod mem_kv;
 mod sled_kv;
 
+pub(crate) use kv::SnapshotData;
 pub use kv::{KvCommand, KvResponse, KvStateMachine};
 pub use mem_kv::MemKv;
 pub use sled_kv::SledKv;
