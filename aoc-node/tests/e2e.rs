@@ -561,8 +561,9 @@ fn forced_recovery_reports_the_exact_loss_and_promotes_on_request() {
     // the active and the witness.
     let (lost, _) = write_all(&mut client, "degraded/", 15);
     c.wait_active("degraded mode", |id, m| id == active && m == Mode::Degraded);
-    // Let the witness write down the commit index it learned.
-    std::thread::sleep(Duration::from_secs(1));
+    // Let the witness write down the commit index it learned (two ticks
+    // of 50 ms after its last write; ten times that, for loaded machines).
+    std::thread::sleep(Duration::from_secs(2));
     c.kill(active);
     c.kill(3);
     drop(client);
