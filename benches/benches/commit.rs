@@ -28,7 +28,14 @@ fn builder(id: u64) -> aoc_core::NodeBuilder {
         .seed(id)
 }
 
-fn log(dir: &Path, opts: EngineLogOptions) -> EngineLogStore {
+/// Member `id`'s raft-engine log in `dir`, tuned for its role as
+/// `aoc-node run` tunes it (member 3 is the witness).
+fn log(id: u64, dir: &Path) -> EngineLogStore {
+    let opts = if id == 3 {
+        EngineLogOptions::witness()
+    } else {
+        EngineLogOptions::default()
+    };
     EngineLogStore::open(&dir.join("log"), opts).expect("log opens")
 }
 
@@ -141,13 +148,8 @@ fn bench_concurrent<S: StateMachine>(
 
 fn ha_commit(c: &mut Criterion) {
     let on_disk = Cluster::start(|id, dir| {
-        let opts = if id == 3 {
-            EngineLogOptions::witness()
-        } else {
-            EngineLogOptions::default()
-        };
         let sm = (id != 3).then(|| SledKv::open(&dir.join("state")).expect("state opens"));
-        (log(dir, opts), sm)
+        (log(id, dir), sm)
     });
     bench_puts(
         c,
@@ -161,14 +163,7 @@ fn ha_commit(c: &mut Criterion) {
         64,
     );
     drop(on_disk);
-    let log_only = Cluster::start(|id, dir| {
-        let opts = if id == 3 {
-            EngineLogOptions::witness()
-        } else {
-            EngineLogOptions::default()
-        };
-        (log(dir, opts), (id != 3).then(MemKv::new))
-    });
+    let log_only = Cluster::start(|id, dir| (log(id, dir), (id != 3).then(MemKv::new)));
     bench_puts(
         c,
         "HA commit in process, raft-engine logs, in-memory state, one 256-byte put",
