@@ -1,7 +1,9 @@
 //! The TCP transport on loopback: traffic both ways, snapshots in chunks,
 //! refused handshakes, bad frames, a peer that goes down and comes back,
-//! and a three-member cluster over real sockets.
+//! peers added, removed and moved while the transport runs, and a
+//! three-member cluster over real sockets.
 
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -671,4 +673,255 @@ fn a_peer_that_connects_back_is_reached_without_waiting_out_the_back_off() {
     );
     a.shutdown();
     b.shutdown();
+}
+
+/// Accepts one connection on `l` within 10 seconds.
+fn accept_within(l: &TcpListener) -> TcpStream {
+    l.set_nonblocking(true).expect("nonblocking listener");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("blocking stream");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("read timeout");
+                return s;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "no connection within 10 s");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// The reason of the refusal that answers `bytes` sent to `addr`.
+fn refusal_of(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = raw(addr);
+    s.write_all(bytes).unwrap();
+    let reason = match read_raw_frame(&mut s).body {
+        Some(Frame_oneof_body::refused(r)) => r.reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_closed(&mut s, "refused handshake");
+    reason
+}
+
+/// Member 1 starts without peers: member 2's handshake is refused and 1's
+/// messages to 2 are dropped, until `set_peers` makes 2 a peer; then
+/// traffic flows both ways.
+#[test]
+fn a_member_added_with_set_peers_is_accepted_and_reached() {
+    init_logs();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a, ra) = start(config(7, 1, a_addr, &[]));
+    let (b, rb) = start(config(7, 2, b_addr, &[(1, a_addr)]));
+    assert!(a.peers().is_empty());
+
+    wait_until("2 refused by 1", Duration::from_secs(10), || {
+        b.send(heartbeat(2, 1, 1));
+        std::thread::sleep(Duration::from_millis(20));
+        a.stats().refused >= 1 && b.stats().refused_by_peer >= 1
+    });
+    let reason = refusal_of(a_addr, &hello(7, 2));
+    assert!(
+        reason.contains("member id 2 is not a configured peer"),
+        "reason: {reason}"
+    );
+    let dropped = a.stats().dropped;
+    a.send(heartbeat(1, 2, 1));
+    a.send_notice(notice(1, 2, 1));
+    assert_eq!(a.stats().dropped, dropped + 2, "2 is not a peer yet");
+    assert!(ra.raft.lock().is_empty(), "nothing from 2 crossed");
+
+    let peers = BTreeMap::from([(2, b_addr)]);
+    a.set_peers(peers.clone()).unwrap();
+    assert_eq!(a.peers(), peers);
+    let mut k = 100;
+    wait_until("traffic both ways", Duration::from_secs(10), || {
+        k += 1;
+        a.send(heartbeat(1, 2, k));
+        b.send(heartbeat(2, 1, k));
+        std::thread::sleep(Duration::from_millis(20));
+        rb.commits_from(1).iter().any(|&c| c > 100) && ra.commits_from(2).iter().any(|&c| c > 100)
+    });
+    a.shutdown();
+    b.shutdown();
+}
+
+/// Once `set_peers` removes member 2 from member 1's peers, 1's messages to
+/// 2 are dropped (and counted), 2's connection to 1 is closed, and its
+/// handshakes are refused as those of a member that is not a peer.
+#[test]
+fn a_member_removed_with_set_peers_is_cut_off_and_refused() {
+    init_logs();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a, ra) = start(config(7, 1, a_addr, &[(2, b_addr)]));
+    let (b, rb) = start(config(7, 2, b_addr, &[(1, a_addr)]));
+    let mut k = 0;
+    wait_until("traffic both ways", Duration::from_secs(10), || {
+        k += 1;
+        a.send(heartbeat(1, 2, k));
+        b.send(heartbeat(2, 1, k));
+        std::thread::sleep(Duration::from_millis(20));
+        !rb.commits_from(1).is_empty() && !ra.commits_from(2).is_empty()
+    });
+    let refused = a.stats().refused;
+    let refused_by_peer = b.stats().refused_by_peer;
+
+    a.set_peers(BTreeMap::new()).unwrap();
+    assert!(a.peers().is_empty());
+    let dropped = a.stats().dropped;
+    for i in 0..10 {
+        a.send(heartbeat(1, 2, 1000 + i));
+    }
+    a.send_notice(notice(1, 2, 1000));
+    assert_eq!(
+        a.stats().dropped,
+        dropped + 11,
+        "every message to 2 dropped"
+    );
+
+    // 2's connection is closed; when 2 connects again it is refused.
+    wait_until("2 refused by 1", Duration::from_secs(10), || {
+        b.send(heartbeat(2, 1, 1000));
+        std::thread::sleep(Duration::from_millis(20));
+        a.stats().refused > refused && b.stats().refused_by_peer > refused_by_peer
+    });
+    let reason = refusal_of(a_addr, &hello(7, 2));
+    assert!(
+        reason.contains("member id 2 is not a configured peer"),
+        "reason: {reason}"
+    );
+    assert!(
+        rb.commits_from(1).iter().all(|&c| c < 1000),
+        "nothing from 1 reached 2 after the removal"
+    );
+    assert!(
+        ra.commits_from(2).iter().all(|&c| c < 1000),
+        "nothing from 2 reached 1 after the removal"
+    );
+    a.shutdown();
+    b.shutdown();
+}
+
+/// When member 2 moves, member 1's writer is re-pointed: its connection to
+/// the old address is closed and the new address is connected to; member
+/// 3, whose address did not change, keeps its connection.
+#[test]
+fn a_moved_member_is_reached_at_its_new_address_and_the_others_keep_their_connections() {
+    init_logs();
+    let a_addr = free_addr();
+    // Member 2's old address: a raw listener, to watch the connection.
+    let old = TcpListener::bind("127.0.0.1:0").unwrap();
+    let old_addr = old.local_addr().unwrap();
+    let d_addr = free_addr();
+    let (a, ra) = start(config(7, 1, a_addr, &[(2, old_addr), (3, d_addr)]));
+    let (d, rd) = start(config(7, 3, d_addr, &[(1, a_addr)]));
+
+    let mut s = accept_within(&old);
+    match read_raw_frame(&mut s).body {
+        Some(Frame_oneof_body::hello(h)) => assert_eq!(h.member_id, 1),
+        other => panic!("expected a hello, got {other:?}"),
+    }
+    a.send(heartbeat(1, 2, 5));
+    match read_raw_frame(&mut s).body {
+        Some(Frame_oneof_body::raft(bytes)) => {
+            assert_eq!(Message::parse_from_bytes(&bytes).unwrap().commit, 5)
+        }
+        other => panic!("expected a raft message, got {other:?}"),
+    }
+    wait_until("1's messages at 3", Duration::from_secs(10), || {
+        a.send(heartbeat(1, 3, 1));
+        std::thread::sleep(Duration::from_millis(20));
+        !rd.commits_from(1).is_empty()
+    });
+    let d_accepted = d.stats().accepted;
+
+    // Member 2 now listens elsewhere.
+    let new_addr = free_addr();
+    let (c, rc) = start(config(7, 2, new_addr, &[(1, a_addr)]));
+    let peers = BTreeMap::from([(2, new_addr), (3, d_addr)]);
+    a.set_peers(peers.clone()).unwrap();
+    assert_eq!(a.peers(), peers);
+    assert_closed(&mut s, "the connection to 2's old address");
+    let mut k = 100;
+    wait_until(
+        "1's messages at 2's new address",
+        Duration::from_secs(10),
+        || {
+            k += 1;
+            a.send(heartbeat(1, 2, k));
+            std::thread::sleep(Duration::from_millis(20));
+            rc.commits_from(1).iter().any(|&c| c > 100)
+        },
+    );
+    c.send(heartbeat(2, 1, 7));
+    wait_until("2's messages at 1", Duration::from_secs(10), || {
+        ra.commits_from(2).contains(&7)
+    });
+
+    // Member 3 is still served, on the connection it had.
+    a.send(heartbeat(1, 3, 99));
+    wait_until("1's messages at 3", Duration::from_secs(10), || {
+        rd.commits_from(1).contains(&99)
+    });
+    assert_eq!(d.stats().accepted, d_accepted, "3's connection was kept");
+    match old.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Ok(_) => panic!("1 connected to 2's old address again"),
+        Err(e) => panic!("accept: {e}"),
+    }
+    a.shutdown();
+    c.shutdown();
+    d.shutdown();
+}
+
+/// `set_peers` refuses a set naming this member or member 0 (and changes
+/// nothing), and fails once the transport is shut down.
+#[test]
+fn set_peers_refuses_a_bad_set_and_a_stopped_transport() {
+    init_logs();
+    let x = free_addr();
+    let (a, _ra) = start(config(7, 1, "127.0.0.1:0".parse().unwrap(), &[(2, x)]));
+    for bad in [BTreeMap::from([(1, x)]), BTreeMap::from([(0, x), (3, x)])] {
+        match a.set_peers(bad) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "peers"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(a.peers(), BTreeMap::from([(2, x)]), "nothing changed");
+    a.shutdown();
+    assert_eq!(a.set_peers(BTreeMap::new()), Err(Error::Stopped));
+}
+
+/// The limit of accepted connections (four per peer, plus 16) follows the
+/// current set of peers.
+#[test]
+fn the_connection_limit_follows_the_current_peers() {
+    init_logs();
+    let (a, _ra) = start(config(7, 1, "127.0.0.1:0".parse().unwrap(), &[]));
+    let a_addr = a.local_addr();
+    // No peers: 16 connections; they are held (without a handshake, each
+    // for up to 5 seconds) while the limit is probed.
+    let held: Vec<TcpStream> = (0..16).map(|_| raw(a_addr)).collect();
+    wait_until("16 accepted", Duration::from_secs(10), || {
+        a.stats().accepted >= 16
+    });
+    let mut over = raw(a_addr);
+    assert_closed(&mut over, "a connection over the limit");
+
+    a.set_peers(BTreeMap::from([(2, free_addr())])).unwrap();
+    let mut within = raw(a_addr);
+    within
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match within.read(&mut buf) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("a connection within the new limit was closed: {other:?}"),
+    }
+    drop(held);
+    a.shutdown();
 }

@@ -9,6 +9,12 @@
 //! accepted. Between two members there are thus two connections, one each
 //! way.
 //!
+//! The peers are [`TcpConfig::peers`] at the start; [`TcpTransport::set_peers`]
+//! changes the set while the transport runs (a member added to or removed
+//! from the cluster): connections to and from a removed member are closed
+//! and its handshakes refused, a new member is connected to, and the
+//! connections of the others are left alone.
+//!
 //! # Framing
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of an
@@ -20,7 +26,7 @@
 //!   once; see [`MIN_READ_PROTOCOL_VERSION`] for which versions meet.
 //! * `refused`: a [`HandshakeRefused`] with a reason: the accepting side's
 //!   answer to a handshake from another cluster, from a member that is not a
-//!   configured peer or with another protocol version. The accepting side
+//!   current peer or with another protocol version. The accepting side
 //!   then closes the connection; nothing else ever flows back.
 //! * `raft`: an encoded raft message (`eraftpb.Message`).
 //! * `notice`: a [`Notice`].
@@ -110,7 +116,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use crossbeam::channel::{self, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -179,7 +185,8 @@ pub struct TcpConfig {
     /// [`TcpTransport::local_addr`]).
     pub listen: SocketAddr,
     /// Every other member: its id and the address it listens on. Only
-    /// these members may connect.
+    /// these members may connect. This is the initial set: the running
+    /// transport's set is changed with [`TcpTransport::set_peers`].
     pub peers: BTreeMap<u64, SocketAddr>,
     /// The largest frame accepted, in bytes (default 16 MiB). A longer
     /// frame closes the connection; a message that would need one is
@@ -237,12 +244,7 @@ impl TcpConfig {
         if self.member_id == 0 {
             return Err(Error::config("member_id", "must be non-zero"));
         }
-        if self.peers.contains_key(&self.member_id) {
-            return Err(Error::config("peers", "must not contain this member"));
-        }
-        if self.peers.contains_key(&0) {
-            return Err(Error::config("peers", "member ids must be non-zero"));
-        }
+        check_peers(self.member_id, &self.peers)?;
         if self.max_frame_bytes < MAX_HANDSHAKE_BYTES || self.max_frame_bytes > u32::MAX as usize {
             return Err(Error::config(
                 "max_frame_bytes",
@@ -274,6 +276,17 @@ impl TcpConfig {
         }
         Ok(())
     }
+}
+
+/// Checks a set of peers of member `member_id` (the field `peers`).
+fn check_peers(member_id: u64, peers: &BTreeMap<u64, SocketAddr>) -> Result<()> {
+    if peers.contains_key(&member_id) {
+        return Err(Error::config("peers", "must not contain this member"));
+    }
+    if peers.contains_key(&0) {
+        return Err(Error::config("peers", "member ids must be non-zero"));
+    }
+    Ok(())
 }
 
 /// Where a [`TcpTransport`] delivers what it receives and reports how its
@@ -348,25 +361,62 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Who opened a socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The listener (an accepted connection).
+    Accepted,
+    /// The writer with this token (its outbound connection).
+    Writer(u64),
+}
+
 /// The open sockets, so that shutdown can close them (which also wakes
 /// the threads blocked on them).
 #[derive(Default)]
 struct Sockets {
     stopped: bool,
     next_id: u64,
-    /// Each open socket, and whether it was accepted (not opened here).
-    open: HashMap<u64, (TcpStream, bool)>,
+    /// Each open socket, and who opened it.
+    open: HashMap<u64, (TcpStream, Owner)>,
     /// The accepted connection currently serving each member.
     by_member: HashMap<u64, u64>,
 }
 
+/// The current peers and their writers.
+#[derive(Default)]
+struct Members {
+    /// Every other member: its id and the address it listens on. Only
+    /// these members may connect.
+    peers: BTreeMap<u64, SocketAddr>,
+    /// The writer of each peer (of every peer in `peers` but one whose
+    /// thread could not be started).
+    writers: HashMap<u64, WriterHandle>,
+}
+
+/// A peer's writer thread, seen from the rest of the transport. Dropping
+/// the handle stops the writer.
+struct WriterHandle {
+    /// The writer's token, the [`Owner`] of its outbound connection.
+    token: u64,
+    queue: Sender<Out>,
+    /// Wakes the writer when the peer's own connection to this member is
+    /// accepted (the peer is back: retry now, not after the back-off).
+    back: Sender<()>,
+    /// Never sent on: dropping it disconnects the writer's `stop`.
+    _stop: Sender<()>,
+}
+
 /// What the transport's threads share.
+///
+/// Lock order: `members` before `sockets` (before `threads`); `sockets`
+/// is never held while taking `members`.
 struct Shared {
+    /// The configuration; its `peers` is emptied at the start (the current
+    /// set is in `members`).
     cfg: TcpConfig,
-    /// Per peer: wakes its writer when the peer's own connection to this
-    /// member is accepted (the peer is back: retry now, not after the
-    /// back-off).
-    peer_back: HashMap<u64, Sender<()>>,
+    members: RwLock<Members>,
+    /// The token of the next writer started.
+    next_writer: AtomicU64,
     inbound: RwLock<Option<Arc<dyn Inbound>>>,
     sockets: Mutex<Sockets>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -411,22 +461,27 @@ impl Shared {
 
     /// Records `stream` as open; `None` once the transport is stopped, or
     /// when an accepted stream would exceed the limit of accepted
-    /// connections.
-    fn register(&self, stream: &TcpStream, accepted: bool) -> Option<u64> {
+    /// connections (four per current peer, plus some spare).
+    fn register(&self, stream: &TcpStream, owner: Owner) -> Option<u64> {
         let clone = stream.try_clone().ok()?;
+        // Read before taking `sockets` (see the lock order).
+        let limit = 4 * self.members.read().peers.len() + SPARE_CONNECTIONS;
         let mut s = self.sockets.lock();
         if s.stopped {
             return None;
         }
-        if accepted {
-            let limit = 4 * self.cfg.peers.len() + SPARE_CONNECTIONS;
-            if s.open.values().filter(|(_, a)| *a).count() >= limit {
-                return None;
-            }
+        if owner == Owner::Accepted
+            && s.open
+                .values()
+                .filter(|(_, o)| *o == Owner::Accepted)
+                .count()
+                >= limit
+        {
+            return None;
         }
         s.next_id += 1;
         let id = s.next_id;
-        s.open.insert(id, (clone, accepted));
+        s.open.insert(id, (clone, owner));
         Some(id)
     }
 
@@ -438,16 +493,96 @@ impl Shared {
         s.by_member.retain(|_, c| *c != id);
     }
 
-    /// Makes connection `id` the one serving `member`, closing the previous
-    /// one.
-    fn claim_member(&self, member: u64, id: u64) {
-        let mut s = self.sockets.lock();
-        if let Some(old) = s.by_member.insert(member, id) {
-            if let Some((stream, _)) = s.open.remove(&old) {
-                debug!(member, "a new connection replaces the previous one");
-                let _ = stream.shutdown(Shutdown::Both);
+    /// Whether `member` is a current peer.
+    fn is_peer(&self, member: u64) -> bool {
+        self.members.read().peers.contains_key(&member)
+    }
+
+    /// Makes accepted connection `id` the one serving `member` (closing the
+    /// previous one) and wakes the member's writer, if `member` is still a
+    /// peer; `false` if it is not.
+    fn admit(&self, member: u64, id: u64) -> bool {
+        // Checked and claimed under `members`, so that `set_peers` cannot
+        // remove the member in between and miss this connection.
+        let m = self.members.read();
+        if !m.peers.contains_key(&member) {
+            return false;
+        }
+        {
+            let mut s = self.sockets.lock();
+            if let Some(old) = s.by_member.insert(member, id) {
+                if let Some((stream, _)) = s.open.remove(&old) {
+                    debug!(member, "a new connection replaces the previous one");
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
             }
         }
+        if let Some(w) = m.writers.get(&member) {
+            // Never blocks: one pending signal is enough.
+            let _ = w.back.try_send(());
+        }
+        true
+    }
+
+    /// Closes the outbound connections of the writers with `tokens` and the
+    /// accepted connections serving `members`. The caller holds `members`
+    /// (for writing).
+    fn close_connections(&self, tokens: &[u64], members: &[u64]) {
+        let mut s = self.sockets.lock();
+        s.open.retain(|_, (stream, owner)| {
+            let close = matches!(owner, Owner::Writer(t) if tokens.contains(t));
+            if close {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            !close
+        });
+        for member in members {
+            if let Some(id) = s.by_member.remove(member) {
+                if let Some((stream, _)) = s.open.remove(&id) {
+                    debug!(member, "no longer a peer; its connection is closed");
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// Starts the writer of `peer` at `addr` and records it in `m` (the
+    /// `members` the caller holds for writing).
+    fn start_writer(
+        self: &Arc<Self>,
+        m: &mut Members,
+        peer: u64,
+        addr: SocketAddr,
+    ) -> io::Result<()> {
+        let (queue, rx) = channel::bounded(self.cfg.queue_len);
+        let (back, back_rx) = channel::bounded(1);
+        let (stop, stop_rx) = channel::bounded(0);
+        let token = self.next_writer.fetch_add(1, Ordering::Relaxed);
+        let writer = Writer {
+            shared: self.clone(),
+            peer,
+            addr,
+            token,
+            rx,
+            back: back_rx,
+            stop: stop_rx,
+            deferred: VecDeque::new(),
+            backoff: MIN_BACKOFF.min(self.cfg.max_backoff),
+            failures: 0,
+            refused: None,
+        };
+        let member = self.cfg.member_id;
+        self.spawn(format!("aoc-tcp-w{member}-{peer}"), move || writer.run())?;
+        m.writers.insert(
+            peer,
+            WriterHandle {
+                token,
+                queue,
+                back,
+                _stop: stop,
+            },
+        );
+        Ok(())
     }
 
     fn spawn(&self, name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
@@ -471,8 +606,7 @@ fn is_snapshot(msg: &Message) -> bool {
 
 struct Inner {
     shared: Arc<Shared>,
-    queues: HashMap<u64, Sender<Out>>,
-    /// Dropped at shutdown, which wakes every thread waiting on it.
+    /// Dropped at shutdown, which wakes the listener.
     stop_tx: Mutex<Option<Sender<()>>>,
     local_addr: SocketAddr,
 }
@@ -481,6 +615,10 @@ impl Inner {
     fn shutdown(&self) {
         self.shared.stopped.store(true, Ordering::Release);
         self.stop_tx.lock().take();
+        // Dropping the writers' handles wakes the writers. (Taken, then
+        // dropped once `members` is released.)
+        let writers = std::mem::take(&mut self.shared.members.write().writers);
+        drop(writers);
         {
             let mut s = self.shared.sockets.lock();
             s.stopped = true;
@@ -511,6 +649,10 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+fn spawn_error(e: io::Error) -> Error {
+    Error::config("threads", format!("cannot start: {e}"))
 }
 
 /// The TCP transport (see the module docs). Cloning gives another handle
@@ -544,21 +686,13 @@ impl TcpTransport {
             .set_nonblocking(true)
             .map_err(|e| Error::config("listen", format!("{listen}: {e}")))?;
         let (stop_tx, stop_rx) = channel::bounded::<()>(0);
-        let mut queues = HashMap::new();
-        let mut peer_back = HashMap::new();
-        let mut receivers = Vec::new();
-        for (&peer, &addr) in &cfg.peers {
-            let (tx, rx) = channel::bounded(cfg.queue_len);
-            queues.insert(peer, tx);
-            let (back_tx, back_rx) = channel::bounded(1);
-            peer_back.insert(peer, back_tx);
-            receivers.push((peer, addr, rx, back_rx));
-        }
+        let mut cfg = cfg;
+        let peers = std::mem::take(&mut cfg.peers);
         let member = cfg.member_id;
-        let max_backoff = cfg.max_backoff;
         let shared = Arc::new(Shared {
             cfg,
-            peer_back,
+            members: RwLock::new(Members::default()),
+            next_writer: AtomicU64::new(1),
             inbound: RwLock::new(None),
             sockets: Mutex::new(Sockets::default()),
             threads: Mutex::new(Vec::new()),
@@ -568,27 +702,17 @@ impl TcpTransport {
         // From here on, dropping `inner` stops whatever was started.
         let inner = Arc::new(Inner {
             shared: shared.clone(),
-            queues,
             stop_tx: Mutex::new(Some(stop_tx)),
             local_addr,
         });
-        let spawn_error = |e: io::Error| Error::config("threads", format!("cannot start: {e}"));
-        for (peer, addr, rx, back) in receivers {
-            let writer = Writer {
-                shared: shared.clone(),
-                peer,
-                addr,
-                rx,
-                back,
-                stop: stop_rx.clone(),
-                deferred: VecDeque::new(),
-                backoff: MIN_BACKOFF.min(max_backoff),
-                failures: 0,
-                refused: None,
-            };
-            shared
-                .spawn(format!("aoc-tcp-w{member}-{peer}"), move || writer.run())
-                .map_err(spawn_error)?;
+        {
+            let mut m = shared.members.write();
+            for (&peer, &addr) in &peers {
+                shared
+                    .start_writer(&mut m, peer, addr)
+                    .map_err(spawn_error)?;
+            }
+            m.peers = peers;
         }
         let s = shared.clone();
         shared
@@ -606,6 +730,101 @@ impl TcpTransport {
         if !self.inner.shared.is_stopped() {
             *self.inner.shared.inbound.write() = Some(inbound);
         }
+    }
+
+    /// Replaces the set of peers: `peers` is the new complete set of the
+    /// other members (ids and listening addresses), as
+    /// [`TcpConfig::peers`] was at the start.
+    ///
+    /// * A new id gets a writer, which connects at once.
+    /// * A removed id's writer stops: what is queued for it is dropped
+    ///   (counted in [`TcpStats::dropped`], a snapshot reported with
+    ///   [`Inbound::snapshot_sent`]`(peer, false)`) and its outbound
+    ///   connection is closed. Its inbound connection is closed too, and its
+    ///   handshakes are refused from now on, as those of any member that is
+    ///   not a peer.
+    /// * An id whose address changed gets a new writer connecting to the new
+    ///   address; what was queued for the old one is dropped, as for a
+    ///   removed id. Its inbound connection is kept (until the member
+    ///   connects again).
+    /// * A peer whose address is unchanged keeps its connections and its
+    ///   queue.
+    ///
+    /// Once this returns, messages to an id not in `peers` are dropped (and
+    /// counted in [`TcpStats::dropped`]), as messages to an unknown member
+    /// always are. The limit of accepted connections follows the new set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (field `peers`) when `peers` contains this
+    /// member's own id or id 0: nothing is changed.
+    /// [`Error::Stopped`] after [`TcpTransport::shutdown`]. An
+    /// [`Error::InvalidConfig`] (field `threads`) when a writer thread
+    /// cannot be started: the new set is in place, but the peers whose
+    /// writer did not start are not sent to until a later call starts it.
+    pub fn set_peers(&self, peers: BTreeMap<u64, SocketAddr>) -> Result<()> {
+        let shared = &self.inner.shared;
+        check_peers(shared.cfg.member_id, &peers)?;
+        let mut m = shared.members.write();
+        // Checked under `members`: `shutdown` sets the flag before it takes
+        // the writers, so no writer started here outlives it.
+        if shared.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        let removed: Vec<u64> = m
+            .peers
+            .keys()
+            .filter(|id| !peers.contains_key(id))
+            .copied()
+            .collect();
+        let moved: Vec<u64> = m
+            .peers
+            .iter()
+            .filter(|&(id, addr)| peers.get(id).is_some_and(|a| a != addr))
+            .map(|(&id, _)| id)
+            .collect();
+        // A writer's address is fixed: a peer that moved gets a new writer
+        // (with a fresh back-off and connection) rather than a redirected
+        // one, which could be in the middle of a write to the old address.
+        let mut stopped = Vec::new();
+        for id in removed.iter().chain(&moved) {
+            // Dropping the handle stops the writer; the writer drops what
+            // is queued when it sees the stop.
+            if let Some(w) = m.writers.remove(id) {
+                stopped.push(w.token);
+            }
+        }
+        m.peers = peers;
+        // Closing the sockets wakes a stopped writer blocked in a write, and
+        // ends the readers of removed members. (A stopped writer that
+        // registers a connection after this sees the stop and closes it.)
+        shared.close_connections(&stopped, &removed);
+        for id in &removed {
+            info!(peer = id, "no longer a peer");
+        }
+        let mut result = Ok(());
+        let wanted: Vec<(u64, SocketAddr)> = m
+            .peers
+            .iter()
+            .filter(|(id, _)| !m.writers.contains_key(id))
+            .map(|(&id, &addr)| (id, addr))
+            .collect();
+        for (id, addr) in wanted {
+            match shared.start_writer(&mut m, id, addr) {
+                Ok(()) if moved.contains(&id) => info!(peer = id, %addr, "peer moved"),
+                Ok(()) => info!(peer = id, %addr, "peer added"),
+                Err(e) => {
+                    warn!(peer = id, %addr, error = %e, "cannot start the peer's writer");
+                    result = Err(spawn_error(e));
+                }
+            }
+        }
+        result
+    }
+
+    /// The current set of peers (see [`TcpTransport::set_peers`]).
+    pub fn peers(&self) -> BTreeMap<u64, SocketAddr> {
+        self.inner.shared.members.read().peers.clone()
     }
 
     /// The address the listener is bound to.
@@ -638,23 +857,24 @@ impl TcpTransport {
 
     fn enqueue(&self, to: u64, out: Out, snapshot: bool) {
         let shared = &self.inner.shared;
-        let Some(queue) = self.inner.queues.get(&to) else {
-            debug!(to, "message to an unknown member dropped");
-            bump(&shared.stats.dropped);
-            if snapshot {
-                shared.report_snapshot(to, false);
-            }
-            return;
-        };
-        match queue.try_send(out) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                tracing::trace!(to, "peer queue full; message dropped");
-                bump(&shared.stats.dropped);
-                if snapshot {
-                    shared.report_snapshot(to, false);
-                }
-            }
+        // `Some(queued)` for a peer, `None` for an unknown member. (A full
+        // queue's rejected message is dropped under the lock: freeing it is
+        // all that takes.)
+        let queued = shared
+            .members
+            .read()
+            .writers
+            .get(&to)
+            .map(|w| w.queue.try_send(out).is_ok());
+        // The lock is released: the inbound may call back into the transport.
+        match queued {
+            Some(true) => return,
+            Some(false) => tracing::trace!(to, "peer queue full; message dropped"),
+            None => debug!(to, "message to an unknown member dropped"),
+        }
+        bump(&shared.stats.dropped);
+        if snapshot {
+            shared.report_snapshot(to, false);
         }
     }
 }
@@ -710,10 +930,14 @@ struct Writer {
     shared: Arc<Shared>,
     peer: u64,
     addr: SocketAddr,
+    /// This writer's token (see [`Owner::Writer`]).
+    token: u64,
     rx: Receiver<Out>,
     /// Signalled when the peer connected to this member (see
-    /// `Shared::peer_back`).
+    /// [`WriterHandle::back`]).
     back: Receiver<()>,
+    /// Disconnected when the writer must stop: at shutdown, or when the
+    /// peer is removed or moves (see [`TcpTransport::set_peers`]).
     stop: Receiver<()>,
     /// Snapshots taken off the queue while another one was being streamed.
     deferred: VecDeque<Message>,
@@ -738,7 +962,7 @@ impl Writer {
     fn run(mut self) {
         let mut conn: Option<Conn> = None;
         let mut next_attempt = Instant::now();
-        while !self.shared.is_stopped() {
+        while !self.stopping() {
             let Some(c) = conn.as_mut() else {
                 let now = Instant::now();
                 if now < next_attempt {
@@ -760,6 +984,7 @@ impl Writer {
                 }
                 match self.connect() {
                     Ok(c) => conn = Some(c),
+                    Err(_) if self.stopping() => break,
                     Err(reason) => {
                         self.connect_failed(&reason);
                         next_attempt = Instant::now() + self.backoff;
@@ -795,18 +1020,43 @@ impl Writer {
         if let Some(c) = conn.take() {
             self.shared.unregister(c.id);
         }
+        if !self.shared.is_stopped() {
+            // The peer was removed or moved: what is queued for this writer
+            // is dropped (and reported) rather than left unaccounted for.
+            self.drop_queued();
+        }
+    }
+
+    /// Whether the writer must stop (see [`Writer::stop`]).
+    fn stopping(&self) -> bool {
+        self.shared.is_stopped()
+            || matches!(
+                self.stop.try_recv(),
+                Err(channel::TryRecvError::Disconnected)
+            )
     }
 
     /// Waits up to `timeout` for a message or the stop.
     fn wait(&self, timeout: Duration) -> Wake {
-        channel::select! {
+        let wake = channel::select! {
             recv(self.stop) -> _ => Wake::Stop,
             recv(self.rx) -> item => match item {
                 Ok(item) => Wake::Item(item),
                 Err(_) => Wake::Stop,
             },
-            recv(self.back) -> _ => Wake::PeerBack,
+            recv(self.back) -> signal => match signal {
+                Ok(()) => Wake::PeerBack,
+                Err(_) => Wake::Stop,
+            },
             default(timeout) => Wake::Idle,
+        };
+        match wake {
+            // Several channels may be ready at once: the stop wins.
+            Wake::Item(item) if self.stopping() => {
+                self.drop_item(item);
+                Wake::Stop
+            }
+            wake => wake,
         }
     }
 
@@ -842,8 +1092,15 @@ impl Writer {
         let clone = setup(&stream).map_err(|e| format!("cannot set the socket up: {e}"))?;
         let id = self
             .shared
-            .register(&stream, false)
+            .register(&stream, Owner::Writer(self.token))
             .ok_or_else(|| "the transport is stopping".to_string())?;
+        // After the registration: `set_peers` closes this writer's sockets
+        // after it signals the stop, so a socket registered later is seen
+        // here.
+        if self.stopping() {
+            self.shared.unregister(id);
+            return Err("the writer is stopping".into());
+        }
         // TLS: the peer's certificate must name the member dialled.
         let io = Stream::connect(
             clone,
@@ -910,7 +1167,7 @@ impl Writer {
     fn lose(&mut self, c: Conn, lost: Lost) -> Instant {
         self.shared.unregister(c.id);
         let now = Instant::now();
-        if self.shared.is_stopped() {
+        if self.stopping() {
             return now;
         }
         match &lost {
@@ -1003,9 +1260,9 @@ impl Writer {
         drop(msg);
         let count = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
-            if self.shared.is_stopped() {
+            if self.stopping() {
                 self.shared.report_snapshot(peer, false);
-                return Err(Lost::Failed("the transport is stopping".into()));
+                return Err(Lost::Failed("the writer is stopping".into()));
             }
             if i > 0 {
                 if let Err(e) = self.interleave(c) {
@@ -1132,7 +1389,7 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, stop: Receiver<()>) {
                     warn!(peer = %addr, error = %e, "cannot set up an accepted connection");
                     continue;
                 }
-                let Some(id) = shared.register(&stream, true) else {
+                let Some(id) = shared.register(&stream, Owner::Accepted) else {
                     if !shared.is_stopped() {
                         warn!(peer = %addr, "too many connections; this one is closed");
                     }
@@ -1241,8 +1498,9 @@ fn read_frame(r: &mut impl Read, max: usize) -> std::result::Result<Frame, Frame
     Ok(frame)
 }
 
-/// Checks a handshake; the error is the reason for the refusal.
-fn check_hello(cfg: &TcpConfig, h: &Handshake) -> std::result::Result<(), String> {
+/// Checks a handshake (`is_peer`: whether its member is a current peer);
+/// the error is the reason for the refusal.
+fn check_hello(cfg: &TcpConfig, is_peer: bool, h: &Handshake) -> std::result::Result<(), String> {
     check_version(h.member_id, h.protocol_version, h.min_protocol_version)?;
     if h.cluster_id != cfg.cluster_id {
         return Err(format!(
@@ -1253,13 +1511,15 @@ fn check_hello(cfg: &TcpConfig, h: &Handshake) -> std::result::Result<(), String
     if h.member_id == cfg.member_id {
         return Err(format!("member id {} is this member's own id", h.member_id));
     }
-    if !cfg.peers.contains_key(&h.member_id) {
-        return Err(format!(
-            "member id {} is not a configured peer",
-            h.member_id
-        ));
+    if !is_peer {
+        return Err(not_a_peer(h.member_id));
     }
     Ok(())
+}
+
+/// The reason for refusing a member that is not a current peer.
+fn not_a_peer(member: u64) -> String {
+    format!("member id {member} is not a configured peer")
 }
 
 /// Checks the versions of a handshake from `member` (see
@@ -1384,9 +1644,18 @@ fn serve(shared: &Shared, stream: TcpStream, addr: SocketAddr, id: u64) {
     };
     // With TLS, the member the peer says it is must be the one its
     // certificate names.
-    let checked = check_hello(cfg, &hello).and_then(|()| {
+    let checked = check_hello(cfg, shared.is_peer(hello.member_id), &hello).and_then(|()| {
         io.peer_is(&member_name(cfg.cluster_id, hello.member_id))
             .map_err(|e| format!("member {}: {e}", hello.member_id))
+    });
+    // Admitted only if still a peer: `set_peers` may have removed the
+    // member since the check.
+    let checked = checked.and_then(|()| {
+        if shared.admit(hello.member_id, id) {
+            Ok(())
+        } else {
+            Err(not_a_peer(hello.member_id))
+        }
     });
     if let Err(reason) = checked {
         bump(&shared.stats.refused);
@@ -1395,11 +1664,6 @@ fn serve(shared: &Shared, stream: TcpStream, addr: SocketAddr, id: u64) {
         return;
     }
     let member = hello.member_id;
-    shared.claim_member(member, id);
-    if let Some(back) = shared.peer_back.get(&member) {
-        // Never blocks: one pending signal is enough.
-        let _ = back.try_send(());
-    }
     if let Err(e) = io.tcp().set_read_timeout(None) {
         warn!(peer = %addr, error = %e, "cannot set up an accepted connection");
         return;
