@@ -13,8 +13,9 @@
 //!   was wiped. Joining as a voter with an empty log could hand a stale
 //!   member a quorum, so it refuses ([`Decision::Refuse`]) and names the
 //!   replacement procedure;
-//! - a member holds data without listing it: it waits to be added (as a
-//!   learner, by the leader);
+//! - a member holds data without listing it: it joins ([`Decision::Join`]):
+//!   it opens with no configuration and waits for the leader to add it as
+//!   a learner and send it a snapshot (see `crate::MembershipChange`);
 //! - some member has not answered: it waits, and says for whom.
 //!
 //! Sans-I/O like the replica: the driver feeds ticks and notices and sends
@@ -34,6 +35,12 @@ pub enum Decision {
     },
     /// Write the initial configuration (the configured voters) and start.
     Bootstrap,
+    /// A running cluster does not list this member: start with no
+    /// configuration and wait to be added as a learner.
+    Join {
+        /// Why, for status.
+        reason: String,
+    },
     /// Do not start: the member was wiped.
     Refuse {
         /// Why, and what the operator should do.
@@ -146,7 +153,7 @@ impl Bootstrap {
                     ),
                 };
             }
-            return Decision::Wait {
+            return Decision::Join {
                 reason: format!(
                     "blank; member {from} holds data: waiting to be added as a learner by the leader"
                 ),
@@ -209,7 +216,7 @@ mod tests {
         );
         let mut n = Bootstrap::new(4, &[1, 2, 4], 5);
         n.on_notice(answer(1, 4, false, false, &[1, 2, 3]));
-        assert!(matches!(n.decision(), Decision::Wait { reason } if reason.contains("learner")));
+        assert!(matches!(n.decision(), Decision::Join { reason } if reason.contains("learner")));
     }
 
     #[test]

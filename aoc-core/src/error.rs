@@ -96,6 +96,14 @@ pub enum Error {
         /// What is wrong with them.
         problem: crate::backup::BackupProblem,
     },
+    /// A membership change was refused before it reached the log; `reason`
+    /// says why and what to do (for example: wait for the new member to
+    /// catch up, or switch over before removing the active).
+    #[error("membership change refused: {reason}")]
+    Membership {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// raft-rs refused an operation (for example a proposal while a leader
     /// transfer is in progress). Retry later.
     #[error("raft: {0}")]
@@ -110,6 +118,13 @@ impl Error {
     pub fn storage(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
         Error::Storage {
             path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A refused membership change.
+    pub fn membership(reason: impl std::fmt::Display) -> Self {
+        Error::Membership {
             reason: reason.to_string(),
         }
     }

@@ -87,5 +87,6 @@ pub use config::ReplicaConfig;
 pub use error::{Error, Result};
 pub use node::{Applied, Node, NodeBuilder};
 pub use replica::{
-    Completion, Event, Mode, PeerProgress, ProposalResult, Ready, Replica, Role, Status,
+    Completion, Event, Member, MemberRole, MembershipChange, Mode, PeerProgress, ProposalResult,
+    Ready, Replica, Role, Status, CATCH_UP_MARGIN_ENTRIES,
 };

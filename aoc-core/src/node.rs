@@ -44,7 +44,9 @@ use crate::proto::Notice;
 use crate::state::StateMachine;
 use crate::storage::{LogStore, LogWrite};
 use crate::transport::Transport;
-use crate::{Error, Event, Ready, Replica, ReplicaConfig, Result, Status};
+use crate::{
+    Error, Event, Member, MembershipChange, Ready, Replica, ReplicaConfig, Result, Status,
+};
 
 /// The response of an applied proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,10 @@ enum Request<S> {
     Switchover(Sender<Result<u64>>),
     Maintenance {
         on: bool,
+        reply: Sender<Result<Applied>>,
+    },
+    Membership {
+        change: MembershipChange,
         reply: Sender<Result<Applied>>,
     },
     MaintenanceOffLocal,
@@ -317,6 +323,23 @@ fn run_blank<L: LogStore, S: StateMachine>(
             *shared.status.write() = Status::blank(id, format!("{decision:?}"));
             last = Some(decision.clone());
         }
+        if let Decision::Join { .. } = decision {
+            let opened = match sm {
+                Some(sm) => Replica::join(cfg.clone(), ArcLog(log.clone()), sm, seed),
+                None => Replica::join_witness(cfg.clone(), ArcLog(log.clone()), seed),
+            };
+            return match opened {
+                Ok(r) => {
+                    info!(member = id, "joining: waiting to be added as a learner");
+                    Some(r)
+                }
+                Err(e) => {
+                    error!(member = id, error = %e, "cannot open as a joining member; stopping");
+                    *shared.failure.lock() = Some(e);
+                    None
+                }
+            };
+        }
         if decision == Decision::Bootstrap {
             let opened = Replica::<ArcLog<L>, S>::bootstrap(&ArcLog(log.clone()), b.voters())
                 .and_then(|()| open_replica(cfg, log, sm, seed));
@@ -365,7 +388,7 @@ fn refuse_blank<S>(r: Request<S>, decision: &Decision) {
         Request::Switchover(reply) => {
             let _ = reply.send(Err(e));
         }
-        Request::Maintenance { reply, .. } => {
+        Request::Maintenance { reply, .. } | Request::Membership { reply, .. } => {
             let _ = reply.send(Err(e));
         }
         _ => debug!(decision = ?decision, "request ignored while blank"),
@@ -603,6 +626,21 @@ impl<S: StateMachine> Node<S> {
             .map(|_| ())
     }
 
+    /// Proposes a membership change (see [`MembershipChange`]); returns
+    /// once it is applied on this member (the leader). Errors say why a
+    /// change is refused: [`Error::Membership`] for a rule (a learner not
+    /// caught up yet, removing the leader), [`Error::Busy`] while another
+    /// change is in flight, [`Error::NotLeader`] on another member.
+    pub fn change_membership(&self, change: MembershipChange) -> Result<()> {
+        let (tx, rx) = channel::bounded(1);
+        self.request(
+            Request::Membership { change, reply: tx },
+            &rx,
+            "membership change",
+        )
+        .map(|_| ())
+    }
+
     /// Turns maintenance mode off on this member alone, at once and
     /// durably; works with no leader (the next leader commits the
     /// replicated off). An operator can always end a maintenance window in
@@ -719,6 +757,8 @@ struct Driver<L: LogStore, S: StateMachine> {
 
 impl<L: LogStore, S: StateMachine> Driver<L, S> {
     fn run(mut self, inputs: Inputs<S>) {
+        let st = self.replica.status();
+        self.tell_transport(&st.voters, &st.learners, &st.members);
         let Inputs {
             ticker,
             requests,
@@ -823,6 +863,11 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.proposals.insert(t, reply);
                 self.replica.set_maintenance(t, on);
             }
+            Request::Membership { change, reply } => {
+                let t = self.token();
+                self.proposals.insert(t, reply);
+                self.replica.change_membership(t, change);
+            }
             Request::MaintenanceOffLocal => self.replica.maintenance_off_local(),
             Request::Unreachable(to) => self.replica.report_unreachable(to),
             Request::SnapshotOutcome(to, delivered) => self.replica.report_snapshot(to, delivered),
@@ -891,12 +936,34 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 }
             }
         }
+        for e in &events {
+            if let Event::MembershipChanged {
+                voters,
+                learners,
+                members,
+            } = e
+            {
+                self.tell_transport(voters, learners, members);
+            }
+        }
         if !events.is_empty() {
             let mut subs = self.shared.subscribers.lock();
             for e in events {
                 subs.retain(|s| s.send(e.clone()).is_ok());
             }
         }
+    }
+
+    /// Gives the transport the members to reach. A member with no
+    /// configuration (joining) or out of it (removed) keeps the peers it
+    /// has: it must still hear from the leader.
+    fn tell_transport(&self, voters: &[u64], learners: &[u64], members: &[Member]) {
+        let id = self.replica.id();
+        if !voters.contains(&id) && !learners.contains(&id) {
+            return;
+        }
+        let ids: Vec<u64> = voters.iter().chain(learners).copied().collect();
+        self.transport.members_changed(&ids, members);
     }
 
     fn fail(&mut self, e: Error) {

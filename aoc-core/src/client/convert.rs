@@ -71,6 +71,10 @@ pub(crate) fn error_to_proto(e: &Error, peers_api: &BTreeMap<u64, SocketAddr>) -
             out.set_kind(pb::ErrorKind::BUSY);
             out.set_message(reason.clone());
         }
+        Error::Membership { reason } => {
+            out.set_kind(pb::ErrorKind::MEMBERSHIP);
+            out.set_message(reason.clone());
+        }
         Error::Raft(reason) => {
             out.set_kind(pb::ErrorKind::OTHER);
             out.set_message(reason.clone());
@@ -112,6 +116,7 @@ pub(crate) fn error_from_proto(e: &pb::ApiError) -> Error {
             path: e.get_what().into(),
             reason: message,
         },
+        pb::ErrorKind::MEMBERSHIP => Error::Membership { reason: message },
         pb::ErrorKind::OTHER => Error::Raft(message),
     }
 }

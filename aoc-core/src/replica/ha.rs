@@ -45,7 +45,7 @@ pub enum Mode {
 const PROBE_TAG: u8 = 0xA5;
 
 pub(crate) struct Ha {
-    witness: Option<u64>,
+    pub(crate) witness: Option<u64>,
     election_tick: u64,
     heartbeat_tick: u64,
     sync_timeout_ticks: u64,
@@ -151,6 +151,11 @@ impl Ha {
                 "commit policy: majority mode has group commit off"
             );
             return;
+        }
+        if matches!(self.mode, Mode::Standalone | Mode::Majority) {
+            // The HA group just formed (a membership change): start as a
+            // new leader does, degraded until the passive has caught up.
+            self.mode = Mode::Degraded;
         }
         let data = self.data_members(raw);
         let groups: Vec<(u64, u64)> = data

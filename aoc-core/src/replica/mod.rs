@@ -25,6 +25,7 @@
 mod filter;
 mod ha;
 mod machine;
+mod membership;
 mod planned;
 mod sessions;
 mod view;
@@ -33,7 +34,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
+    MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use rand::rngs::SmallRng;
@@ -50,6 +52,7 @@ use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
 pub use ha::Mode;
 use machine::Machine;
+pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
 use sessions::{ClientTable, Decision};
 use view::LogView;
 
@@ -137,6 +140,9 @@ pub enum Event {
         voters: Vec<u64>,
         /// The learners now.
         learners: Vec<u64>,
+        /// The member directory now: the members added by membership
+        /// changes, with their roles and addresses.
+        members: Vec<Member>,
     },
 }
 
@@ -227,6 +233,12 @@ pub struct Status {
     pub last_index: u64,
     /// The voters.
     pub voters: Vec<u64>,
+    /// The learners (members being added: they receive the log but neither
+    /// vote nor count for commits).
+    pub learners: Vec<u64>,
+    /// The member directory: the members added by membership changes, with
+    /// their roles and addresses.
+    pub members: Vec<Member>,
     /// Open client sessions.
     pub sessions: usize,
     /// Followers' progress (on the leader only).
@@ -274,6 +286,8 @@ impl Status {
             first_index: 0,
             last_index: 0,
             voters: Vec::new(),
+            learners: Vec::new(),
+            members: Vec::new(),
             sessions: 0,
             progress: Vec::new(),
             active: false,
@@ -384,6 +398,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     witness_log: Option<(u64, u64)>,
     /// Since when this member knows no leader.
     leaderless_since: Option<u64>,
+    /// The member directory (see `membership`), as of the applied index.
+    directory: Vec<Member>,
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -433,7 +449,41 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 ),
             ));
         }
-        Self::open(cfg, log, Machine::Data(sm), seed)
+        Self::open(cfg, log, Machine::Data(sm), seed, false)
+    }
+
+    /// Opens a data member that joins a running cluster: its log store is
+    /// blank (not bootstrapped), it has no configuration, and it waits for
+    /// the leader to add it as a learner ([`MembershipChange::AddLearner`])
+    /// and send it a snapshot. It never stands for election before that.
+    /// A store that is not blank opens as [`Replica::new`] does.
+    pub fn join(cfg: ReplicaConfig, log: L, sm: S, seed: u64) -> Result<Self> {
+        if cfg.witness == Some(cfg.id) {
+            return Err(Error::config(
+                "witness",
+                format!(
+                    "member {} is the witness: open it with Replica::join_witness",
+                    cfg.id
+                ),
+            ));
+        }
+        Self::open(cfg, log, Machine::Data(sm), seed, true)
+    }
+
+    /// Opens a witness that joins a running cluster (see [`Replica::join`]
+    /// and [`Replica::new_witness`]).
+    pub fn join_witness(cfg: ReplicaConfig, log: L, seed: u64) -> Result<Self> {
+        if cfg.witness != Some(cfg.id) {
+            return Err(Error::config(
+                "witness",
+                format!(
+                    "member {} is not the configured witness {:?}",
+                    cfg.id, cfg.witness
+                ),
+            ));
+        }
+        let applied = log.first_index()?.saturating_sub(1);
+        Self::open(cfg, log, Machine::Witness { applied }, seed, true)
     }
 
     /// Opens the witness: a voter that stores no service data and runs no
@@ -449,13 +499,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             ));
         }
         let applied = log.first_index()?.saturating_sub(1);
-        Self::open(cfg, log, Machine::Witness { applied }, seed)
+        Self::open(cfg, log, Machine::Witness { applied }, seed, false)
     }
 
-    fn open(cfg: ReplicaConfig, log: L, sm: Machine<S>, seed: u64) -> Result<Self> {
+    fn open(cfg: ReplicaConfig, log: L, sm: Machine<S>, seed: u64, joining: bool) -> Result<Self> {
         cfg.validate()?;
         let state = log.initial_state()?;
-        if !state.initialized() {
+        if !state.initialized() && !joining {
             return Err(Error::config(
                 "voters",
                 "the log store holds no configuration: bootstrap the member first",
@@ -495,8 +545,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // applied <= commit at start. The raised commit reaches the log with
         // the next hard state raft-rs writes.
         view.min_commit = applied;
+        // A membership change the state machine applied may be missing from
+        // the stored conf state (a crash between the state machine's write
+        // and the log's): raft-rs hands out entries again from before the
+        // first such change, and `apply_entries` skips what is applied.
+        let replay_from =
+            first_unstored_change(view.store(), &view.store().member_meta()?, first, applied)?;
+        let raft_applied = replay_from.map_or(applied, |c| c - 1);
         let logger = crate::logging::raft_logger(cfg.id);
-        let raw = RawNode::new(&cfg.raft_config(applied), view, &logger)?;
+        let raw = RawNode::new(&cfg.raft_config(raft_applied), view, &logger)?;
         let mut sessions = ClientTable::new(cfg.session_ttl_ms, cfg.max_sessions);
         sessions.load(sm.sessions()?);
         let persisted_commit = raw.raft.raft_log.committed;
@@ -544,9 +601,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             last_failover_ms: None,
             witness_log: None,
             leaderless_since: Some(0),
+            directory: Vec::new(),
         };
         r.log_bytes = r.raw.store().store().size_bytes();
         r.load_meta()?;
+        r.directory = r.meta.members.iter().map(membership::from_record).collect();
+        r.ha.witness = r.witness_id();
         if r.raw.raft.term > 0 {
             r.no_votes_before = r.cfg.election_tick as u64;
         }
@@ -629,6 +689,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ha.witness_hand_over(&mut self.raw);
         self.drive_planned();
         self.tell_witness();
+        self.snapshot_for_new_learners();
         if self.ticks.is_multiple_of(self.cfg.election_tick as u64) {
             self.log_bytes = self.raw.store().store().size_bytes();
         }
@@ -641,6 +702,43 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.flush_deferred = true;
         }
         self.after_input();
+    }
+
+    /// A learner that holds nothing (matched 0) gets a snapshot first, not
+    /// the log from index 1: the bootstrap configuration is in no entry, so
+    /// a member built from entries alone would not know the first voters.
+    /// (A joining member also drops entries until it has a configuration.)
+    fn snapshot_for_new_learners(&mut self) {
+        if !self.is_leader() || self.is_witness() {
+            return;
+        }
+        let applied = self.raw.store().applied;
+        let learners: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect();
+        for id in learners {
+            if let Some(pr) = self.raw.raft.mut_prs().get_mut(id) {
+                if pr.matched == 0
+                    && pr.state == raft::ProgressState::Probe
+                    && pr.pending_request_snapshot == raft::INVALID_INDEX
+                    && applied > 0
+                {
+                    debug!(
+                        member = self.cfg.id,
+                        learner = id,
+                        applied,
+                        "snapshot for a new learner"
+                    );
+                    pr.pending_request_snapshot = applied;
+                }
+            }
+        }
     }
 
     /// Starts an election now (standalone start-up and tests).
@@ -670,9 +768,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 // Only members of the configuration take part. A member left out
                 // by a forced recovery (`crate::recovery`) that comes back must
                 // not make the recovered member step down or vote for it.
+                // A joining member has no configuration yet: it takes the
+                // leader's messages, but no entry before the snapshot that
+                // gives it the configuration (entries alone would build one
+                // without the bootstrap voters).
                 let conf = self.raw.raft.prs().conf();
-                (!conf.voters().contains(msg.from) && !conf.learners().contains(&msg.from))
-                    .then_some("a sender that is not a member of the configuration")
+                let joining = conf.voters().ids().is_empty() && conf.learners().is_empty();
+                if joining {
+                    (msg.get_msg_type() == MessageType::MsgAppend && !msg.entries.is_empty())
+                        .then_some("entries before the snapshot a joining member needs first")
+                } else {
+                    (!conf.voters().contains(msg.from) && !conf.learners().contains(&msg.from))
+                        .then_some("a sender that is not a member of the configuration")
+                }
             });
         if let Some(why) = refused {
             warn!(
@@ -684,25 +792,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             return;
         }
-        if msg.get_msg_type() == MessageType::MsgSnapshot
-            && msg.get_snapshot().get_data().is_empty()
-            && !self.is_witness()
-        {
-            // A data member refuses a snapshot that carries no state.
-            warn!(
-                member = self.cfg.id,
-                from = msg.from,
-                "refused a snapshot without state"
-            );
-            return;
-        }
         if msg.get_msg_type() == MessageType::MsgSnapshot {
             let snap = msg.get_snapshot();
             // Restoring is fatal when it fails: check first, refuse here.
-            if let Err(e) = self
-                .sm
-                .check_snapshot(snap.get_metadata().index, snap.get_data())
-            {
+            let checked = membership::unwrap_snapshot(snap.get_data()).and_then(|(_, state)| {
+                if state.is_empty() && !self.is_witness() {
+                    return Err(Error::storage("snapshot", "a data member needs state"));
+                }
+                self.sm.check_snapshot(snap.get_metadata().index, state)
+            });
+            if let Err(e) = checked {
                 warn!(
                     member = self.cfg.id,
                     from = msg.from,
@@ -1001,7 +1100,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         .prs()
                         .get(notice.from)
                         .is_some_and(|p| p.matched > 0);
-                if Some(notice.from) == self.cfg.witness
+                if Some(notice.from) == self.ha.witness
                     && acked_before
                     && !self.ha.witness_lost_data
                 {
@@ -1037,7 +1136,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 n.set_witness_report(report);
                 self.out.notices.push(n);
             }
-            Some(Notice_oneof_body::witness_report(r)) if Some(notice.from) == self.cfg.witness => {
+            Some(Notice_oneof_body::witness_report(r)) if Some(notice.from) == self.ha.witness => {
                 self.witness_log =
                     Some((r.log_bytes, r.last_index.saturating_sub(r.first_index) + 1));
             }
@@ -1048,7 +1147,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// The active tells the witness up to where both data members have
     /// persisted, whenever that moved (and once per election timeout).
     fn tell_witness(&mut self) {
-        let Some(w) = self.cfg.witness else { return };
+        let Some(w) = self.ha.witness else { return };
         if !self.is_leader() || self.is_witness() {
             return;
         }
@@ -1122,6 +1221,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         let mut voters: Vec<u64> = r.prs().conf().voters().ids().iter().collect();
         voters.sort_unstable();
+        let mut learners: Vec<u64> = r.prs().conf().learners().iter().copied().collect();
+        learners.sort_unstable();
         Status {
             id: self.cfg.id,
             role: r.state.into(),
@@ -1132,6 +1233,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             first_index: store.first_index().unwrap_or(0),
             last_index: r.raft_log.last_index(),
             voters,
+            learners,
+            members: self.directory.clone(),
             sessions: self.sessions.len(),
             progress,
             active: self.active_now(),
@@ -1243,7 +1346,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// the data members 2 (see `Breaks::low_priority_witness`).
     fn break_priority(&mut self) {
         if self.ha.breaks.low_priority_witness
-            && self.cfg.witness.is_some()
+            && self.ha.witness.is_some()
             && self.raw.raft.term > 0
             && self.raw.raft.priority == 0
         {
@@ -1454,8 +1557,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             // The state is durable before the log records the snapshot and
             // before anything acknowledges it (the ack is a persisted
             // message, released after `write`).
-            self.sm.restore(meta.index, snap.get_data())?;
+            let (members, state) = membership::unwrap_snapshot(snap.get_data())?;
+            self.sm.restore(meta.index, state)?;
             self.sessions.load(self.sm.sessions()?);
+            // The snapshot's conf state is stored with it: it holds every
+            // change up to its index.
+            if let Some(members) = members {
+                self.directory = members;
+            }
+            self.meta.members = self.directory.iter().map(membership::to_record).collect();
+            self.meta.conf_index = meta.index;
+            self.meta_dirty = true;
+            self.ha.witness = self.witness_id();
             let view = self.raw.mut_store();
             view.applied = meta.index;
             view.applied_term = meta.term;
@@ -1647,10 +1760,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 failed.push(to);
                 continue;
             }
-            // The witness gets the metadata alone: it keeps no state.
-            if Some(to) != self.cfg.witness {
-                let data = self.sm.snapshot()?;
-                messages[i].mut_snapshot().set_data(data.into());
+            // The witness gets the header alone: it keeps no state.
+            let state = if Some(to) != self.ha.witness {
+                self.sm.snapshot()?
+            } else {
+                Vec::new()
+            };
+            let data = membership::wrap_snapshot(&self.directory, &state);
+            messages[i].mut_snapshot().set_data(data.into());
+            // The snapshot serves a request set by `snapshot_for_new_learners`:
+            // raft-rs would clear it only on a snapshot report, and send
+            // snapshot after snapshot until then.
+            if let Some(pr) = self.raw.raft.mut_prs().get_mut(to) {
+                pr.pending_request_snapshot = raft::INVALID_INDEX;
             }
             self.snapshots_in_flight.insert(to, self.ticks);
             events.push(Event::SnapshotSent { to, index });
@@ -1686,15 +1808,26 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut batch_new = Vec::new();
         let mut batch_expired = Vec::new();
         for e in entries {
-            if e.index <= sm_applied {
-                // Already in the state (a restart replays from the log).
+            let conf = matches!(
+                e.get_entry_type(),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            );
+            if conf && e.index > self.meta.conf_index {
+                // Applied even when the state machine has the index: the
+                // stored conf state lacks it (see `open`).
+                let cs = self.apply_conf_change(&e)?;
+                conf_changed = Some(cs);
+                decided.push((e, Step::Done(Ok(Vec::new())), Vec::new()));
+                continue;
+            }
+            if conf || e.index <= sm_applied {
+                // Already in the state, or in the stored conf state (a
+                // restart replays from the log).
                 continue;
             }
             match e.get_entry_type() {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cs = self.apply_conf_change(&e)?;
-                    conf_changed = Some(cs);
-                    decided.push((e, Step::Nothing, Vec::new()));
+                    unreachable!("membership changes are handled above")
                 }
                 EntryType::EntryNormal if self.sm.is_witness() => {
                     // The witness runs no state machine: it only advances
@@ -1823,7 +1956,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 Step::Done(r) => Some(r),
                 Step::Nothing => None,
             };
-            if let (Some(result), Some((member, token))) = (result, decode_context(&e.context)) {
+            if let (Some(result), Some((member, token))) = (result, proposal_of(&e)) {
                 if member == self.cfg.id && self.pending_proposals.remove(&token).is_some() {
                     out.completions.push(Completion {
                         token,
@@ -1849,19 +1982,127 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let cs = if e.get_entry_type() == EntryType::EntryConfChange {
             let cc = ConfChange::parse_from_bytes(&e.data)
                 .map_err(|err| Error::decode("conf change", err))?;
-            self.raw.apply_conf_change(&cc)?
+            let cs = self.raw.apply_conf_change(&cc)?;
+            // The directory follows the change: an added member's record
+            // rides in the context; a removed member's goes.
+            match cc.get_change_type() {
+                ConfChangeType::AddLearnerNode | ConfChangeType::AddNode => {
+                    if let Ok((_, _, Some(m))) = membership::decode_context(&e.context) {
+                        self.directory.retain(|d| d.id != m.id);
+                        self.directory.push(m);
+                        self.directory.sort_by_key(|d| d.id);
+                    }
+                }
+                ConfChangeType::RemoveNode => self.directory.retain(|d| d.id != cc.node_id),
+            }
+            cs
         } else {
             let cc = ConfChangeV2::parse_from_bytes(&e.data)
                 .map_err(|err| Error::decode("conf change", err))?;
             self.raw.apply_conf_change(&cc)?
         };
-        info!(member = self.cfg.id, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        let members: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().collect();
+        self.directory.retain(|d| members.contains(&d.id));
+        self.meta.members = self.directory.iter().map(membership::to_record).collect();
+        self.meta.conf_index = e.index;
+        // Written with the conf state, in the same log write.
+        self.meta_dirty = true;
+        self.ha.witness = self.witness_id();
+        info!(
+            member = self.cfg.id,
+            index = e.index,
+            voters = ?cs.voters,
+            learners = ?cs.learners,
+            witness = ?self.ha.witness,
+            "membership changed"
+        );
         self.out.events.push(Event::MembershipChanged {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
+            members: self.directory.clone(),
         });
         self.ha.apply_policy(&mut self.raw);
         Ok(cs)
+    }
+
+    /// The witness: the directory's, else the configured one.
+    fn witness_id(&self) -> Option<u64> {
+        self.directory
+            .iter()
+            .find(|m| m.role == MemberRole::Witness)
+            .map(|m| m.id)
+            .or(self.cfg.witness)
+    }
+
+    /// Proposes a membership change (see [`MembershipChange`]); it
+    /// completes with token `token` once applied, or is refused at once
+    /// (not the leader, or the change breaks a rule: the error says which).
+    /// raft-rs takes one change at a time: a second one while the first is
+    /// not applied is refused with [`Error::Busy`].
+    pub fn change_membership(&mut self, token: u64, change: MembershipChange) {
+        let result = self.try_change_membership(token, &change);
+        if let Err(e) = result {
+            info!(member = self.cfg.id, ?change, error = %e, "membership change refused");
+            self.out.completions.push(Completion {
+                token,
+                index: 0,
+                result: Err(e),
+            });
+        }
+        self.after_input();
+    }
+
+    fn try_change_membership(&mut self, token: u64, change: &MembershipChange) -> Result<()> {
+        if !self.is_leader() || self.is_witness() {
+            return Err(Error::NotLeader {
+                leader_hint: self.leader(),
+            });
+        }
+        let conf = self.raw.raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        let prs = self.raw.raft.prs();
+        let matched = |id: u64| prs.get(id).map_or(0, |p| p.matched);
+        membership::check(
+            change,
+            &membership::ConfView {
+                leader: self.cfg.id,
+                voters: &voters,
+                learners: &learners,
+                witness: self.ha.witness,
+                last_index: self.raw.raft.raft_log.last_index(),
+                matched: &matched,
+            },
+        )?;
+        if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
+            return Err(Error::Busy {
+                reason: "another membership change is not applied yet; try again".into(),
+            });
+        }
+        let mut cc = ConfChange::default();
+        let (kind, id) = match change {
+            MembershipChange::AddLearner(m) => (ConfChangeType::AddLearnerNode, m.id),
+            MembershipChange::Promote(id) => (ConfChangeType::AddNode, *id),
+            MembershipChange::Remove(id) => (ConfChangeType::RemoveNode, *id),
+        };
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        let ctx = membership::encode_context(self.cfg.id, token, change);
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw
+            .propose_conf_change(ctx, cc)
+            .map_err(|e| Error::Raft(format!("membership change: {e}")))?;
+        if self.raw.raft.raft_log.last_index() == before {
+            return Err(Error::Busy {
+                reason: "raft dropped the membership change (a leader transfer is in                          progress?); try again"
+                    .into(),
+            });
+        }
+        info!(member = self.cfg.id, ?change, "membership change proposed");
+        self.pending_proposals.insert(token, ());
+        Ok(())
     }
 
     fn release_reads(&mut self, out: &mut Ready) {
@@ -1978,4 +2219,39 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.raw.advance_apply_to(applied);
         }
     }
+}
+
+/// The proposal an applied entry completes: (proposing member, token).
+fn proposal_of(e: &Entry) -> Option<(u64, u64)> {
+    match e.get_entry_type() {
+        EntryType::EntryNormal => decode_context(&e.context),
+        _ => membership::decode_context(&e.context)
+            .ok()
+            .map(|(member, token, _)| (member, token)),
+    }
+}
+
+/// The first membership change in the log above what the stored conf state
+/// holds (`meta.conf_index`) and at most `applied`: the state machine has
+/// applied it, but the conf state written with it may have been lost.
+fn first_unstored_change<L: LogStore>(
+    log: &L,
+    meta: &MemberMeta,
+    first: u64,
+    applied: u64,
+) -> Result<Option<u64>> {
+    let from = (meta.conf_index + 1).max(first);
+    if from > applied {
+        return Ok(None);
+    }
+    let entries = log.entries(from, applied + 1, None).map_err(|e| {
+        Error::storage(
+            "log",
+            format!("cannot read entries {from}..={applied}: {e}"),
+        )
+    })?;
+    Ok(entries
+        .iter()
+        .find(|e| e.get_entry_type() != EntryType::EntryNormal)
+        .map(|e| e.index))
 }

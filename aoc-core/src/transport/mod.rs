@@ -33,6 +33,13 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends a notice (a member-to-member message that is not raft's) to
     /// member `notice.to`, best effort, without blocking.
     fn send_notice(&self, notice: Notice);
+    /// The members changed (a membership change was applied, or the node
+    /// started): `ids` are every member (this one included), `directory`
+    /// the addresses of those added by membership changes. A transport
+    /// that addresses members by id alone ignores it (the default).
+    fn members_changed(&self, ids: &[u64], directory: &[crate::Member]) {
+        let _ = (ids, directory);
+    }
 }
 
 /// The receiving end of a member on a [`LocalNetwork`].
