@@ -43,7 +43,10 @@
 //! binaries exit with code 2 on it.
 //!
 //! A cluster is either **standalone** (one data member, no peers) or **HA**
-//! (two data members and one witness: this member plus two peers).
+//! (two data members and one witness: this member plus two peers). While
+//! members are added or replaced (`aoc-node members`), a file may also
+//! describe the shapes in between: two data members, or one data member and
+//! the witness.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -125,16 +128,21 @@ impl fmt::Display for MemberRole {
     }
 }
 
+impl std::str::FromStr for MemberRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "data" => Ok(MemberRole::Data),
+            "witness" => Ok(MemberRole::Witness),
+            other => Err(format!("must be \"data\" or \"witness\", got {other:?}")),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for MemberRole {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        match s.as_str() {
-            "data" => Ok(MemberRole::Data),
-            "witness" => Ok(MemberRole::Witness),
-            other => Err(serde::de::Error::custom(format!(
-                "must be \"data\" or \"witness\", got {other:?}"
-            ))),
-        }
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -483,16 +491,17 @@ impl Config {
             if self.role == MemberRole::Witness {
                 return bad(
                     "peers",
-                    "a witness needs its cluster's two data members as peers".into(),
+                    "a witness needs its cluster's data members as peers".into(),
                 );
             }
-        } else if data != 2 || witnesses != 1 {
+        } else if !(1..=2).contains(&data) || witnesses > 1 {
             return bad(
                 "peers",
                 format!(
-                    "an HA cluster has exactly two data members and one witness \
-                     (this member included), this file gives {data} data member{} \
-                     and {witnesses} witness{}; a standalone member lists no peers",
+                    "a cluster has one or two data members and at most one witness \
+                     (this member included; HA is two data members and one witness), \
+                     this file gives {data} data member{} and {witnesses} witness{}; a \
+                     standalone member lists no peers",
                     if data == 1 { "" } else { "s" },
                     if witnesses == 1 { "" } else { "es" },
                 ),
@@ -642,7 +651,7 @@ fn parse_cidr(s: &str) -> Result<IpAddr, String> {
 }
 
 /// Checks `host:port` (`[v6]:port` for IPv6 literals).
-fn check_addr(s: &str, allow_port_zero: bool) -> Result<(), String> {
+pub fn check_addr(s: &str, allow_port_zero: bool) -> Result<(), String> {
     let not = |why: &str| format!("{s:?} is not host:port ({why})");
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, p) = rest

@@ -55,6 +55,7 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod lock;
+pub mod members;
 pub mod mgmt_ip;
 pub mod recover;
 pub mod run;

@@ -9,6 +9,8 @@
 //!   state, taken on the active while the cluster serves;
 //! - `aoc-node restore --from FILE --config FILE`: the data directory of a
 //!   new standalone member holding a backup's state;
+//! - `aoc-node members add|remove|replace|list --endpoints ...`: grow a
+//!   standalone member to HA, replace a failed passive or witness;
 //! - `aoc-node certs --cluster-id N --members 1,2,3 --out DIR`: the
 //!   cluster's CA and the members' (and clients') certificates for mutual
 //!   TLS;
@@ -105,6 +107,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Add, remove or replace members of the running cluster, through the
+    /// active (see docs/operations.md).
+    Members {
+        #[command(subcommand)]
+        op: MembersOp,
+        /// Client API addresses of the data members (host:port,...).
+        #[arg(long, value_delimiter = ',', global = true)]
+        endpoints: Vec<String>,
+    },
     /// Suspend (on) or resume (off) automatic failover.
     Maintenance {
         /// `on` or `off`.
@@ -182,6 +193,53 @@ enum KvOp {
     },
     /// Print every KEY=VALUE whose key starts with PREFIX.
     Scan { prefix: String },
+}
+
+#[derive(Subcommand)]
+enum MembersOp {
+    /// Add a member (started blank, its file listing the cluster's
+    /// members): as a learner, then as a voter once it has caught up.
+    Add {
+        /// The new member's id.
+        #[arg(long)]
+        id: u64,
+        /// `data` or `witness`.
+        #[arg(long)]
+        role: String,
+        /// Its member listener (host:port), as the others will reach it.
+        #[arg(long)]
+        ha_addr: String,
+        /// Give up waiting for it to catch up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Remove a member (not the active: switch over first). The others
+    /// refuse it from then on.
+    Remove {
+        /// The member's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a failed member, then add a new one in its place.
+    Replace {
+        /// The failed member's id.
+        #[arg(long)]
+        old: u64,
+        /// The new member's id (a new one).
+        #[arg(long)]
+        id: u64,
+        /// `data` or `witness`.
+        #[arg(long)]
+        role: String,
+        /// The new member's listener (host:port).
+        #[arg(long)]
+        ha_addr: String,
+        /// Give up waiting for it to catch up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// The members, as the active sees them.
+    List,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -294,6 +352,7 @@ fn main() -> ExitCode {
         }),
         Command::Restore { from, config } => restore(&from, &config),
         Command::Kv { op, endpoints } => kv(op, &endpoints, &opts),
+        Command::Members { op, endpoints } => members(op, &endpoints, &opts),
         Command::Switchover { endpoints } => connect(&endpoints, &opts).and_then(|mut c| {
             let pause = c.switchover().map_err(|e| (1, e.to_string()))?;
             println!("switchover done; write pause {} ms", pause.as_millis());
@@ -356,6 +415,46 @@ fn restore(from: &Path, config: &Path) -> CliResult {
     }
     println!("{}", restored.summary);
     Ok(())
+}
+
+fn members(op: MembersOp, list: &[String], opts: &ClientOptions) -> CliResult {
+    use aoc_node::members;
+    let role = |r: &str| {
+        r.parse::<aoc_node::config::MemberRole>()
+            .map_err(|e| (2, format!("--role: {e}")))
+    };
+    match op {
+        MembersOp::Add {
+            id,
+            role: r,
+            ha_addr,
+            timeout_s,
+        } => {
+            let m = members::member(id, role(&r)?, &ha_addr).map_err(|e| (2, e))?;
+            let mut c = connect(list, opts)?;
+            members::add(&mut c, &m, Duration::from_secs(timeout_s)).map_err(|e| (1, e))
+        }
+        MembersOp::Remove { id } => {
+            let mut c = connect(list, opts)?;
+            members::remove(&mut c, id).map_err(|e| (1, e))
+        }
+        MembersOp::Replace {
+            old,
+            id,
+            role: r,
+            ha_addr,
+            timeout_s,
+        } => {
+            let m = members::member(id, role(&r)?, &ha_addr).map_err(|e| (2, e))?;
+            let mut c = connect(list, opts)?;
+            members::replace(&mut c, old, &m, Duration::from_secs(timeout_s)).map_err(|e| (1, e))
+        }
+        MembersOp::List => {
+            let mut c = connect(list, opts)?;
+            print!("{}", members::list(&mut c).map_err(|e| (1, e))?);
+            Ok(())
+        }
+    }
 }
 
 fn endpoints(list: &[String]) -> Result<Vec<SocketAddr>, (u8, String)> {

@@ -171,39 +171,62 @@ pub fn run(cfg: Config) -> Result<(), String> {
 /// The admin socket's file name in the data directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
 
-/// The local admin socket (`DATA_DIR/admin.sock`, a Unix socket in the
-/// owner-only data directory): `maintenance-off` turns maintenance mode off
-/// on this member alone, with no leader needed (the witness included, which
-/// has no client API). One command per line; the answer is one line.
-/// A data directory that already holds a configuration must hold this
-/// file's: after `aoc-node recover` the member is standalone, and starting
-/// it with its old peers would leave it waiting for votes it no longer
-/// counts (and the file would say otherwise than the cluster).
+/// The data directory's membership is the cluster's once it holds one:
+/// membership changes (`aoc-node members`) update it, and the file's
+/// `[[peers]]` then only bootstrap blank members and give addresses. A file
+/// that differs is reported (so the operator updates it) but does not stop
+/// the member, except in two cases:
+/// - the directory holds a standalone member and the file lists peers:
+///   after `aoc-node recover` the member is standalone, and its old peers
+///   must not come back with it;
+/// - the directory records this member with another role than the file's.
 fn check_stored_voters(cfg: &Config, log: &EngineLogStore) -> Result<(), String> {
     use aoc_core::storage::LogStore;
     let state = log.initial_state().map_err(|e| e.to_string())?;
     if !state.initialized() {
         return Ok(());
     }
-    let mut stored = state.conf_state.voters.clone();
-    stored.sort_unstable();
-    let mut configured = cfg.voters();
-    configured.sort_unstable();
-    if stored == configured {
-        return Ok(());
+    let mut voters = state.conf_state.voters.clone();
+    voters.sort_unstable();
+    let mut learners = state.conf_state.learners.clone();
+    learners.sort_unstable();
+    let configured = cfg.voters();
+    if voters == vec![cfg.member_id] && learners.is_empty() && configured != voters {
+        return Err(format!(
+            "peers: the data directory {} holds a standalone member (as `aoc-node recover` \
+             leaves it), but the file gives voters {configured:?}: remove the [[peers]] entries",
+            cfg.data_dir.display()
+        ));
     }
-    let hint = if stored == vec![cfg.member_id] {
-        " (a standalone member, as `aoc-node recover` leaves it): remove the [[peers]] entries"
-    } else {
-        ": make the file list the cluster's members"
-    };
-    Err(format!(
-        "peers: the data directory {} holds the configuration of voters {stored:?}, but the \
-         file gives voters {configured:?}{hint}",
-        cfg.data_dir.display()
-    ))
+    let meta = log.member_meta().map_err(|e| e.to_string())?;
+    if let Some(me) = meta.members.iter().find(|m| m.id == cfg.member_id) {
+        let stored = if me.witness { "witness" } else { "data" };
+        if stored != cfg.role.as_str() {
+            return Err(format!(
+                "role: the cluster added this member as a {stored} member, the file says {:?}",
+                cfg.role.as_str()
+            ));
+        }
+    }
+    let mut members: Vec<u64> = voters.iter().chain(&learners).copied().collect();
+    members.sort_unstable();
+    if members != configured {
+        warn!(
+            data_dir = %cfg.data_dir.display(),
+            ?voters,
+            ?learners,
+            file = ?configured,
+            "the cluster's membership changed since this file was written: the data \
+             directory's applies; update [[peers]] to list the members"
+        );
+    }
+    Ok(())
 }
 
+/// The local admin socket (`DATA_DIR/admin.sock`, a Unix socket in the
+/// owner-only data directory): `maintenance-off` turns maintenance mode off
+/// on this member alone, with no leader needed (the witness included, which
+/// has no client API). One command per line; the answer is one line.
 fn serve_admin<S: aoc_core::state::StateMachine>(
     data_dir: &std::path::Path,
     node: Node<S>,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use crate::proto::client as pb;
 use crate::state::KvResponse;
-use crate::{Error, Mode, PeerProgress, Role, Status};
+use crate::{Error, Member, MemberRole, MembershipChange, Mode, PeerProgress, Role, Status};
 
 /// The API error for `e`; a `NotLeader` hint carries the leader's client
 /// address when `peers_api` knows it.
@@ -230,6 +230,14 @@ pub(crate) fn status_to_proto(
         out.set_last_failover_at_ms(at);
         out.set_last_failover_took_ms(took);
     }
+    out.set_learners(s.learners.clone());
+    for m in &s.members {
+        let mut i = pb::MemberInfo::new();
+        i.set_id(m.id);
+        i.set_witness(m.role == MemberRole::Witness);
+        i.set_ha_addr(m.ha_addr.clone());
+        out.mut_members().push(i);
+    }
     for p in &s.progress {
         let mut q = pb::PeerProgress::new();
         q.set_id(p.id);
@@ -252,6 +260,20 @@ pub(crate) fn status_from_proto(m: &pb::MemberStatus) -> Status {
     s.first_index = m.get_first_index();
     s.last_index = m.get_last_index();
     s.voters = m.get_voters().to_vec();
+    s.learners = m.get_learners().to_vec();
+    s.members = m
+        .get_members()
+        .iter()
+        .map(|i| Member {
+            id: i.get_id(),
+            role: if i.get_witness() {
+                MemberRole::Witness
+            } else {
+                MemberRole::Data
+            },
+            ha_addr: i.get_ha_addr().to_string(),
+        })
+        .collect();
     s.sessions = usize::try_from(m.get_sessions()).unwrap_or(usize::MAX);
     s.active = m.get_active();
     s.mode = mode_from_proto(m.get_mode());
@@ -307,5 +329,44 @@ pub(crate) fn write_from_proto(mut w: pb::WriteResult) -> KvResponse {
         ok: w.get_ok(),
         previous: w.get_had_previous().then(|| w.take_previous()),
         error: (!w.get_error().is_empty()).then(|| w.take_error()),
+    }
+}
+
+/// A membership change as the API sends it.
+pub(crate) fn membership_to_proto(c: &MembershipChange) -> pb::MembershipRequest {
+    let mut r = pb::MembershipRequest::new();
+    match c {
+        MembershipChange::AddLearner(m) => {
+            r.set_kind(pb::MembershipRequest_Kind::ADD_LEARNER);
+            r.set_id(m.id);
+            r.set_witness(m.role == MemberRole::Witness);
+            r.set_ha_addr(m.ha_addr.clone());
+        }
+        MembershipChange::Promote(id) => {
+            r.set_kind(pb::MembershipRequest_Kind::PROMOTE);
+            r.set_id(*id);
+        }
+        MembershipChange::Remove(id) => {
+            r.set_kind(pb::MembershipRequest_Kind::REMOVE);
+            r.set_id(*id);
+        }
+    }
+    r
+}
+
+/// The membership change an API request asks for.
+pub(crate) fn membership_from_proto(r: &pb::MembershipRequest) -> MembershipChange {
+    match r.get_kind() {
+        pb::MembershipRequest_Kind::ADD_LEARNER => MembershipChange::AddLearner(Member {
+            id: r.get_id(),
+            role: if r.get_witness() {
+                MemberRole::Witness
+            } else {
+                MemberRole::Data
+            },
+            ha_addr: r.get_ha_addr().to_string(),
+        }),
+        pb::MembershipRequest_Kind::PROMOTE => MembershipChange::Promote(r.get_id()),
+        pb::MembershipRequest_Kind::REMOVE => MembershipChange::Remove(r.get_id()),
     }
 }

@@ -52,6 +52,7 @@
 //! | `switchover` | the active | `switchover { pause_ms }` |
 //! | `maintenance { on }` | the active | `done` |
 //! | `backup { start, offset, max_chunk_bytes }` | the active (linearizable) | `backup` (one chunk of the state) |
+//! | `membership { kind, id, witness, ha_addr }` | the active | `done` (applied) |
 //!
 //! A backup ([`Client::backup`]) is a snapshot of the state machine taken
 //! on the active after a linearizable read barrier, then read in chunks
@@ -107,8 +108,10 @@ use crate::proto::client as pb;
 use crate::proto::client::Request_oneof_body as Req;
 use crate::proto::client::Response_oneof_body as Resp;
 use crate::state::{KvCommand, KvResponse};
-use crate::{Error, Result, Status};
+use crate::{Error, Member, MembershipChange, Result, Status};
 use convert::{error_from_proto, status_from_proto, write_from_proto};
+
+use crate::replica::membership_reasons::{ALREADY_VOTER, NOT_CAUGHT_UP};
 use frame::FrameError;
 
 /// Options of a [`Client`].
@@ -440,6 +443,84 @@ impl Client {
         match self.call(deadline, "maintenance", Req::maintenance(m), Retry::Always)? {
             Resp::done(_) => Ok(()),
             other => Err(unexpected("maintenance", &other)),
+        }
+    }
+
+    /// Applies one membership change on the active (see
+    /// [`MembershipChange`]): returns once the active applied it. Not
+    /// retried once sent; [`Client::status_all`] shows the members.
+    pub fn change_membership(&mut self, change: &MembershipChange) -> Result<()> {
+        let deadline = Instant::now() + self.opts.deadline;
+        let body = Req::membership(convert::membership_to_proto(change));
+        match self.call(deadline, "membership change", body, Retry::Unexecuted)? {
+            Resp::done(_) => Ok(()),
+            other => Err(unexpected("membership change", &other)),
+        }
+    }
+
+    /// Adds `member` to the cluster: as a learner (it receives a snapshot,
+    /// then the log), then as a voter once it has caught up. `progress` is
+    /// told what the change waits for, about every `poll`; gives up after
+    /// `timeout`. The member must be running (blank, listing the cluster's
+    /// members in its configuration) or start meanwhile. Running it again
+    /// after an interruption resumes where it stopped.
+    ///
+    /// ```no_run
+    /// # fn main() -> aoc_core::Result<()> {
+    /// use std::time::Duration;
+    /// use aoc_core::client::{Client, ClientOptions};
+    /// use aoc_core::{Member, MemberRole};
+    ///
+    /// let mut client = Client::new(vec!["10.0.0.1:7500".parse().unwrap()], ClientOptions::default());
+    /// let passive = Member { id: 2, role: MemberRole::Data, ha_addr: "10.0.0.2:7400".into() };
+    /// client.add_member(&passive, Duration::from_secs(600), Duration::from_secs(1), |what| {
+    ///     eprintln!("{what}")
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_member(
+        &mut self,
+        member: &Member,
+        timeout: Duration,
+        poll: Duration,
+        mut progress: impl FnMut(&str),
+    ) -> Result<()> {
+        let until = Instant::now() + timeout;
+        match self.change_membership(&MembershipChange::AddLearner(member.clone())) {
+            Ok(()) => progress(&format!("member {} added as a learner", member.id)),
+            // Resumed after the promotion.
+            Err(Error::Membership { reason }) if reason.contains(ALREADY_VOTER) => {
+                progress(&format!("member {} is already a voter", member.id));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        loop {
+            match self.change_membership(&MembershipChange::Promote(member.id)) {
+                Ok(()) => {
+                    progress(&format!("member {} promoted to voter", member.id));
+                    return Ok(());
+                }
+                Err(Error::Membership { reason }) if reason.contains(ALREADY_VOTER) => {
+                    return Ok(())
+                }
+                Err(Error::Membership { reason }) if reason.contains(NOT_CAUGHT_UP) => {
+                    progress(&reason)
+                }
+                Err(Error::Busy { reason }) => progress(&reason),
+                Err(e) => return Err(e),
+            }
+            if Instant::now() + poll > until {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "member {} did not catch up within {timeout:?}: is it running, and \
+                         can the active reach it at {}?",
+                        member.id, member.ha_addr
+                    ),
+                });
+            }
+            std::thread::sleep(poll);
         }
     }
 

@@ -708,6 +708,11 @@ fn answer<S: KvStateMachine>(
             node.set_maintenance(m.get_on()).map_err(api)?;
             Ok(Resp::done(pb::Done::new()))
         }
+        Req::membership(m) => {
+            node.change_membership(super::convert::membership_from_proto(&m))
+                .map_err(api)?;
+            Ok(Resp::done(pb::Done::new()))
+        }
         Req::backup(b) => backup_chunk(ctx, &b, held),
     }
 }

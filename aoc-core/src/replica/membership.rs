@@ -27,6 +27,15 @@ use crate::{Error, Result};
 /// until it caught up.
 pub const CATCH_UP_MARGIN_ENTRIES: u64 = 64;
 
+/// Phrases of refusals that a caller retries on or takes as done.
+pub(crate) mod reasons {
+    /// A learner to promote has not caught up: retry.
+    pub(crate) const NOT_CAUGHT_UP: &str = "has not caught up yet";
+    /// The member to add or promote is a voter already: done.
+    pub(crate) const ALREADY_VOTER: &str = "is already a voter";
+}
+use reasons::{ALREADY_VOTER, NOT_CAUGHT_UP};
+
 /// What a member stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemberRole {
@@ -111,7 +120,7 @@ pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<()> {
             }
             if v.voters.contains(&m.id) {
                 return Err(Error::membership(format!(
-                    "member {} is already a voter",
+                    "member {} {ALREADY_VOTER}",
                     m.id
                 )));
             }
@@ -142,7 +151,7 @@ pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<()> {
         }
         MembershipChange::Promote(id) => {
             if v.voters.contains(id) {
-                return Err(Error::membership(format!("member {id} is already a voter")));
+                return Err(Error::membership(format!("member {id} {ALREADY_VOTER}")));
             }
             if !v.learners.contains(id) {
                 return Err(Error::membership(format!(
@@ -154,7 +163,7 @@ pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<()> {
             // (a short log would otherwise pass the margin).
             if matched == 0 || matched + CATCH_UP_MARGIN_ENTRIES < v.last_index {
                 return Err(Error::membership(format!(
-                    "member {id} has not caught up yet: it holds the log up to index {matched}, \
+                    "member {id} {NOT_CAUGHT_UP}: it holds the log up to index {matched}, \
                      which ends at {}; try again",
                     v.last_index
                 )));

@@ -52,6 +52,7 @@ use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
 pub use ha::Mode;
 use machine::Machine;
+pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
 use sessions::{ClientTable, Decision};
 use view::LogView;

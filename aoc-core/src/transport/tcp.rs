@@ -110,7 +110,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -887,6 +887,43 @@ impl Transport for TcpTransport {
 
     fn send_notice(&self, notice: Notice) {
         self.enqueue(notice.to, Out::Notice(notice), false);
+    }
+
+    /// Reaches every member in `ids`: at the directory's address when it
+    /// has one, else at the address already known (the configuration's).
+    /// A member with neither, or whose address does not resolve, is left
+    /// out with a warning; a member no longer in `ids` is cut off.
+    fn members_changed(&self, ids: &[u64], directory: &[crate::Member]) {
+        let me = self.inner.shared.cfg.member_id;
+        let known = self.peers();
+        let mut next = BTreeMap::new();
+        for &id in ids.iter().filter(|id| **id != me) {
+            let from_directory = directory.iter().find(|m| m.id == id).and_then(|m| {
+                match m.ha_addr.to_socket_addrs().map(|mut a| a.next()) {
+                    Ok(Some(addr)) => Some(addr),
+                    Ok(None) | Err(_) => {
+                        warn!(member = me, peer = id, addr = %m.ha_addr, "cannot resolve a member's ha_addr");
+                        None
+                    }
+                }
+            });
+            match from_directory.or_else(|| known.get(&id).copied()) {
+                Some(addr) => {
+                    next.insert(id, addr);
+                }
+                None => warn!(
+                    member = me,
+                    peer = id,
+                    "no address for a member: add it to this member's configuration"
+                ),
+            }
+        }
+        if next != known {
+            info!(member = me, peers = ?next, "members changed");
+            if let Err(e) = self.set_peers(next) {
+                warn!(member = me, error = %e, "cannot update the peers");
+            }
+        }
     }
 }
 
