@@ -263,9 +263,18 @@ fn a_standalone_member_grows_to_ha_under_writes() {
     // The new members' files list the cluster they join.
     c.start_data(2, &[1, 2, 3], Some(3));
     c.change(MembershipChange::AddLearner(data(2)));
-    c.change(MembershipChange::Promote(2));
+    // Caught up, member 2 is not promoted alone: with two voters, either
+    // failing would stop every write.
+    c.wait("member 2 caught up, awaiting its pair", Duration::from_secs(10), |c| {
+        matches!(
+            c.node(1).change_membership(MembershipChange::Promote(2)),
+            Err(Error::Membership { reason }) if reason.contains("waits for a second new member")
+        )
+    });
+    assert_eq!(c.node(1).status().voters, vec![1]);
     c.start_witness(3, &[1, 2, 3]);
     c.change(MembershipChange::AddLearner(witness(3)));
+    // Both promoted at once (joint consensus).
     c.change(MembershipChange::Promote(3));
 
     c.wait(
@@ -409,6 +418,39 @@ fn a_dead_witness_is_replaced() {
         |c| c.node(active).status().commit > before + 20,
     );
     let acked = w.stop();
+    c.assert_has(active, &acked);
+    c.shutdown();
+}
+
+/// HA cluster 1, 2, witness 3 shrinks back to its active alone, at once
+/// (joint consensus), and goes on serving standalone; the others are left
+/// out.
+#[test]
+fn an_ha_cluster_shrinks_to_standalone() {
+    let mut c = Cluster::new();
+    for id in [1, 2] {
+        c.start_data(id, &[1, 2, 3], Some(3));
+    }
+    c.start_witness(3, &[1, 2, 3]);
+    c.wait("sync mode", Duration::from_secs(10), |c| {
+        c.active()
+            .is_some_and(|a| c.node(a).status().mode == Mode::Sync)
+    });
+    let active = c.wait_active();
+    let w = Writer::start(&c, "k");
+    std::thread::sleep(Duration::from_millis(300));
+    c.change(MembershipChange::Shrink);
+    c.wait("standalone", Duration::from_secs(10), |c| {
+        let st = c.node(active).status();
+        st.voters == vec![active] && st.mode == Mode::Standalone
+    });
+    // The others are out: the active stays standalone with them running.
+    std::thread::sleep(Duration::from_millis(500));
+    let st = c.node(active).status();
+    assert_eq!(st.voters, vec![active]);
+    assert!(st.learners.is_empty());
+    let acked = w.stop();
+    assert!(acked.len() > 50, "only {} writes", acked.len());
     c.assert_has(active, &acked);
     c.shutdown();
 }

@@ -9,8 +9,9 @@
 //!   state, taken on the active while the cluster serves;
 //! - `aoc-node restore --from FILE --config FILE`: the data directory of a
 //!   new standalone member holding a backup's state;
-//! - `aoc-node members add|remove|replace|list --endpoints ...`: grow a
-//!   standalone member to HA, replace a failed passive or witness;
+//! - `aoc-node members add|remove|replace|shrink|list --endpoints ...`: grow
+//!   a standalone member to HA, replace a failed passive or witness, shrink
+//!   back to standalone;
 //! - `aoc-node certs --cluster-id N --members 1,2,3 --out DIR`: the
 //!   cluster's CA and the members' (and clients') certificates for mutual
 //!   TLS;
@@ -238,6 +239,8 @@ enum MembersOp {
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
     },
+    /// Remove every member but the active at once: back to standalone.
+    Shrink,
     /// The members, as the active sees them.
     List,
 }
@@ -448,6 +451,10 @@ fn members(op: MembersOp, list: &[String], opts: &ClientOptions) -> CliResult {
             let m = members::member(id, role(&r)?, &ha_addr).map_err(|e| (2, e))?;
             let mut c = connect(list, opts)?;
             members::replace(&mut c, old, &m, Duration::from_secs(timeout_s)).map_err(|e| (1, e))
+        }
+        MembersOp::Shrink => {
+            let mut c = connect(list, opts)?;
+            members::shrink(&mut c).map_err(|e| (1, e))
         }
         MembersOp::List => {
             let mut c = connect(list, opts)?;

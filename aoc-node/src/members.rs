@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aoc_core::client::Client;
+use aoc_core::client::{Added, Client};
 use aoc_core::{Error, Member, MemberRole, MembershipChange};
 
 use crate::config::{check_addr, MemberRole as FileRole};
@@ -47,11 +47,29 @@ pub fn add(client: &mut Client, m: &Member, timeout: Duration) -> Result<(), Str
                 last = what.to_string();
             }
         })
-        .map_err(|e| format!("adding member {}: {e}", m.id))?;
+        .map_err(|e| format!("adding member {}: {e}", m.id))
+        .map(|added| match added {
+            Added::Voter => println!(
+                "member {} is a voter. Update every member's configuration file: list \
+                 member {} ({}, ha_addr {}) in [[peers]]",
+                m.id, m.id, m.role, m.ha_addr
+            ),
+            Added::LearnerAwaitingPair => println!(
+                "member {} is a caught-up learner. Now add the second member (a standalone \
+                 member becomes HA with both promoted at once)",
+                m.id
+            ),
+        })
+}
+
+/// Removes every member but the active: back to standalone.
+pub fn shrink(client: &mut Client) -> Result<(), String> {
+    client
+        .change_membership(&MembershipChange::Shrink)
+        .map_err(|e| format!("shrinking to standalone: {e}"))?;
     println!(
-        "member {} is a voter. Update every member's configuration file: list member {} \
-         ({}, ha_addr {}) in [[peers]]",
-        m.id, m.id, m.role, m.ha_addr
+        "the active is standalone: the others drop out now. Remove the [[peers]] entries \
+         from its configuration file; wipe the others' data directories before reusing them"
     );
     Ok(())
 }

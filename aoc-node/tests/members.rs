@@ -257,10 +257,11 @@ fn check_all(endpoints: Vec<SocketAddr>, keys: &[String]) {
 }
 
 /// Standalone member 1 grows to active + passive + witness with `aoc-node
-/// members add` while a client writes; the new passive then takes over
-/// with every acknowledged write, and member 1, restarted with its old
-/// standalone file, rejoins as the passive (the data directory's membership
-/// applies; the file is only reported stale).
+/// members add` while a client writes (the two new members are promoted
+/// together); the new passive then takes over with every acknowledged
+/// write, and member 1, restarted with its old standalone file, rejoins as
+/// the passive (the data directory's membership applies; the file is only
+/// reported stale). Last, `members shrink` leaves member 2 standalone.
 #[test]
 fn a_standalone_member_grows_to_ha_under_writes() {
     let mut p = Procs::new();
@@ -285,7 +286,9 @@ fn a_standalone_member_grows_to_ha_under_writes() {
         "--ha-addr",
         &p.members[&2].ha.clone(),
     ]);
-    assert!(out.contains("member 2 is a voter"), "{out}");
+    // Not promoted alone: it waits for the witness, to be promoted with it.
+    assert!(out.contains("member 2 is a caught-up learner"), "{out}");
+    assert_eq!(p.active().expect("active").voters, vec![1]);
     p.start(3);
     let out = p.members(&[
         "add",
@@ -324,6 +327,17 @@ fn a_standalone_member_grows_to_ha_under_writes() {
         log.contains("membership changed since this file was written"),
         "{log}"
     );
+
+    // And back to standalone: member 2 alone, still serving.
+    let out = p.members(&["shrink"]);
+    assert!(out.contains("the active is standalone"), "{out}");
+    p.wait_active("member 2 standalone", |st| {
+        st.id == 2 && st.mode == Mode::Standalone && st.voters == vec![2]
+    });
+    let mut client = Client::connect(p.endpoints(), ClientOptions::default()).expect("client");
+    client
+        .put("after/shrink", "v")
+        .expect("the standalone member serves");
 }
 
 /// HA members 1, 2 and witness 3. The passive dies and is replaced by

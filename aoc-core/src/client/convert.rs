@@ -350,6 +350,7 @@ pub(crate) fn membership_to_proto(c: &MembershipChange) -> pb::MembershipRequest
             r.set_kind(pb::MembershipRequest_Kind::REMOVE);
             r.set_id(*id);
         }
+        MembershipChange::Shrink => r.set_kind(pb::MembershipRequest_Kind::SHRINK),
     }
     r
 }
@@ -368,5 +369,6 @@ pub(crate) fn membership_from_proto(r: &pb::MembershipRequest) -> MembershipChan
         }),
         pb::MembershipRequest_Kind::PROMOTE => MembershipChange::Promote(r.get_id()),
         pb::MembershipRequest_Kind::REMOVE => MembershipChange::Remove(r.get_id()),
+        pb::MembershipRequest_Kind::SHRINK => MembershipChange::Shrink,
     }
 }

@@ -111,7 +111,17 @@ use crate::state::{KvCommand, KvResponse};
 use crate::{Error, Member, MembershipChange, Result, Status};
 use convert::{error_from_proto, status_from_proto, write_from_proto};
 
-use crate::replica::membership_reasons::{ALREADY_VOTER, NOT_CAUGHT_UP};
+use crate::replica::membership_reasons::{ALREADY_VOTER, AWAITS_PAIR, NOT_CAUGHT_UP};
+
+/// Where [`Client::add_member`] left the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A voter: it counts for elections and commits.
+    Voter,
+    /// A caught-up learner of a standalone cluster, waiting for a second
+    /// new member to be promoted with it.
+    LearnerAwaitingPair,
+}
 use frame::FrameError;
 
 /// Options of a [`Client`].
@@ -465,6 +475,11 @@ impl Client {
     /// members in its configuration) or start meanwhile. Running it again
     /// after an interruption resumes where it stopped.
     ///
+    /// A standalone cluster grows by two members promoted together (see
+    /// [`MembershipChange::Promote`]): adding the first returns
+    /// [`Added::LearnerAwaitingPair`] once it has caught up; adding the
+    /// second promotes both and returns [`Added::Voter`].
+    ///
     /// ```no_run
     /// # fn main() -> aoc_core::Result<()> {
     /// use std::time::Duration;
@@ -485,14 +500,14 @@ impl Client {
         timeout: Duration,
         poll: Duration,
         mut progress: impl FnMut(&str),
-    ) -> Result<()> {
+    ) -> Result<Added> {
         let until = Instant::now() + timeout;
         match self.change_membership(&MembershipChange::AddLearner(member.clone())) {
             Ok(()) => progress(&format!("member {} added as a learner", member.id)),
             // Resumed after the promotion.
             Err(Error::Membership { reason }) if reason.contains(ALREADY_VOTER) => {
                 progress(&format!("member {} is already a voter", member.id));
-                return Ok(());
+                return Ok(Added::Voter);
             }
             Err(e) => return Err(e),
         }
@@ -500,10 +515,14 @@ impl Client {
             match self.change_membership(&MembershipChange::Promote(member.id)) {
                 Ok(()) => {
                     progress(&format!("member {} promoted to voter", member.id));
-                    return Ok(());
+                    return Ok(Added::Voter);
                 }
                 Err(Error::Membership { reason }) if reason.contains(ALREADY_VOTER) => {
-                    return Ok(())
+                    return Ok(Added::Voter)
+                }
+                Err(Error::Membership { reason }) if reason.contains(AWAITS_PAIR) => {
+                    progress(&reason);
+                    return Ok(Added::LearnerAwaitingPair);
                 }
                 Err(Error::Membership { reason }) if reason.contains(NOT_CAUGHT_UP) => {
                     progress(&reason)

@@ -117,10 +117,20 @@ impl Ha {
             .collect()
     }
 
-    /// Whether the HA rules apply: two data members and the witness.
+    /// Whether the HA rules apply: two data members and the witness, and
+    /// no joint configuration (a membership change in progress: plain raft
+    /// until it is left, a moment later).
     fn ha_group<T: Storage>(&self, raw: &RawNode<T>) -> bool {
         let voters = Self::voters(raw);
-        self.witness.is_some_and(|w| voters.contains(&w)) && voters.len() == 3
+        self.witness.is_some_and(|w| voters.contains(&w))
+            && voters.len() == 3
+            && raw
+                .raft
+                .prs()
+                .conf()
+                .to_conf_state()
+                .voters_outgoing
+                .is_empty()
     }
 
     /// The other data member, seen from a data leader.

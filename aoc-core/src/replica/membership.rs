@@ -33,8 +33,11 @@ pub(crate) mod reasons {
     pub(crate) const NOT_CAUGHT_UP: &str = "has not caught up yet";
     /// The member to add or promote is a voter already: done.
     pub(crate) const ALREADY_VOTER: &str = "is already a voter";
+    /// A standalone member's learner waits for the second new member, to
+    /// be promoted with it.
+    pub(crate) const AWAITS_PAIR: &str = "waits for a second new member";
 }
-use reasons::{ALREADY_VOTER, NOT_CAUGHT_UP};
+use reasons::{ALREADY_VOTER, AWAITS_PAIR, NOT_CAUGHT_UP};
 
 /// What a member stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,19 +76,29 @@ pub enum MembershipChange {
     /// but neither votes nor counts for commits.
     AddLearner(Member),
     /// Makes a learner a voter; refused until it has caught up (within
-    /// [`CATCH_UP_MARGIN_ENTRIES`] of the log's end).
+    /// [`CATCH_UP_MARGIN_ENTRIES`] of the log's end). A standalone member
+    /// promotes its two learners (the new passive and the witness) together,
+    /// in one joint-consensus change, never one alone: with two voters,
+    /// either one failing would stop every write, and no change could then
+    /// be committed to undo it. So the first promotion waits (refused with
+    /// "waits for a second new member") until the second learner is added
+    /// and caught up.
     Promote(u64),
     /// Removes a member (not the leader: switch over first). Its messages
     /// are dropped from then on.
     Remove(u64),
+    /// Removes every member but the leader at once (joint consensus),
+    /// leaving it standalone: the way back from HA to one member.
+    Shrink,
 }
 
 impl MembershipChange {
-    /// The member the change is about.
-    pub fn member_id(&self) -> u64 {
+    /// The member the change is about (`None` for a shrink).
+    pub fn member_id(&self) -> Option<u64> {
         match self {
-            MembershipChange::AddLearner(m) => m.id,
-            MembershipChange::Promote(id) | MembershipChange::Remove(id) => *id,
+            MembershipChange::AddLearner(m) => Some(m.id),
+            MembershipChange::Promote(id) | MembershipChange::Remove(id) => Some(*id),
+            MembershipChange::Shrink => None,
         }
     }
 }
@@ -103,9 +116,31 @@ pub(crate) struct ConfView<'a> {
     pub(crate) matched: &'a dyn Fn(u64) -> u64,
 }
 
-/// Checks a change against the configuration; the error says why it is
+/// One raft-level step of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    AddLearner(u64),
+    AddVoter(u64),
+    Remove(u64),
+}
+
+/// Checks a change against the configuration and returns its raft steps
+/// (more than one: a joint-consensus change); the error says why it is
 /// refused and what to do.
-pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<()> {
+pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<Vec<Step>> {
+    let caught_up = |id: u64| -> Result<()> {
+        let matched = (v.matched)(id);
+        // Nothing matched: it has not installed its first snapshot yet (a
+        // short log would otherwise pass the margin).
+        if matched == 0 || matched + CATCH_UP_MARGIN_ENTRIES < v.last_index {
+            return Err(Error::membership(format!(
+                "member {id} {NOT_CAUGHT_UP}: it holds the log up to index {matched}, \
+                 which ends at {}; try again",
+                v.last_index
+            )));
+        }
+        Ok(())
+    };
     let member = |id: u64| v.voters.contains(&id) || v.learners.contains(&id);
     match change {
         MembershipChange::AddLearner(m) => {
@@ -146,7 +181,7 @@ pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<()> {
                 MemberRole::Data if data >= 2 => Err(Error::membership(
                     "the cluster already has two data members: remove one first",
                 )),
-                _ => Ok(()),
+                _ => Ok(vec![Step::AddLearner(m.id)]),
             }
         }
         MembershipChange::Promote(id) => {
@@ -158,17 +193,27 @@ pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<()> {
                     "member {id} is not a learner: add it first"
                 )));
             }
-            let matched = (v.matched)(*id);
-            // Nothing matched: it has not installed its first snapshot yet
-            // (a short log would otherwise pass the margin).
-            if matched == 0 || matched + CATCH_UP_MARGIN_ENTRIES < v.last_index {
+            caught_up(*id)?;
+            if v.voters != [v.leader] {
+                return Ok(vec![Step::AddVoter(*id)]);
+            }
+            // A standalone leader: both learners at once (see
+            // `MembershipChange::Promote`).
+            let others: Vec<u64> = v.learners.iter().copied().filter(|l| l != id).collect();
+            if others.is_empty() {
                 return Err(Error::membership(format!(
-                    "member {id} {NOT_CAUGHT_UP}: it holds the log up to index {matched}, \
-                     which ends at {}; try again",
-                    v.last_index
+                    "member {id} is caught up and {AWAITS_PAIR}: a standalone member becomes HA \
+                     with its passive and its witness promoted together (with one alone, \
+                     either failing would stop every write). Add the other member; both are \
+                     then promoted"
                 )));
             }
-            Ok(())
+            let mut steps = vec![Step::AddVoter(*id)];
+            for o in others {
+                caught_up(o)?;
+                steps.push(Step::AddVoter(o));
+            }
+            Ok(steps)
         }
         MembershipChange::Remove(id) => {
             if !member(*id) {
@@ -182,7 +227,21 @@ pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<()> {
                     "member {id} is the leader: switch over to another member first"
                 )));
             }
-            Ok(())
+            Ok(vec![Step::Remove(*id)])
+        }
+        MembershipChange::Shrink => {
+            let steps: Vec<Step> = v
+                .voters
+                .iter()
+                .chain(v.learners)
+                .copied()
+                .filter(|id| *id != v.leader)
+                .map(Step::Remove)
+                .collect();
+            if steps.is_empty() {
+                return Err(Error::membership("the leader is standalone already"));
+            }
+            Ok(steps)
         }
     }
 }
@@ -295,34 +354,49 @@ mod tests {
     fn growth_from_standalone_passes_each_step() {
         let caught_up = |_| 990;
         let add2 = MembershipChange::AddLearner(m(2, MemberRole::Data));
-        assert!(check(&add2, &view(&[1], &[], None, &caught_up)).is_ok());
-        assert!(check(
+        let steps = check(&add2, &view(&[1], &[], None, &caught_up)).unwrap();
+        assert_eq!(steps, vec![Step::AddLearner(2)]);
+        // Alone, the first learner waits for the second.
+        let alone = check(
             &MembershipChange::Promote(2),
-            &view(&[1], &[2], None, &caught_up)
+            &view(&[1], &[2], None, &caught_up),
         )
-        .is_ok());
+        .unwrap_err()
+        .to_string();
+        assert!(alone.contains(AWAITS_PAIR), "{alone}");
         let add3 = MembershipChange::AddLearner(m(3, MemberRole::Witness));
-        assert!(check(&add3, &view(&[1, 2], &[], None, &caught_up)).is_ok());
-        assert!(check(
-            &MembershipChange::Promote(3),
-            &view(&[1, 2], &[3], Some(3), &caught_up)
-        )
-        .is_ok());
+        let steps = check(&add3, &view(&[1], &[2], None, &caught_up)).unwrap();
+        assert_eq!(steps, vec![Step::AddLearner(3)]);
+        // Both together, in one joint change.
+        let both = view(&[1], &[2, 3], Some(3), &caught_up);
+        let steps = check(&MembershipChange::Promote(3), &both).unwrap();
+        assert_eq!(steps, vec![Step::AddVoter(3), Step::AddVoter(2)]);
+        // Past standalone, one at a time (a replacement).
+        let replacing = view(&[1, 3], &[4], Some(3), &caught_up);
+        let steps = check(&MembershipChange::Promote(4), &replacing).unwrap();
+        assert_eq!(steps, vec![Step::AddVoter(4)]);
+        // And back: every other member at once.
+        let ha = view(&[1, 2, 3], &[], Some(3), &caught_up);
+        let steps = check(&MembershipChange::Shrink, &ha).unwrap();
+        assert_eq!(steps, vec![Step::Remove(2), Step::Remove(3)]);
+        let alone = view(&[1], &[], None, &caught_up);
+        assert!(check(&MembershipChange::Shrink, &alone).is_err());
     }
 
     #[test]
     fn refusals_name_the_problem() {
-        let behind = |_| 10;
+        let behind = |id| if id == 3 { 10 } else { 990 };
         let err = |c: MembershipChange, v: ConfView<'_>| check(&c, &v).unwrap_err().to_string();
-        assert!(err(
-            MembershipChange::Promote(2),
-            view(&[1], &[2], None, &behind)
-        )
-        .contains("has not caught up yet: it holds the log up to index 10"));
+        let lagging = view(&[1, 2], &[3], None, &behind);
+        assert!(err(MembershipChange::Promote(3), lagging)
+            .contains("has not caught up yet: it holds the log up to index 10"));
+        // A paired promotion waits for both.
+        let pair = view(&[1], &[2, 3], None, &behind);
+        assert!(err(MembershipChange::Promote(2), pair).contains("member 3 has not caught up"));
         let nothing = |_| 0;
-        let mut short = view(&[1], &[2], None, &nothing);
+        let mut short = view(&[1, 2], &[4], None, &nothing);
         short.last_index = 5;
-        assert!(err(MembershipChange::Promote(2), short).contains("not caught up"));
+        assert!(err(MembershipChange::Promote(4), short).contains("not caught up"));
         assert!(err(
             MembershipChange::Remove(1),
             view(&[1, 2], &[], None, &behind)

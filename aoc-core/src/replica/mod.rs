@@ -34,8 +34,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
-    MessageType,
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, HardState, Message, MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use rand::rngs::SmallRng;
@@ -137,7 +137,7 @@ pub enum Event {
     },
     /// The voter set changed.
     MembershipChanged {
-        /// The voters now.
+        /// The voters now (in a joint configuration, those of both halves).
         voters: Vec<u64>,
         /// The learners now.
         learners: Vec<u64>,
@@ -2017,9 +2017,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             witness = ?self.ha.witness,
             "membership changed"
         );
+        // Both halves of a joint configuration: every member stays reachable
+        // until the change is left.
+        let mut voters: Vec<u64> = cs
+            .voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .copied()
+            .collect();
+        voters.sort_unstable();
+        voters.dedup();
+        let mut learners: Vec<u64> = cs
+            .learners
+            .iter()
+            .chain(&cs.learners_next)
+            .copied()
+            .collect();
+        learners.sort_unstable();
+        learners.dedup();
         self.out.events.push(Event::MembershipChanged {
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
+            voters,
+            learners,
             members: self.directory.clone(),
         });
         self.ha.apply_policy(&mut self.raw);
@@ -2066,7 +2084,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         learners.sort_unstable();
         let prs = self.raw.raft.prs();
         let matched = |id: u64| prs.get(id).map_or(0, |p| p.matched);
-        membership::check(
+        let steps = membership::check(
             change,
             &membership::ConfView {
                 leader: self.cfg.id,
@@ -2082,19 +2100,37 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 reason: "another membership change is not applied yet; try again".into(),
             });
         }
-        let mut cc = ConfChange::default();
-        let (kind, id) = match change {
-            MembershipChange::AddLearner(m) => (ConfChangeType::AddLearnerNode, m.id),
-            MembershipChange::Promote(id) => (ConfChangeType::AddNode, *id),
-            MembershipChange::Remove(id) => (ConfChangeType::RemoveNode, *id),
+        let single = |step: &membership::Step| {
+            let mut cc = ConfChangeSingle::default();
+            let (kind, id) = match *step {
+                membership::Step::AddLearner(id) => (ConfChangeType::AddLearnerNode, id),
+                membership::Step::AddVoter(id) => (ConfChangeType::AddNode, id),
+                membership::Step::Remove(id) => (ConfChangeType::RemoveNode, id),
+            };
+            cc.set_change_type(kind);
+            cc.node_id = id;
+            cc
         };
-        cc.set_change_type(kind);
-        cc.node_id = id;
         let ctx = membership::encode_context(self.cfg.id, token, change);
         let before = self.raw.raft.raft_log.last_index();
-        self.raw
-            .propose_conf_change(ctx, cc)
-            .map_err(|e| Error::Raft(format!("membership change: {e}")))?;
+        let proposed = match steps.as_slice() {
+            [one] => {
+                let s = single(one);
+                let mut cc = ConfChange::default();
+                cc.set_change_type(s.get_change_type());
+                cc.node_id = s.node_id;
+                self.raw.propose_conf_change(ctx, cc)
+            }
+            // Several voters at once: joint consensus, left as soon as it
+            // is applied (raft-rs proposes the leave itself).
+            many => {
+                let mut cc = ConfChangeV2::default();
+                cc.set_transition(ConfChangeTransition::Auto);
+                cc.set_changes(many.iter().map(single).collect::<Vec<_>>().into());
+                self.raw.propose_conf_change(ctx, cc)
+            }
+        };
+        proposed.map_err(|e| Error::Raft(format!("membership change: {e}")))?;
         if self.raw.raft.raft_log.last_index() == before {
             return Err(Error::Busy {
                 reason: "raft dropped the membership change (a leader transfer is in                          progress?); try again"

@@ -97,7 +97,10 @@ impl LocalNetwork {
 
     /// The transport a member uses to send on this network.
     pub fn transport(&self) -> LocalTransport {
-        LocalTransport { net: self.clone() }
+        LocalTransport {
+            net: self.clone(),
+            peers: Arc::new(RwLock::new(None)),
+        }
     }
 
     /// Attaches (or re-attaches, after a restart) member `id`'s node.
@@ -129,14 +132,30 @@ impl LocalNetwork {
 const LOCAL_CHUNK_BYTES: usize = 16 * 1024;
 
 /// The sending side of a [`LocalNetwork`]. Snapshot messages go through
-/// the same chunked streaming as on a real network.
+/// the same chunked streaming as on a real network. Like the TCP
+/// transport, it reaches only the members it was last told of
+/// ([`Transport::members_changed`]; every member until then).
 #[derive(Clone, Debug)]
 pub struct LocalTransport {
     net: LocalNetwork,
+    peers: Arc<RwLock<Option<BTreeSet<u64>>>>,
+}
+
+impl LocalTransport {
+    fn reaches(&self, to: u64) -> bool {
+        self.peers.read().as_ref().is_none_or(|p| p.contains(&to))
+    }
 }
 
 impl Transport for LocalTransport {
+    fn members_changed(&self, ids: &[u64], _directory: &[crate::Member]) {
+        *self.peers.write() = Some(ids.iter().copied().collect());
+    }
+
     fn send_notice(&self, notice: Notice) {
+        if !self.reaches(notice.to) {
+            return;
+        }
         let inbox = {
             let net = self.net.net.read();
             if net.cut.contains(&(notice.from, notice.to)) {
@@ -151,6 +170,9 @@ impl Transport for LocalTransport {
 
     fn send(&self, msg: Message) {
         let to = msg.to;
+        if !self.reaches(to) {
+            return;
+        }
         let (inbox, stream) = {
             let mut net = self.net.net.write();
             if net.cut.contains(&(msg.from, to)) {
