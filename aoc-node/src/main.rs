@@ -566,18 +566,32 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
             }
         }
     }
-    // The witness has no client API: the active's view of it.
+    // The witness has no client API: the active's view of it (the
+    // directory's witness, else the voter no endpoint answered for).
     let witness = active.as_ref().and_then(|a| {
         let seen: Vec<u64> = members
             .iter()
             .filter_map(|(_, s)| s.as_ref().map(|s| s.id))
             .collect();
+        let listed = a
+            .status
+            .members
+            .iter()
+            .find(|m| m.role == aoc_core::MemberRole::Witness)
+            .map(|m| m.id);
         a.status
             .progress
             .iter()
-            .find(|p| !seen.contains(&p.id))
+            .find(|p| match listed {
+                Some(w) => p.id == w,
+                None => !seen.contains(&p.id) && !a.status.learners.contains(&p.id),
+            })
             .map(|p| (p.id, p.matched))
     });
+    let (voters, learners) = active
+        .as_ref()
+        .map(|a| (a.status.voters.clone(), a.status.learners.clone()))
+        .unwrap_or_default();
     let mode = active
         .as_ref()
         .map(|a| format!("{:?}", a.status.mode).to_lowercase())
@@ -613,6 +627,8 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
         }
         let out = serde_json::json!({
             "mode": mode,
+            "voters": voters,
+            "learners": learners,
             "members": arr,
             "maintenance": maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
             "last_failover": last_failover.map(|(id, (at, took))| serde_json::json!({"to": id, "at_ms": at, "took_ms": took})),
@@ -620,6 +636,9 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
         println!("{out}");
     } else {
         println!("mode: {mode}");
+        if !learners.is_empty() {
+            println!("learners (being added): {learners:?}; voters: {voters:?}");
+        }
         if let Some((id, (at, took))) = last_failover {
             println!("last failover: to member {id} at {at} ms, {took} ms after its last contact with the previous active");
         }
