@@ -1284,7 +1284,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return None;
         }
         let silent: Vec<u64> = self
-            .status_voters()
+            .voters()
             .into_iter()
             .filter(|v| *v != self.cfg.id)
             .filter(|v| {
@@ -1308,7 +1308,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         })
     }
 
-    fn status_voters(&self) -> Vec<u64> {
+    /// The voters of the configuration raft-rs runs now, sorted.
+    pub(crate) fn voters(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
         v.sort_unstable();
         v
@@ -2077,6 +2078,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 leader_hint: self.leader(),
             });
         }
+        // Before the rules: they read the applied configuration, which a
+        // change in flight (this leader's, or one in its log from before
+        // its election) is about to replace; judged against it, a change
+        // that will pass would be refused, for a reason the pending
+        // change removes (a replacement witness refused for the witness
+        // being removed).
+        if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
+            return Err(Error::Busy {
+                reason: "another membership change is not applied yet; try again".into(),
+            });
+        }
         let conf = self.raw.raft.prs().conf();
         let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
         voters.sort_unstable();
@@ -2095,11 +2107,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 matched: &matched,
             },
         )?;
-        if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
-            return Err(Error::Busy {
-                reason: "another membership change is not applied yet; try again".into(),
-            });
-        }
         let single = |step: &membership::Step| {
             let mut cc = ConfChangeSingle::default();
             let (kind, id) = match *step {
@@ -2133,7 +2140,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         proposed.map_err(|e| Error::Raft(format!("membership change: {e}")))?;
         if self.raw.raft.raft_log.last_index() == before {
             return Err(Error::Busy {
-                reason: "raft dropped the membership change (a leader transfer is in                          progress?); try again"
+                reason: "raft dropped the membership change (a leader transfer is in progress?); try again"
                     .into(),
             });
         }

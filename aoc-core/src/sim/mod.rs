@@ -14,6 +14,13 @@
 //!   reached the disk whole or not at all; a stalled disk completes nothing;
 //! - the state machine ([`MemKv`]) loses what was not synced on a crash.
 //!
+//! Members can be replaced while it runs: [`Cluster::lose`] crashes one for
+//! good, [`Cluster::add_member`] starts a blank member that joins through
+//! the bootstrap handshake ([`Decision::Join`]), and
+//! [`Cluster::change_membership`] proposes a change on a member. The checks
+//! follow the configuration the members applied ([`Cluster::configuration`]),
+//! not the initial voters.
+//!
 //! The same seed gives the same run: [`Cluster::trace`] records every
 //! event, and a test can run a seed twice and compare. Checks run all the
 //! time and are collected in [`Cluster::violations`]:
@@ -35,6 +42,7 @@
 mod audit;
 mod breaks;
 pub mod check;
+mod replace;
 mod run;
 mod schedule;
 mod workload;
@@ -55,11 +63,15 @@ use crate::proto::Notice;
 use crate::state::{KvStateMachine, MemKv, StateMachine};
 use crate::storage::{LogStore, LogWrite, MemLogStore};
 use crate::transport::{split_snapshot, Reassembler};
-use crate::{Error, Event, ProposalResult, Ready, Replica, ReplicaConfig, Result};
+use crate::{
+    Error, Event, MemberRole, MembershipChange, ProposalResult, Ready, Replica, ReplicaConfig,
+    Result,
+};
 use audit::{AuditKv, Violations};
 pub use breaks::Break;
 pub(crate) use breaks::Breaks;
 use check::{Property, WitnessLead};
+pub use replace::ReplaceReport;
 pub use run::{run_seed, RunOptions, RunReport};
 pub use workload::WorkloadStats;
 
@@ -95,10 +107,11 @@ impl Default for NetFaults {
 pub struct SimOptions {
     /// The seed: the same seed gives the same run.
     pub seed: u64,
-    /// The members (all voters).
+    /// The initial members (all voters); more can join later
+    /// ([`Cluster::add_member`]).
     pub voters: Vec<u64>,
-    /// The voter that is the witness, if any (it runs no state machine;
-    /// election ranges follow [`ReplicaConfig::ha`]).
+    /// The initial voter that is the witness, if any (it runs no state
+    /// machine; election ranges follow [`ReplicaConfig::ha`]).
     pub witness: Option<u64>,
     /// Length of a tick in microseconds.
     pub tick_us: u64,
@@ -231,6 +244,68 @@ pub(crate) struct Member {
     /// hears that, the acknowledgements it holds from before the wipe are
     /// all it can know (see `durable_at_ack.rs`).
     wiped: Option<(MemLogStore, BTreeSet<u64>)>,
+    /// Whether it is a witness (runs no state machine).
+    witness: bool,
+    /// The witness its configuration names (`ReplicaConfig::witness`).
+    cfg_witness: Option<u64>,
+    /// The voters its configuration lists: whom its bootstrap handshake
+    /// asks while its store is blank.
+    configured: Vec<u64>,
+    /// Added at runtime: a blank store joins the running cluster
+    /// ([`Decision::Join`]) instead of bootstrapping.
+    joiner: bool,
+    /// Lost for good ([`Cluster::lose`]): never restarted.
+    lost: bool,
+}
+
+impl Member {
+    /// A member with a blank store.
+    fn blank_store(
+        witness: bool,
+        cfg_witness: Option<u64>,
+        configured: Vec<u64>,
+        tick_us: u64,
+        lying_disk: bool,
+    ) -> Self {
+        let log = MemLogStore::new();
+        Member {
+            durable: if lying_disk {
+                log.deep_clone()
+            } else {
+                log.clone()
+            },
+            log,
+            replica: None,
+            parked: (!witness).then(MemKv::new),
+            incarnation: 0,
+            queue: VecDeque::new(),
+            in_progress: None,
+            disk_stalled: false,
+            reads: BTreeMap::new(),
+            chunks: Reassembler::new(u64::MAX),
+            blank: None,
+            tick_us,
+            wiped: None,
+            witness,
+            cfg_witness,
+            configured,
+            joiner: false,
+            lost: false,
+        }
+    }
+}
+
+/// A configuration the members applied: the voters and learners, from the
+/// log index of the change that set it (see [`Cluster::configuration`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configuration {
+    /// The index of the change (or of the snapshot that carried it, if no
+    /// member applied the change itself); 0 for the initial one.
+    pub index: u64,
+    /// The voters, sorted.
+    pub voters: Vec<u64>,
+    /// The learners, sorted.
+    pub learners: Vec<u64>,
 }
 
 /// The deterministic cluster (see the module docs).
@@ -257,6 +332,12 @@ pub struct Cluster {
     /// The members seen active at once (one report per overlap).
     overlap: Option<Vec<u64>>,
     witness_lead: WitnessLead,
+    /// Every configuration a member applied, by index (one entry per
+    /// distinct configuration, at the lowest index seen).
+    confs: Vec<Configuration>,
+    /// A lost member -> the member that took its place (fault targets
+    /// follow it: see `schedule.rs`).
+    successors: BTreeMap<u64, u64>,
 }
 
 impl Cluster {
@@ -280,7 +361,17 @@ impl Cluster {
             events_seen: Vec::new(),
             overlap: None,
             witness_lead: WitnessLead::default(),
+            confs: Vec::new(),
+            successors: BTreeMap::new(),
         };
+        let mut initial = c.opts.voters.clone();
+        initial.sort_unstable();
+        initial.dedup();
+        c.confs.push(Configuration {
+            index: 0,
+            voters: initial,
+            learners: Vec::new(),
+        });
         if c.opts.breaks.contains(&Break::LyingDisk) {
             c.opts.lying_disk = true;
         }
@@ -288,41 +379,190 @@ impl Cluster {
             c.trace.push(format!("0 breaks {:?}", c.opts.breaks));
         }
         for id in c.opts.voters.clone() {
-            let skew = c.opts.tick_skew_per_mille.min(500);
-            let per_mille = if skew == 0 {
-                1000
-            } else {
-                c.rng.gen_range(1000 - skew..=1000 + skew)
-            };
-            let tick_us = (c.opts.tick_us * per_mille / 1000).max(1);
-            let log = MemLogStore::new();
+            let tick_us = c.draw_tick_us();
             // The simulation's own logic: a fresh in-memory store takes the
             // configuration.
-            c.members.insert(
-                id,
-                Member {
-                    durable: if c.opts.lying_disk {
-                        log.deep_clone()
-                    } else {
-                        log.clone()
-                    },
-                    log,
-                    replica: None,
-                    parked: (c.opts.witness != Some(id)).then(MemKv::new),
-                    incarnation: 0,
-                    queue: VecDeque::new(),
-                    in_progress: None,
-                    disk_stalled: false,
-                    reads: BTreeMap::new(),
-                    chunks: Reassembler::new(u64::MAX),
-                    blank: None,
-                    tick_us,
-                    wiped: None,
-                },
+            let m = Member::blank_store(
+                c.opts.witness == Some(id),
+                c.opts.witness,
+                c.opts.voters.clone(),
+                tick_us,
+                c.opts.lying_disk,
             );
+            c.members.insert(id, m);
             c.start(id);
         }
         c
+    }
+
+    /// A member's tick length (see `SimOptions::tick_skew_per_mille`).
+    fn draw_tick_us(&mut self) -> u64 {
+        let skew = self.opts.tick_skew_per_mille.min(500);
+        let per_mille = if skew == 0 {
+            1000
+        } else {
+            self.rng.gen_range(1000 - skew..=1000 + skew)
+        };
+        (self.opts.tick_us * per_mille / 1000).max(1)
+    }
+
+    /// Starts member `id`, which no configuration lists yet, with a blank
+    /// store: its handshake asks the members of the current configuration,
+    /// learns that they hold data without listing it, and it opens with
+    /// `Replica::join` (or `join_witness`) to wait for the leader's
+    /// snapshot. Add it with [`Cluster::change_membership`]. `replacing`
+    /// names the lost member it takes the place of: faults aimed at that
+    /// one hit this one from now on. Does nothing if `id` is taken.
+    pub fn add_member(&mut self, id: u64, role: MemberRole, replacing: Option<u64>) {
+        if id == 0 || self.members.contains_key(&id) {
+            return;
+        }
+        let tick_us = self.draw_tick_us();
+        let witness = role == MemberRole::Witness;
+        let mut configured = self.configuration().voters.clone();
+        configured.push(id);
+        let cfg_witness = if witness {
+            Some(id)
+        } else {
+            self.witness().or(self.opts.witness)
+        };
+        let mut m = Member::blank_store(
+            witness,
+            cfg_witness,
+            configured,
+            tick_us,
+            self.opts.lying_disk,
+        );
+        m.joiner = true;
+        self.members.insert(id, m);
+        if let Some(old) = replacing {
+            self.successors.insert(old, id);
+        }
+        self.trace
+            .push(format!("{} add member {id} ({role})", self.now_us));
+        self.start(id);
+    }
+
+    /// Crashes member `id` for good: it is never restarted (a dead disk);
+    /// only a membership change removes it from the configuration.
+    pub fn lose(&mut self, id: u64) {
+        self.crash(id);
+        if let Some(m) = self.members.get_mut(&id) {
+            m.lost = true;
+            self.trace.push(format!("{} lost {id}", self.now_us));
+        }
+    }
+
+    /// Whether member `id` was lost for good.
+    pub fn is_lost(&self, id: u64) -> bool {
+        self.members.get(&id).is_some_and(|m| m.lost)
+    }
+
+    /// The member that now stands for `id`: `id` itself, or the member that
+    /// replaced it (following replacements of replacements).
+    pub fn current_id(&self, id: u64) -> u64 {
+        let mut id = id;
+        // Each step goes to a member added later: the chain ends.
+        while let Some(next) = self.successors.get(&id) {
+            id = *next;
+        }
+        id
+    }
+
+    /// Every member the simulation has, lost ones included, by id.
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.members.keys().copied().collect()
+    }
+
+    /// Whether member `id` is a witness.
+    pub fn is_witness(&self, id: u64) -> bool {
+        self.members.get(&id).is_some_and(|m| m.witness)
+    }
+
+    /// The newest configuration a member applied: the one the cluster
+    /// runs (a change is applied only once committed).
+    pub fn configuration(&self) -> &Configuration {
+        static NONE: Configuration = Configuration {
+            index: 0,
+            voters: Vec::new(),
+            learners: Vec::new(),
+        };
+        // `new` puts the initial configuration first; the list never
+        // shrinks.
+        self.confs.last().unwrap_or(&NONE)
+    }
+
+    /// The data members among the voters of [`Cluster::configuration`].
+    pub fn data_members(&self) -> Vec<u64> {
+        self.configuration()
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| !self.is_witness(*v))
+            .collect()
+    }
+
+    /// The witness among the voters of [`Cluster::configuration`].
+    pub fn witness(&self) -> Option<u64> {
+        self.configuration()
+            .voters
+            .iter()
+            .copied()
+            .find(|v| self.is_witness(*v))
+    }
+
+    /// The configurations under which entry `index` can have been
+    /// committed: the one set by the last change before it, and the one
+    /// before that (a leader commits with the configuration it applied,
+    /// and it may not yet have applied the last change before the entry;
+    /// it cannot lag by two, since raft-rs proposes a change only once the
+    /// previous one is applied and campaigns only once every committed
+    /// change is).
+    pub(crate) fn commit_configurations(&self, index: u64) -> &[Configuration] {
+        let end = self
+            .confs
+            .partition_point(|c| c.index < index)
+            .max(1)
+            .min(self.confs.len());
+        &self.confs[end.saturating_sub(2)..end]
+    }
+
+    /// Records the configuration in member `id`'s write, if it carries
+    /// one: the replica applied it (a change, or a snapshot) and runs it
+    /// from now on, before the write is persisted (raft-rs counts a quorum
+    /// with the configuration it applied).
+    fn record_configuration(&mut self, id: u64, w: &LogWrite) {
+        let (Some(cs), Some(meta)) = (&w.conf_state, &w.member_meta) else {
+            return;
+        };
+        let mut voters = cs.voters.clone();
+        voters.sort_unstable();
+        let mut learners = cs.learners.clone();
+        learners.sort_unstable();
+        if voters.is_empty() {
+            return;
+        }
+        let conf = Configuration {
+            index: meta.conf_index,
+            voters,
+            learners,
+        };
+        if let Some(pos) = self
+            .confs
+            .iter()
+            .position(|c| c.voters == conf.voters && c.learners == conf.learners)
+        {
+            if self.confs[pos].index <= conf.index {
+                return;
+            }
+            self.confs.remove(pos);
+        }
+        let at = self.confs.partition_point(|c| c.index <= conf.index);
+        self.trace.push(format!(
+            "{} configuration i{} voters {:?} learners {:?} (from {id})",
+            self.now_us, conf.index, conf.voters, conf.learners
+        ));
+        self.confs.insert(at, conf);
     }
 
     /// The seed this cluster runs.
@@ -342,21 +582,20 @@ impl Cluster {
 
     fn start(&mut self, id: u64) {
         let phase = self.rng.gen_range(0..self.opts.tick_us);
-        let voters = self.opts.voters.clone();
         let Some(m) = self.members.get_mut(&id) else {
             return;
         };
-        if m.replica.is_some() || m.blank.is_some() {
+        if m.replica.is_some() || m.blank.is_some() || m.lost {
             return;
         }
         m.incarnation += 1;
         let incarnation = m.incarnation;
         let blank = !m.log.initial_state().is_ok_and(|s| s.initialized());
         if blank {
-            m.blank = Some(Bootstrap::new(id, &voters, 1));
+            m.blank = Some(Bootstrap::new(id, &m.configured, 1));
             self.trace.push(format!("{} start {id} blank", self.now_us));
         } else {
-            self.open(id);
+            self.open(id, false);
         }
         self.schedule(
             self.now_us + phase,
@@ -367,29 +606,36 @@ impl Cluster {
         );
     }
 
-    /// Opens member `id`'s replica on its (initialized) store.
-    fn open(&mut self, id: u64) {
+    /// Opens member `id`'s replica on its store: an initialized one, or
+    /// (`join`) a blank one that waits for the leader's snapshot.
+    fn open(&mut self, id: u64, join: bool) {
         let seed = self.rng.gen::<u64>();
+        let violations = self.violations.clone();
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
         let mut cfg = self.opts.replica.clone();
         cfg.id = id;
-        if let Some(w) = self.opts.witness {
+        if let Some(w) = m.cfg_witness {
             let ha = ReplicaConfig::ha(id, w);
             cfg.witness = ha.witness;
             cfg.min_election_tick = ha.min_election_tick;
             cfg.max_election_tick = ha.max_election_tick;
         }
-        let violations = self.violations.clone();
-        let is_witness = self.opts.witness == Some(id);
-        let Some(m) = self.members.get_mut(&id) else {
-            return;
-        };
-        let opened = if is_witness {
-            Replica::new_witness(cfg, m.log.clone(), seed)
-        } else {
-            let Some(sm) = m.parked.take() else {
-                return;
-            };
-            Replica::new(cfg, m.log.clone(), AuditKv::new(sm, id, violations), seed)
+        let opened = match (m.witness, join) {
+            (true, false) => Replica::new_witness(cfg, m.log.clone(), seed),
+            (true, true) => Replica::join_witness(cfg, m.log.clone(), seed),
+            (false, _) => {
+                let Some(sm) = m.parked.take() else {
+                    return;
+                };
+                let sm = AuditKv::new(sm, id, violations);
+                if join {
+                    Replica::join(cfg, m.log.clone(), sm, seed)
+                } else {
+                    Replica::new(cfg, m.log.clone(), sm, seed)
+                }
+            }
         };
         let breaks = Breaks {
             ack_before_sync: self.opts.breaks.contains(&Break::AckBeforeSync),
@@ -418,6 +664,12 @@ impl Cluster {
             return;
         };
         let Some(b) = m.blank.as_ref() else { return };
+        if m.joiner && matches!(b.decision(), Decision::Join { .. }) {
+            m.blank = None;
+            self.trace.push(format!("{} join {id}", self.now_us));
+            self.open(id, true);
+            return;
+        }
         // The wiped-member-votes break: bootstrap a fresh log at once.
         if b.decision() != Decision::Bootstrap
             && !self.opts.breaks.contains(&Break::WipedMemberVotes)
@@ -432,7 +684,7 @@ impl Cluster {
             let _ = Replica::<MemLogStore, AuditKv>::bootstrap(&m.durable, &voters);
         }
         self.trace.push(format!("{} bootstrap {id}", self.now_us));
-        self.open(id);
+        self.open(id, false);
     }
 
     /// A copy of member `id`'s durable state (log and state machine), to
@@ -471,8 +723,8 @@ impl Cluster {
     pub fn wipe(&mut self, id: u64) {
         self.crash(id);
         let lying = self.opts.lying_disk;
-        let is_witness = self.opts.witness == Some(id);
         if let Some(m) = self.members.get_mut(&id) {
+            let is_witness = m.witness;
             m.blank = None;
             m.wiped = Some((m.durable.deep_clone(), BTreeSet::new()));
             m.log = MemLogStore::new();
@@ -522,7 +774,7 @@ impl Cluster {
         self.trace.push(format!("{} crash {id}", self.now_us));
     }
 
-    /// Restarts a crashed member on its disk.
+    /// Restarts a crashed member on its disk (not one lost for good).
     pub fn restart(&mut self, id: u64) {
         if self
             .members
@@ -556,7 +808,7 @@ impl Cluster {
 
     /// Cuts member `id` off from every other member, both ways.
     pub fn isolate(&mut self, id: u64) {
-        for other in self.opts.voters.clone() {
+        for other in self.member_ids() {
             if other != id {
                 self.set_link(id, other, false);
                 self.set_link(other, id, false);
@@ -694,6 +946,18 @@ impl Cluster {
         }
         self.drain(id);
         token
+    }
+
+    /// Proposes a membership change on member `id` (the leader); the
+    /// outcome appears under the returned token, as a proposal's does
+    /// (index 0 when refused at once: not the leader, another change in
+    /// flight, a learner not caught up yet).
+    pub fn change_membership(&mut self, id: u64, change: MembershipChange) -> u64 {
+        self.trace
+            .push(format!("{} change on {id}: {change:?}", self.now_us));
+        self.request(id, Self::stopped_proposal(), |r, t| {
+            r.change_membership(t, change)
+        })
     }
 
     /// Asks member `id` for a planned switchover.
@@ -1011,6 +1275,9 @@ impl Cluster {
         }
         for n in notices {
             self.send_notice(n);
+        }
+        if let Some(w) = &write {
+            self.record_configuration(id, w);
         }
         let lying_disk = self.opts.lying_disk;
         if let Some(m) = self.members.get_mut(&id) {

@@ -1,6 +1,8 @@
 //! One verification run: an HA cluster (data members 1 and 2, witness 3),
 //! a client workload, a fault schedule drawn from the seed, then a heal and
-//! every check. The same seed gives the same trace, byte for byte.
+//! every check. The same seed gives the same trace, byte for byte. With
+//! [`RunOptions::replace`], a member is also lost for good and replaced by
+//! membership changes during the run (see `replace.rs`).
 //!
 //! ```
 //! use aoc_core::sim::{run_seed, RunOptions};
@@ -16,6 +18,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use super::check::{check_history, liveness, rpo, settled, Property, Verdict};
+use super::replace::{ReplaceReport, Replacement};
 use super::schedule::{self, Episode};
 use super::workload::{Workload, WorkloadStats};
 use super::{Break, Cluster, NetFaults, Outcome, SimOptions};
@@ -26,6 +29,9 @@ const LIVENESS_BOUND_US: u64 = 30_000_000;
 const DRAIN_BOUND_US: u64 = 30_000_000;
 /// How long the cluster has to settle (see `settled.rs`).
 const SETTLE_BOUND_US: u64 = 30_000_000;
+/// How long an unfinished replacement has to complete once the cluster
+/// serves again after the heal.
+const REPLACE_BOUND_US: u64 = 30_000_000;
 /// The workload acts every this many microseconds.
 const STEP_US: u64 = 2_000;
 
@@ -48,6 +54,12 @@ pub struct RunOptions {
     pub budget_steps: u64,
     /// Clock skew between members, per mille (within the fence's margin).
     pub tick_skew_per_mille: u64,
+    /// Lose a member (the witness or a data member) for good during the
+    /// faulty phase and replace it by membership changes: remove it, add a
+    /// fresh member of its role under a new id as a learner, promote it
+    /// (see `replace.rs`). Off by default: a seed's run is then the same
+    /// as without the option.
+    pub replace: bool,
 }
 
 impl RunOptions {
@@ -63,6 +75,7 @@ impl RunOptions {
             breaks: BTreeSet::new(),
             budget_steps: 2_000_000,
             tick_skew_per_mille: 20,
+            replace: false,
         }
     }
 }
@@ -84,6 +97,9 @@ pub struct RunReport {
     pub sim_us: u64,
     /// Time from the heal to an active serving writes, in microseconds.
     pub recovery_us: Option<u64>,
+    /// What the replacements did, in order (with [`RunOptions::replace`];
+    /// empty without).
+    pub replacements: Vec<ReplaceReport>,
     /// The full trace.
     pub trace: Vec<String>,
 }
@@ -120,10 +136,13 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
     let episodes = if opts.faults {
         let voters = c.options().voters.clone();
         let witness = c.options().witness;
-        schedule::draw(&mut rng, duration_us, &voters, witness)
+        schedule::draw(&mut rng, duration_us, &voters, witness, !opts.replace)
     } else {
         Vec::new()
     };
+    let mut replacement = opts
+        .replace
+        .then(|| Replacement::draw(&mut rng, duration_us));
     let mut w = Workload::new(opts.clients, opts.keys);
     let mut violations = Vec::new();
 
@@ -154,6 +173,9 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
         for b in begun.values_mut() {
             b.poll(&mut c);
         }
+        if let Some(v) = replacement.as_mut().and_then(|r| r.poll(&mut c)) {
+            violations.push(v);
+        }
         let calm = begun.values().all(|b| b.is_calm());
         if let Some(v) = availability.observe(&c, calm) {
             violations.push(v);
@@ -166,7 +188,7 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
     c.note("heal");
     c.set_net(NetFaults::default());
     c.heal();
-    for id in c.options().voters.clone() {
+    for id in c.member_ids() {
         c.stall_disk(id, false);
         c.restart(id);
     }
@@ -179,6 +201,25 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
             None
         }
     };
+
+    // An unfinished replacement completes, the workload still running.
+    if let Some(r) = replacement.as_mut().filter(|_| recovery_us.is_some()) {
+        let end = c.now_us() + REPLACE_BOUND_US;
+        while !r.done() && c.now_us() < end {
+            if let Some(v) = r.poll(&mut c) {
+                violations.push(v);
+            }
+            w.step(&mut c, &mut rng);
+            c.run_for(STEP_US);
+        }
+        if !r.done() {
+            violations.push(Property::Membership.report(format!(
+                "the replacement did not complete {} ms after the cluster served again: {}",
+                REPLACE_BOUND_US / 1000,
+                r.describe()
+            )));
+        }
+    }
 
     // Pending writes complete (or stay unknown); no new operations.
     w.drain();
@@ -234,6 +275,7 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
         history_ops: w.history().len(),
         sim_us: c.now_us(),
         recovery_us,
+        replacements: replacement.map(|r| r.reports()).unwrap_or_default(),
         trace: c.trace().to_vec(),
     }
 }

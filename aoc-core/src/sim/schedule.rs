@@ -3,8 +3,13 @@
 //!
 //! Fair to a correct build: every fault ends by the heal; at most one
 //! directory is wiped per run, and only the witness's (a wiped data member
-//! needs a membership change to be replaced); maintenance mode is turned
-//! off when its episode ends and again at the heal.
+//! needs a membership change to be replaced), and none in a run that loses
+//! a member for good (`replace.rs`: two lost disks are more than the
+//! design survives); maintenance mode is turned off when its episode ends
+//! and again at the heal.
+//!
+//! Faults name the initial members; once a member is lost and replaced,
+//! a fault aimed at it hits its replacement (`Cluster::current_id`).
 
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -24,15 +29,11 @@ impl Target {
     /// The member hit, resolved when the fault begins.
     fn resolve(self, c: &Cluster) -> Option<u64> {
         match self {
-            Target::Member(id) => Some(id),
+            Target::Member(id) => Some(c.current_id(id)),
             Target::Active => c.active(),
             Target::Passive => {
                 let a = c.active()?;
-                c.options()
-                    .voters
-                    .iter()
-                    .copied()
-                    .find(|v| *v != a && Some(*v) != c.options().witness)
+                c.data_members().into_iter().find(|v| *v != a)
             }
         }
     }
@@ -82,15 +83,18 @@ pub(crate) fn base_net(rng: &mut SmallRng) -> NetFaults {
 }
 
 /// Draws the episodes of a run lasting `duration_us` on members
-/// `voters`, whose witness is `witness`.
+/// `voters`, whose witness is `witness`; `wipes`: whether the witness's
+/// directory may be wiped.
 pub(crate) fn draw(
     rng: &mut SmallRng,
     duration_us: u64,
     voters: &[u64],
     witness: Option<u64>,
+    wipes: bool,
 ) -> Vec<Episode> {
     let mut out = Vec::new();
-    let mut wiped = false;
+    // No wipe allowed: as if it had happened.
+    let mut wiped = !wipes;
     let mut t = rng.gen_range(500_000..2_000_000);
     let pick = |rng: &mut SmallRng| voters[rng.gen_range(0..voters.len())];
     let member = |rng: &mut SmallRng| Target::Member(pick(rng));
@@ -252,6 +256,7 @@ pub(crate) fn begin(c: &mut Cluster, fault: &Fault) -> Begun {
         Fault::Crash(t) => Fault::Crash(t.resolve(c).map_or(*t, Target::Member)),
         Fault::StallDisk(t) => Fault::StallDisk(t.resolve(c).map_or(*t, Target::Member)),
         Fault::Isolate(t) => Fault::Isolate(t.resolve(c).map_or(*t, Target::Member)),
+        Fault::OneWay(from, to) => Fault::OneWay(c.current_id(*from), c.current_id(*to)),
         f => f.clone(),
     };
     c.note(format!("fault begins: {fault:?}"));
@@ -260,7 +265,7 @@ pub(crate) fn begin(c: &mut Cluster, fault: &Fault) -> Begun {
         Fault::Crash(Target::Member(id)) => c.crash(*id),
         Fault::StallDisk(Target::Member(id)) => c.stall_disk(*id, true),
         Fault::WipeWitness => {
-            if let Some(w) = c.options().witness {
+            if let Some(w) = c.witness() {
                 c.wipe(w);
                 c.restart(w);
             }
@@ -296,7 +301,7 @@ pub(crate) fn end(c: &mut Cluster, begun: &Begun, base: &NetFaults) {
         Fault::StallDisk(Target::Member(id)) => c.stall_disk(*id, false),
         Fault::WipeWitness | Fault::Switchover => {}
         Fault::Isolate(Target::Member(id)) => {
-            for other in c.options().voters.clone() {
+            for other in c.member_ids() {
                 if other != *id {
                     c.set_link(*id, other, true);
                     c.set_link(other, *id, true);
@@ -317,7 +322,7 @@ pub(crate) fn end(c: &mut Cluster, begun: &Begun, base: &NetFaults) {
 
 /// The local form of maintenance off, on every member.
 pub(crate) fn maintenance_off_everywhere(c: &mut Cluster) {
-    for id in c.options().voters.clone() {
+    for id in c.member_ids() {
         c.maintenance_off_local(id);
     }
 }

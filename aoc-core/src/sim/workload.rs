@@ -186,9 +186,15 @@ impl Workload {
     }
 
     /// Where a client sends a request: the active, or (none known) any
-    /// member, which refuses and makes the client back off.
+    /// voter, which refuses and makes the client back off.
     fn target(c: &Cluster, rng: &mut SmallRng) -> u64 {
-        c.active().unwrap_or_else(|| rng.gen_range(1..=3))
+        c.active().unwrap_or_else(|| {
+            let voters = &c.configuration().voters;
+            if voters.is_empty() {
+                return 1;
+            }
+            voters[rng.gen_range(0..voters.len())]
+        })
     }
 
     /// Lets every client observe its answers and act on them.

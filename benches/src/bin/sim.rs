@@ -5,6 +5,7 @@
 //! cargo run --release -p benches --bin sim -- --seeds 500
 //! cargo run --release -p benches --bin sim -- --seed 42 --trace
 //! cargo run --release -p benches --bin sim -- --prove-checkers --seeds 500
+//! cargo run --release -p benches --bin sim -- --replace --seeds 200
 //! ```
 
 use std::collections::BTreeSet;
@@ -49,12 +50,17 @@ struct Args {
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Lose a member for good in each run and replace it by membership
+    /// changes (remove, add a learner, promote) under the same faults.
+    #[arg(long)]
+    replace: bool,
 }
 
 fn options(args: &Args, seed: u64, breaks: BTreeSet<Break>) -> RunOptions {
     RunOptions {
         seconds: args.seconds,
         breaks,
+        replace: args.replace,
         ..RunOptions::new(seed)
     }
 }
@@ -64,6 +70,9 @@ fn replay(args: &Args, seed: u64, breaks: &BTreeSet<Break>) -> String {
         "cargo run --release -p benches --bin sim -- --seed {seed} --seconds {} --trace",
         args.seconds
     );
+    if args.replace {
+        cmd.push_str(" --replace");
+    }
     for b in breaks {
         cmd.push_str(&format!(" --break {b}"));
     }
@@ -130,6 +139,7 @@ fn run_caught(opts: RunOptions) -> RunReport {
             history_ops: 0,
             sim_us: 0,
             recovery_us: None,
+            replacements: Vec::new(),
             trace: Vec::new(),
         }
     })
@@ -147,7 +157,7 @@ fn summary(reports: &[RunReport]) -> String {
         .filter_map(|r| r.recovery_us)
         .max()
         .unwrap_or(0);
-    format!(
+    let mut out = format!(
         "faults per run {:.1}; per run: {} acknowledged writes, {} unknown, {} reads, {} checked \
          operations; longest recovery after the heal {} ms",
         faults as f64 / n as f64,
@@ -156,7 +166,26 @@ fn summary(reports: &[RunReport]) -> String {
         reads / n,
         ops as u64 / n,
         recovery_max / 1000
-    )
+    );
+    let replacing: Vec<_> = reports
+        .iter()
+        .filter(|r| !r.replacements.is_empty())
+        .collect();
+    if !replacing.is_empty() {
+        let all_done = replacing
+            .iter()
+            .filter(|r| r.replacements.iter().all(|x| x.completed()))
+            .count();
+        let replaced: usize = replacing
+            .iter()
+            .map(|r| r.replacements.iter().filter(|x| x.completed()).count())
+            .sum();
+        out.push_str(&format!(
+            "; {replaced} members replaced, every lost member replaced in {all_done} of {} runs",
+            replacing.len()
+        ));
+    }
+    out
 }
 
 fn prove_checkers(args: &Args) -> ExitCode {

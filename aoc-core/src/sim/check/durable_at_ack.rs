@@ -12,6 +12,11 @@
 //! write survives it on the acknowledging member). Once the wipe is known,
 //! it counts for nothing: the replica must then not commit on the wiped
 //! member's old acknowledgements.
+//!
+//! Membership changes move the quorum: the majority is counted among the
+//! voters of a configuration the entry can have been committed under
+//! (`Cluster::commit_configurations`), and the data members of sync mode
+//! are those the acknowledging member runs with.
 
 use super::Property;
 use crate::sim::{Cluster, Member};
@@ -53,20 +58,43 @@ impl Cluster {
                 )));
             return;
         };
-        let holders = self
-            .members
-            .values()
-            .filter(|m| counts(m, index, term, member))
-            .count();
-        let majority = self.opts.voters.len() / 2 + 1;
-        if sync_mode {
-            // Sync mode: on both data members' synced logs (RPO=0).
-            let missing: Vec<u64> = self
-                .members
+        let holders_of = |voters: &[u64]| {
+            voters
                 .iter()
-                .filter(|(id, _)| Some(**id) != self.opts.witness)
-                .filter(|(_, m)| !counts(m, index, term, member))
-                .map(|(id, _)| *id)
+                .filter(|v| {
+                    self.members
+                        .get(v)
+                        .is_some_and(|m| counts(m, index, term, member))
+                })
+                .count()
+        };
+        // (holders, voters) under each configuration the entry can have
+        // committed in; one majority suffices.
+        let quorums: Vec<(usize, usize)> = self
+            .commit_configurations(index)
+            .iter()
+            .map(|c| (holders_of(&c.voters), c.voters.len()))
+            .collect();
+        if sync_mode {
+            // Sync mode: on both data members' synced logs (RPO=0): the
+            // data voters of the configuration the acknowledging member
+            // runs (sync mode restarts from degraded after every change
+            // that forms the HA group, and ends with any other).
+            let voters = self
+                .members
+                .get(&member)
+                .and_then(|m| m.replica.as_ref())
+                .map(|r| r.voters())
+                .unwrap_or_default();
+            let missing: Vec<u64> = voters
+                .into_iter()
+                .filter(|v| !self.is_witness(*v))
+                .filter(|v| {
+                    !self
+                        .members
+                        .get(v)
+                        .is_some_and(|m| counts(m, index, term, member))
+                })
                 .collect();
             if !missing.is_empty() {
                 self.violations
@@ -77,13 +105,17 @@ impl Cluster {
                     )));
             }
         }
-        if holders < majority {
+        if !quorums.iter().any(|(holders, n)| *holders > n / 2) {
+            let held: Vec<String> = quorums
+                .iter()
+                .map(|(holders, n)| format!("{holders} of {n}"))
+                .collect();
             self.violations
                 .lock()
                 .push(Property::DurableAtAck.report(format!(
                     "member {member} acknowledged index {index} (token {token}) held durably by \
-                     {holders} of {} members",
-                    self.opts.voters.len()
+                     {} voters",
+                    held.join(" or ")
                 )));
         }
     }

@@ -35,7 +35,7 @@ pub(crate) fn await_service(c: &mut Cluster, max_us: u64) -> Result<u64, String>
         Some(a) => format!("member {a} is active but acknowledged no write"),
         None => {
             let waiting: Vec<String> = c
-                .opts
+                .configuration()
                 .voters
                 .iter()
                 .filter_map(|v| {
@@ -58,9 +58,10 @@ pub(crate) fn await_service(c: &mut Cluster, max_us: u64) -> Result<u64, String>
 pub const AVAILABILITY_BOUND_TICKS: u64 = 100;
 
 /// Availability under a single failure, during the faulty phase: whenever
-/// two members, one of them a data member, are up (not blank), their disks
-/// running and the links between them up both ways, on a calm network and
-/// outside maintenance mode, some data member must be active within
+/// two voters of the current configuration, one of them a data member, are
+/// up (not blank), their disks running and the links between them up both
+/// ways, on a calm network and outside maintenance mode, some data member
+/// must be active within
 /// [`AVAILABILITY_BOUND_TICKS`]. This is what a stuck election (two members
 /// refusing each other's votes forever) breaks, and a heal would hide.
 #[derive(Debug, Default)]
@@ -85,7 +86,7 @@ impl Availability {
         }
         self.reported = true;
         let waiting: Vec<String> = c
-            .opts
+            .configuration()
             .voters
             .iter()
             .filter_map(|v| {
@@ -121,11 +122,12 @@ impl Cluster {
         })
     }
 
-    /// Two working members, one a data member, connected both ways.
+    /// Two working voters (of the current configuration), one a data
+    /// member, connected both ways.
     fn working_pair(&self) -> bool {
-        let voters = &self.opts.voters;
+        let voters = &self.configuration().voters;
         voters.iter().any(|x| {
-            Some(*x) != self.opts.witness
+            !self.is_witness(*x)
                 && self.working(*x)
                 && voters.iter().any(|y| {
                     y != x

@@ -13,6 +13,7 @@
 //! | `linearizable` | `linearizable.rs` | after the run |
 //! | `settled` | `settled.rs` | after the run |
 //! | `liveness` | `liveness.rs` | after the heal |
+//! | `membership` | `../replace.rs` | at every change the replacement scenario makes, and after the heal |
 
 mod durable_at_ack;
 mod linearizable;
@@ -51,11 +52,15 @@ pub enum Property {
     Liveness,
     /// A member stopped on an error.
     MemberFailed,
+    /// A lost member's replacement (`RunOptions::replace`) completes within
+    /// a bound after the heal, and no change it needs is refused for a
+    /// reason a correct build never gives.
+    Membership,
 }
 
 impl Property {
     /// Every property.
-    pub const ALL: [Property; 9] = [
+    pub const ALL: [Property; 10] = [
         Property::DurableAtAck,
         Property::OneActive,
         Property::WitnessLead,
@@ -65,6 +70,7 @@ impl Property {
         Property::Settled,
         Property::Liveness,
         Property::MemberFailed,
+        Property::Membership,
     ];
 
     /// The property's name in reports.
@@ -79,6 +85,7 @@ impl Property {
             Property::Settled => "settled",
             Property::Liveness => "liveness",
             Property::MemberFailed => "member-failed",
+            Property::Membership => "membership",
         }
     }
 

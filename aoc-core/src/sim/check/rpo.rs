@@ -1,6 +1,8 @@
 //! Property: **RPO=0**. Every write a client saw acknowledged, named by
-//! its session and sequence, is applied on every data member: each data
-//! member's session table holds that client at that sequence or later
+//! its session and sequence, is applied on every data member (the data
+//! voters of the final configuration: a member that replaced a lost one
+//! included, the lost one not): each data member's session table holds
+//! that client at that sequence or later
 //! (sessions apply writes in sequence order, exactly once). The final read
 //! of every key, checked with the history (`linearizable.rs`), shows the
 //! values themselves survived.
@@ -13,14 +15,7 @@ use crate::sim::Cluster;
 /// then a count).
 pub(crate) fn check(c: &Cluster, acked: &[AckedWrite]) -> Vec<String> {
     let mut out = Vec::new();
-    let data: Vec<u64> = c
-        .opts
-        .voters
-        .iter()
-        .copied()
-        .filter(|v| Some(*v) != c.opts.witness)
-        .collect();
-    for d in data {
+    for d in c.data_members() {
         let Some(r) = c.replica(d) else {
             out.push(
                 Property::Rpo.report(format!("data member {d} is not running after the heal")),

@@ -1,6 +1,7 @@
 //! Property: **settled**. Once every fault is healed and the cluster had
-//! time to recover: both data members are up and hold the same state at the
-//! active's commit index, the active runs in sync mode, and the witness
+//! time to recover: both data members (the data voters of the current
+//! configuration) are up and hold the same state at the active's commit
+//! index, the active runs in sync mode, and the witness
 //! retains no more entries that both data members persisted than one
 //! compaction step (it compacts in steps of `WITNESS_COMPACT_BATCH`
 //! entries, so that compaction, itself a synced write, stays rare).
@@ -20,13 +21,7 @@ pub(crate) fn unsettled(c: &Cluster) -> Option<String> {
     if st.mode != Mode::Sync {
         return Some(format!("the active {active} runs in {:?} mode", st.mode));
     }
-    let data: Vec<u64> = c
-        .opts
-        .voters
-        .iter()
-        .copied()
-        .filter(|v| Some(*v) != c.opts.witness)
-        .collect();
+    let data = c.data_members();
     let mut states = Vec::new();
     for d in &data {
         let Some((applied, pairs)) = c.state_of(*d) else {
@@ -43,7 +38,7 @@ pub(crate) fn unsettled(c: &Cluster) -> Option<String> {
     if states.windows(2).any(|w| w[0] != w[1]) {
         return Some("the data members hold different states".into());
     }
-    if let Some(w) = c.opts.witness {
+    if let Some(w) = c.witness() {
         if c.is_up(w) && !c.is_blank(w) {
             let persisted = data
                 .iter()

@@ -36,18 +36,16 @@ impl Cluster {
     }
 
     pub(in crate::sim) fn check_witness_lead(&mut self) {
-        let Some(w) = self.opts.witness else { return };
-        let leading = self
-            .members
-            .get(&w)
-            .and_then(|m| m.replica.as_ref())
-            .filter(|r| r.is_leader())
-            .map(|r| r.log_store().first_index().unwrap_or(1));
-        let could_hand_over = leading.is_some_and(|first| {
-            self.opts
-                .voters
+        // A witness that leads (any witness: one that replaced another is
+        // one too), with the data voters of its configuration.
+        let leading = self.members.iter().find_map(|(id, m)| {
+            let r = m.replica.as_ref().filter(|r| m.witness && r.is_leader())?;
+            Some((*id, r.log_store().first_index().unwrap_or(1), r.voters()))
+        });
+        let could_hand_over = leading.is_some_and(|(w, first, voters)| {
+            voters
                 .iter()
-                .any(|d| *d != w && self.can_take_over(w, *d, first))
+                .any(|d| *d != w && !self.is_witness(*d) && self.can_take_over(w, *d, first))
         });
         if !could_hand_over {
             self.witness_lead = WitnessLead::default();
