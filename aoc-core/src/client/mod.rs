@@ -486,7 +486,7 @@ impl Client {
     /// use aoc_core::client::{Client, ClientOptions};
     /// use aoc_core::{Member, MemberRole};
     ///
-    /// let mut client = Client::new(vec!["10.0.0.1:7500".parse().unwrap()], ClientOptions::default());
+    /// let mut client = Client::connect(vec!["10.0.0.1:7500".parse().unwrap()], ClientOptions::default())?;
     /// let passive = Member { id: 2, role: MemberRole::Data, ha_addr: "10.0.0.2:7400".into() };
     /// client.add_member(&passive, Duration::from_secs(600), Duration::from_secs(1), |what| {
     ///     eprintln!("{what}")
