@@ -44,6 +44,21 @@ impl Cluster {
         }
     }
 
+    /// Data members 1 and 2 and witness 3, bootstrapped together, with an
+    /// active in sync mode.
+    fn ha() -> Self {
+        let mut c = Cluster::new();
+        for id in [1, 2] {
+            c.start_data(id, &[1, 2, 3], Some(3));
+        }
+        c.start_witness(3, &[1, 2, 3]);
+        c.wait("sync mode", Duration::from_secs(10), |c| {
+            c.active()
+                .is_some_and(|a| c.node(a).status().mode == Mode::Sync)
+        });
+        c
+    }
+
     fn dir(&self, id: u64) -> PathBuf {
         self.root.path().join(format!("m{id}"))
     }
@@ -324,15 +339,7 @@ fn a_standalone_member_grows_to_ha_under_writes() {
 /// restarted with its data, is refused: it never takes part again.
 #[test]
 fn a_dead_passive_is_replaced_and_cannot_return() {
-    let mut c = Cluster::new();
-    for id in [1, 2] {
-        c.start_data(id, &[1, 2, 3], Some(3));
-    }
-    c.start_witness(3, &[1, 2, 3]);
-    c.wait("sync mode", Duration::from_secs(10), |c| {
-        c.active()
-            .is_some_and(|a| c.node(a).status().mode == Mode::Sync)
-    });
+    let mut c = Cluster::ha();
     let active = c.wait_active();
     let dead = if active == 1 { 2 } else { 1 };
     let w = Writer::start(&c, "k");
@@ -385,15 +392,7 @@ fn a_dead_passive_is_replaced_and_cannot_return() {
 /// 5's acknowledgements.
 #[test]
 fn a_dead_witness_is_replaced() {
-    let mut c = Cluster::new();
-    for id in [1, 2] {
-        c.start_data(id, &[1, 2, 3], Some(3));
-    }
-    c.start_witness(3, &[1, 2, 3]);
-    c.wait("sync mode", Duration::from_secs(10), |c| {
-        c.active()
-            .is_some_and(|a| c.node(a).status().mode == Mode::Sync)
-    });
+    let mut c = Cluster::ha();
     let w = Writer::start(&c, "k");
     std::thread::sleep(Duration::from_millis(300));
     c.kill(3);
@@ -427,15 +426,7 @@ fn a_dead_witness_is_replaced() {
 /// out.
 #[test]
 fn an_ha_cluster_shrinks_to_standalone() {
-    let mut c = Cluster::new();
-    for id in [1, 2] {
-        c.start_data(id, &[1, 2, 3], Some(3));
-    }
-    c.start_witness(3, &[1, 2, 3]);
-    c.wait("sync mode", Duration::from_secs(10), |c| {
-        c.active()
-            .is_some_and(|a| c.node(a).status().mode == Mode::Sync)
-    });
+    let mut c = Cluster::ha();
     let active = c.wait_active();
     let w = Writer::start(&c, "k");
     std::thread::sleep(Duration::from_millis(300));

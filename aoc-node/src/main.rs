@@ -201,18 +201,8 @@ enum MembersOp {
     /// Add a member (started blank, its file listing the cluster's
     /// members): as a learner, then as a voter once it has caught up.
     Add {
-        /// The new member's id.
-        #[arg(long)]
-        id: u64,
-        /// `data` or `witness`.
-        #[arg(long)]
-        role: String,
-        /// Its member listener (host:port), as the others will reach it.
-        #[arg(long)]
-        ha_addr: String,
-        /// Give up waiting for it to catch up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout_s: u64,
+        #[command(flatten)]
+        new: NewMember,
     },
     /// Remove a member (not the active: switch over first). The others
     /// refuse it from then on.
@@ -226,23 +216,38 @@ enum MembersOp {
         /// The failed member's id.
         #[arg(long)]
         old: u64,
-        /// The new member's id (a new one).
-        #[arg(long)]
-        id: u64,
-        /// `data` or `witness`.
-        #[arg(long)]
-        role: String,
-        /// The new member's listener (host:port).
-        #[arg(long)]
-        ha_addr: String,
-        /// Give up waiting for it to catch up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout_s: u64,
+        /// The new member (a new id).
+        #[command(flatten)]
+        new: NewMember,
     },
     /// Remove every member but the active at once: back to standalone.
     Shrink,
     /// The members, as the active sees them.
     List,
+}
+
+/// The member `members add` and `members replace` add.
+#[derive(clap::Args)]
+struct NewMember {
+    /// The new member's id.
+    #[arg(long)]
+    id: u64,
+    /// `data` or `witness`.
+    #[arg(long)]
+    role: aoc_node::config::MemberRole,
+    /// Its member listener (host:port), as the others will reach it.
+    #[arg(long)]
+    ha_addr: String,
+    /// Give up waiting for it to catch up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+impl NewMember {
+    fn member(&self) -> Result<(aoc_core::Member, Duration), (u8, String)> {
+        let m = aoc_node::members::member(self.id, self.role, &self.ha_addr).map_err(|e| (2, e))?;
+        Ok((m, Duration::from_secs(self.timeout_s)))
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -422,35 +427,20 @@ fn restore(from: &Path, config: &Path) -> CliResult {
 
 fn members(op: MembersOp, list: &[String], opts: &ClientOptions) -> CliResult {
     use aoc_node::members;
-    let role = |r: &str| {
-        r.parse::<aoc_node::config::MemberRole>()
-            .map_err(|e| (2, format!("--role: {e}")))
-    };
     match op {
-        MembersOp::Add {
-            id,
-            role: r,
-            ha_addr,
-            timeout_s,
-        } => {
-            let m = members::member(id, role(&r)?, &ha_addr).map_err(|e| (2, e))?;
+        MembersOp::Add { new } => {
+            let (m, timeout) = new.member()?;
             let mut c = connect(list, opts)?;
-            members::add(&mut c, &m, Duration::from_secs(timeout_s)).map_err(|e| (1, e))
+            members::add(&mut c, &m, timeout).map_err(|e| (1, e))
         }
         MembersOp::Remove { id } => {
             let mut c = connect(list, opts)?;
             members::remove(&mut c, id).map_err(|e| (1, e))
         }
-        MembersOp::Replace {
-            old,
-            id,
-            role: r,
-            ha_addr,
-            timeout_s,
-        } => {
-            let m = members::member(id, role(&r)?, &ha_addr).map_err(|e| (2, e))?;
+        MembersOp::Replace { old, new } => {
+            let (m, timeout) = new.member()?;
             let mut c = connect(list, opts)?;
-            members::replace(&mut c, old, &m, Duration::from_secs(timeout_s)).map_err(|e| (1, e))
+            members::replace(&mut c, old, &m, timeout).map_err(|e| (1, e))
         }
         MembersOp::Shrink => {
             let mut c = connect(list, opts)?;

@@ -92,17 +92,6 @@ pub enum MembershipChange {
     Shrink,
 }
 
-impl MembershipChange {
-    /// The member the change is about (`None` for a shrink).
-    pub fn member_id(&self) -> Option<u64> {
-        match self {
-            MembershipChange::AddLearner(m) => Some(m.id),
-            MembershipChange::Promote(id) | MembershipChange::Remove(id) => Some(*id),
-            MembershipChange::Shrink => None,
-        }
-    }
-}
-
 /// What a leader knows when it checks a change.
 pub(crate) struct ConfView<'a> {
     pub(crate) leader: u64,

@@ -441,16 +441,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// `seed` drives the randomized election timeouts (the simulation passes
     /// its own, for reproducible runs).
     pub fn new(cfg: ReplicaConfig, log: L, sm: S, seed: u64) -> Result<Self> {
-        if cfg.witness == Some(cfg.id) {
-            return Err(Error::config(
-                "witness",
-                format!(
-                    "member {} is the witness: open it with Replica::new_witness",
-                    cfg.id
-                ),
-            ));
-        }
-        Self::open(cfg, log, Machine::Data(sm), seed, false)
+        Self::open_data(cfg, log, sm, seed, false)
     }
 
     /// Opens a data member that joins a running cluster: its log store is
@@ -459,37 +450,36 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// and send it a snapshot. It never stands for election before that.
     /// A store that is not blank opens as [`Replica::new`] does.
     pub fn join(cfg: ReplicaConfig, log: L, sm: S, seed: u64) -> Result<Self> {
-        if cfg.witness == Some(cfg.id) {
-            return Err(Error::config(
-                "witness",
-                format!(
-                    "member {} is the witness: open it with Replica::join_witness",
-                    cfg.id
-                ),
-            ));
-        }
-        Self::open(cfg, log, Machine::Data(sm), seed, true)
+        Self::open_data(cfg, log, sm, seed, true)
     }
 
     /// Opens a witness that joins a running cluster (see [`Replica::join`]
     /// and [`Replica::new_witness`]).
     pub fn join_witness(cfg: ReplicaConfig, log: L, seed: u64) -> Result<Self> {
-        if cfg.witness != Some(cfg.id) {
-            return Err(Error::config(
-                "witness",
-                format!(
-                    "member {} is not the configured witness {:?}",
-                    cfg.id, cfg.witness
-                ),
-            ));
-        }
-        let applied = log.first_index()?.saturating_sub(1);
-        Self::open(cfg, log, Machine::Witness { applied }, seed, true)
+        Self::open_witness(cfg, log, seed, true)
     }
 
     /// Opens the witness: a voter that stores no service data and runs no
     /// state machine (`cfg.witness` must name this member).
     pub fn new_witness(cfg: ReplicaConfig, log: L, seed: u64) -> Result<Self> {
+        Self::open_witness(cfg, log, seed, false)
+    }
+
+    fn open_data(cfg: ReplicaConfig, log: L, sm: S, seed: u64, joining: bool) -> Result<Self> {
+        if cfg.witness == Some(cfg.id) {
+            return Err(Error::config(
+                "witness",
+                format!(
+                    "member {} is the witness: open it with Replica::new_witness (or \
+                     join_witness)",
+                    cfg.id
+                ),
+            ));
+        }
+        Self::open(cfg, log, Machine::Data(sm), seed, joining)
+    }
+
+    fn open_witness(cfg: ReplicaConfig, log: L, seed: u64, joining: bool) -> Result<Self> {
         if cfg.witness != Some(cfg.id) {
             return Err(Error::config(
                 "witness",
@@ -500,7 +490,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             ));
         }
         let applied = log.first_index()?.saturating_sub(1);
-        Self::open(cfg, log, Machine::Witness { applied }, seed, false)
+        Self::open(cfg, log, Machine::Witness { applied }, seed, joining)
     }
 
     fn open(cfg: ReplicaConfig, log: L, sm: Machine<S>, seed: u64, joining: bool) -> Result<Self> {
