@@ -83,6 +83,7 @@ enum Request<S> {
     },
     MaintenanceOffLocal,
     Unreachable(u64),
+    Reachable(u64),
     SnapshotOutcome(u64, bool),
     Stop,
 }
@@ -664,6 +665,14 @@ impl<S: StateMachine> Node<S> {
         let _ = self.req_tx.try_send(Request::Unreachable(to));
     }
 
+    /// Reports that `to` can be reached again (a transport calls this when
+    /// it reconnects after failures): a leader sends its heartbeats at once
+    /// rather than at its next heartbeat tick, so a restarted member's
+    /// catch-up starts sooner.
+    pub fn report_reachable(&self, to: u64) {
+        let _ = self.req_tx.try_send(Request::Reachable(to));
+    }
+
     /// Reports the outcome of a snapshot stream to `to`. Without a report,
     /// a stream is taken as failed after `snapshot_timeout_ticks`.
     pub fn report_snapshot(&self, to: u64, delivered: bool) {
@@ -870,6 +879,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             }
             Request::MaintenanceOffLocal => self.replica.maintenance_off_local(),
             Request::Unreachable(to) => self.replica.report_unreachable(to),
+            Request::Reachable(to) => self.replica.report_reachable(to),
             Request::SnapshotOutcome(to, delivered) => self.replica.report_snapshot(to, delivered),
             Request::Campaign => {
                 if let Err(e) = self.replica.campaign() {

@@ -1167,6 +1167,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.raw.report_unreachable(to);
     }
 
+    /// Reports that `to` can be reached again (a transport reconnected to
+    /// it). A leader sends its heartbeats at once: the answer tells it how
+    /// far behind `to` is, and the entries or the snapshot `to` lacks
+    /// follow without waiting for the next heartbeat tick (up to
+    /// `heartbeat_tick` ticks: 100 ms with the defaults, two thirds of the
+    /// time a 64 MiB catch-up by snapshot takes once it starts).
+    pub fn report_reachable(&mut self, to: u64) {
+        if self.is_leader() && self.raw.raft.prs().get(to).is_some() {
+            self.raw.ping();
+        }
+    }
+
     /// Reports the outcome of a snapshot stream to `to`.
     pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
         self.snapshots_in_flight.remove(&to);
@@ -1758,7 +1770,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             } else {
                 Vec::new()
             };
-            let data = membership::wrap_snapshot(&self.directory, &state);
+            let data = membership::wrap_snapshot(&self.directory, state);
             messages[i].mut_snapshot().set_data(data.into());
             // The snapshot serves a request set by `snapshot_for_new_learners`:
             // raft-rs would clear it only on a snapshot report, and send

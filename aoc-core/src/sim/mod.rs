@@ -1383,7 +1383,7 @@ impl Cluster {
             return;
         }
         if let Some(chunks) = split_snapshot(&msg, self.opts.snapshot_chunk_bytes) {
-            self.send_stream(from, to, chunks);
+            self.send_stream(from, to, chunks.collect());
             return;
         }
         let net = self.opts.net.clone();

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use protobuf::Message;
+use protobuf::wire_format::WireType;
+use protobuf::{CodedInputStream, CodedOutputStream, Message, ProtobufResult, UnknownFields};
 
 use super::{ApplyBatch, Session, StateMachine};
 use crate::proto;
@@ -413,81 +414,309 @@ pub(crate) struct SnapshotData {
 }
 
 impl SnapshotData {
-    /// The snapshot's wire form.
+    /// The snapshot's wire form (the stores write theirs with
+    /// [`SnapshotEncoder`] from their rows).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
-        let mut msg = proto::KvSnapshot::new();
-        msg.set_applied_index(self.applied_index);
+        let mut out = SnapshotEncoder::new(self.applied_index);
         for (key, value) in &self.pairs {
-            let mut pair = proto::KvPair::new();
-            pair.set_key(key.clone());
-            pair.set_value(value.clone());
-            msg.mut_pairs().push(pair);
+            out.pair(key, value);
         }
-        for session in &self.sessions {
-            msg.mut_sessions().push(session_to_proto(session));
-        }
-        write_message(&msg)
+        out.finish(&self.sessions)
     }
 
+    /// Decodes a snapshot that must have been taken at `index`; the checks
+    /// are [`SnapshotView::decode`]'s.
+    pub fn decode(index: u64, bytes: &[u8]) -> Result<Self> {
+        let view = SnapshotView::decode(index, bytes)?;
+        Ok(SnapshotData {
+            applied_index: view.applied_index,
+            pairs: view
+                .pairs
+                .into_iter()
+                .map(|(key, value)| (key.to_vec(), value.to_vec()))
+                .collect(),
+            sessions: view.sessions,
+        })
+    }
+}
+
+/// Writes a `KvSnapshot` (the proto) field by field with protobuf's own
+/// encoder, straight from a store's rows: no message holding the whole
+/// state is built, so the bytes are the only copy of the state (building
+/// the message and then writing it meant three copies of 64 MiB in fresh
+/// memory: about 0.11 s of a 0.17 s snapshot). The bytes are exactly what
+/// the generated `KvSnapshot::write_to_bytes` writes.
+pub(crate) struct SnapshotEncoder {
+    out: Vec<u8>,
+}
+
+impl SnapshotEncoder {
+    /// Starts a snapshot taken at `applied_index`.
+    pub fn new(applied_index: u64) -> Self {
+        let mut encoder = SnapshotEncoder { out: Vec::new() };
+        // proto3 leaves default values out, as the generated code does.
+        if applied_index != 0 {
+            encoder.write(|os| os.write_uint64(1, applied_index));
+        }
+        encoder
+    }
+
+    /// Adds a pair; pairs must come in strictly increasing key order (the
+    /// reader refuses others).
+    pub fn pair(&mut self, key: &[u8], value: &[u8]) {
+        let mut len = 0;
+        if !key.is_empty() {
+            len += protobuf::rt::bytes_size(1, key);
+        }
+        if !value.is_empty() {
+            len += protobuf::rt::bytes_size(2, value);
+        }
+        self.write(|os| {
+            os.write_tag(2, WireType::WireTypeLengthDelimited)?;
+            os.write_raw_varint32(len)?;
+            if !key.is_empty() {
+                os.write_bytes(1, key)?;
+            }
+            if !value.is_empty() {
+                os.write_bytes(2, value)?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Adds the sessions (in strictly increasing client id order) and
+    /// returns the snapshot's bytes.
+    pub fn finish(mut self, sessions: &[Session]) -> Vec<u8> {
+        for session in sessions {
+            let msg = session_to_proto(session);
+            self.write(|os| os.write_message(3, &msg));
+        }
+        self.out
+    }
+
+    fn write(&mut self, f: impl FnOnce(&mut CodedOutputStream) -> ProtobufResult<()>) {
+        let mut os = CodedOutputStream::vec(&mut self.out);
+        // Writing to a vector cannot fail (see `write_message`); an error
+        // would leave bytes that the reader refuses.
+        let _ = f(&mut os).and_then(|()| os.flush());
+    }
+}
+
+/// A decoded key-value snapshot whose keys and values are borrowed from
+/// its bytes: checking a received snapshot copies nothing, and restoring
+/// one copies each value once, into the store.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotView<'a> {
+    /// The applied index the snapshot was taken at.
+    pub applied_index: u64,
+    /// Every pair, in strictly increasing key order.
+    pub pairs: Vec<(&'a [u8], &'a [u8])>,
+    /// Every session, in strictly increasing client id order.
+    pub sessions: Vec<Session>,
+}
+
+impl<'a> SnapshotView<'a> {
     /// Decodes a snapshot that must have been taken at `index`.
     ///
     /// Refused with [`Error::Decode`]: empty bytes or an index of 0 (a
     /// snapshot with no state), bytes that are not a `KvSnapshot`, an
     /// applied index other than `index`, keys or client ids that are not in
     /// strictly increasing order (duplicates).
-    pub fn decode(index: u64, bytes: &[u8]) -> Result<Self> {
-        const WHAT: &str = "kv snapshot";
+    ///
+    /// The bytes are read with protobuf's decoder one field at a time, as
+    /// the generated `KvSnapshot` parser reads them (same fields, wire
+    /// types, unknown fields skipped, the last of a repeated scalar kept):
+    /// `decoding_agrees_with_the_generated_parser` holds the two together.
+    pub fn decode(index: u64, bytes: &'a [u8]) -> Result<Self> {
         if bytes.is_empty() {
             return Err(Error::decode(
-                WHAT,
+                SNAPSHOT,
                 "the snapshot is empty (it holds no state)",
             ));
         }
         if index == 0 {
-            return Err(Error::decode(WHAT, "a snapshot at index 0 holds no state"));
-        }
-        let mut msg =
-            proto::KvSnapshot::parse_from_bytes(bytes).map_err(|e| Error::decode(WHAT, e))?;
-        if msg.get_applied_index() != index {
             return Err(Error::decode(
-                WHAT,
+                SNAPSHOT,
+                "a snapshot at index 0 holds no state",
+            ));
+        }
+        let wire = |e: protobuf::ProtobufError| Error::decode(SNAPSHOT, e);
+        let mut reader = WireReader::new(bytes);
+        let mut view = SnapshotView {
+            applied_index: 0,
+            pairs: Vec::new(),
+            sessions: Vec::new(),
+        };
+        while !reader.at_end() {
+            let (field, wire_type) = reader.tag().map_err(wire)?;
+            match field {
+                1 => {
+                    expect_wire_type(wire_type, WireType::WireTypeVarint).map_err(wire)?;
+                    view.applied_index = reader.read(|is| is.read_uint64()).map_err(wire)?;
+                }
+                2 => {
+                    expect_wire_type(wire_type, WireType::WireTypeLengthDelimited).map_err(wire)?;
+                    let bytes = reader.message().map_err(wire)?;
+                    let (key, value) = decode_pair(bytes).map_err(wire)?;
+                    if let Some((last, _)) = view.pairs.last() {
+                        if *last >= key {
+                            return Err(Error::decode(
+                                SNAPSHOT,
+                                "the keys are not in strictly increasing order",
+                            ));
+                        }
+                    }
+                    view.pairs.push((key, value));
+                }
+                3 => {
+                    expect_wire_type(wire_type, WireType::WireTypeLengthDelimited).map_err(wire)?;
+                    let bytes = reader.message().map_err(wire)?;
+                    let session = proto::Session::parse_from_bytes(bytes).map_err(wire)?;
+                    let session = session_from_proto(&session);
+                    if let Some(last) = view.sessions.last() {
+                        if last.client_id >= session.client_id {
+                            return Err(Error::decode(
+                                SNAPSHOT,
+                                "the client ids are not in strictly increasing order",
+                            ));
+                        }
+                    }
+                    view.sessions.push(session);
+                }
+                _ => reader.skip(field, wire_type).map_err(wire)?,
+            }
+        }
+        if view.applied_index != index {
+            return Err(Error::decode(
+                SNAPSHOT,
                 format!(
                     "the snapshot was taken at applied index {}, not at {}",
-                    msg.get_applied_index(),
-                    index
+                    view.applied_index, index
                 ),
             ));
         }
-        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(msg.get_pairs().len());
-        for mut pair in msg.take_pairs().into_iter() {
-            let key = pair.take_key();
-            if let Some((last, _)) = pairs.last() {
-                if *last >= key {
-                    return Err(Error::decode(
-                        WHAT,
-                        "the keys are not in strictly increasing order",
-                    ));
+        Ok(view)
+    }
+}
+
+const SNAPSHOT: &str = "kv snapshot";
+
+/// Decodes a `KvPair` (the last key and the last value win, as in the
+/// generated parser), borrowing both.
+fn decode_pair(bytes: &[u8]) -> ProtobufResult<(&[u8], &[u8])> {
+    let mut reader = WireReader::new(bytes);
+    let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+    while !reader.at_end() {
+        let (field, wire_type) = reader.tag()?;
+        match field {
+            1 | 2 => {
+                expect_wire_type(wire_type, WireType::WireTypeLengthDelimited)?;
+                // A bytes field's length is read as a 32-bit varint, as
+                // `CodedInputStream::read_bytes` does.
+                let len = reader.read(|is| is.read_raw_varint32())?;
+                let bytes = reader.take(u64::from(len))?;
+                if field == 1 {
+                    key = bytes;
+                } else {
+                    value = bytes;
                 }
             }
-            pairs.push((key, pair.take_value()));
+            _ => reader.skip(field, wire_type)?,
         }
-        let mut sessions: Vec<Session> = Vec::with_capacity(msg.get_sessions().len());
-        for session in msg.get_sessions() {
-            let session = session_from_proto(session);
-            if let Some(last) = sessions.last() {
-                if last.client_id >= session.client_id {
-                    return Err(Error::decode(
-                        WHAT,
-                        "the client ids are not in strictly increasing order",
-                    ));
-                }
-            }
-            sessions.push(session);
+    }
+    Ok((key, value))
+}
+
+fn expect_wire_type(found: WireType, expected: WireType) -> ProtobufResult<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(protobuf::rt::unexpected_wire_type(found))
+    }
+}
+
+/// A position in a message's bytes. Tags, varints and unknown fields are
+/// read by protobuf's decoder on the rest of the bytes; lengths of bytes
+/// and messages are taken as slices of them, so nothing is copied.
+struct WireReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> WireReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        WireReader { bytes, at: 0 }
+    }
+
+    fn at_end(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    /// Runs one read of protobuf's decoder at the current position and
+    /// moves past what it read.
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&mut CodedInputStream) -> ProtobufResult<T>,
+    ) -> ProtobufResult<T> {
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
+        let mut is = CodedInputStream::from_bytes(rest);
+        let value = f(&mut is)?;
+        // The decoder read at most `rest`: `at` stays within the bytes.
+        self.at += usize::try_from(is.pos())
+            .unwrap_or(rest.len())
+            .min(rest.len());
+        Ok(value)
+    }
+
+    fn tag(&mut self) -> ProtobufResult<(u32, WireType)> {
+        self.read(|is| is.read_tag_unpack())
+    }
+
+    /// A length-delimited message: its length is read as a 64-bit varint,
+    /// as `CodedInputStream::merge_message` does.
+    ///
+    /// A message whose length runs past the end of the bytes is refused
+    /// (`TruncatedMessage`). The generated parser of protobuf 2 accepts one
+    /// that ends with the bytes (it stops at the end of the input before
+    /// the message's length): a snapshot cut short there would lose its
+    /// last pairs unnoticed.
+    fn message(&mut self) -> ProtobufResult<&'a [u8]> {
+        let len = self.read(|is| is.read_raw_varint64())?;
+        self.take(len).map_err(|_| {
+            protobuf::ProtobufError::WireError(protobuf::error::WireError::TruncatedMessage)
+        })
+    }
+
+    /// The next `len` bytes.
+    fn take(&mut self, len: u64) -> ProtobufResult<&'a [u8]> {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.at.checked_add(len))
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or(protobuf::ProtobufError::WireError(
+                protobuf::error::WireError::UnexpectedEof,
+            ))?;
+        let bytes = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    /// Skips an unknown field as the generated parsers do (a group is
+    /// skipped to its end; a field of another wire type is read whole).
+    fn skip(&mut self, field: u32, wire_type: WireType) -> ProtobufResult<()> {
+        if wire_type == WireType::WireTypeLengthDelimited {
+            // Read as `read_unknown` does (a 32-bit length), without the copy.
+            let len = self.read(|is| is.read_raw_varint32())?;
+            return self.take(u64::from(len)).map(|_| ());
         }
-        Ok(SnapshotData {
-            applied_index: index,
-            pairs,
-            sessions,
+        self.read(|is| {
+            protobuf::rt::read_unknown_or_skip_group(
+                field,
+                wire_type,
+                is,
+                &mut UnknownFields::new(),
+            )
         })
     }
 }
@@ -506,6 +735,7 @@ fn write_message(msg: &impl Message) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn command_round_trip() {
@@ -573,5 +803,242 @@ mod tests {
             sessions: Vec::new(),
         };
         assert!(SnapshotData::decode(1, &dup.encode()).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_cut_inside_its_last_pair_is_refused() {
+        let data = SnapshotData {
+            applied_index: 5,
+            pairs: vec![(b"a".to_vec(), vec![1; 40]), (b"b".to_vec(), vec![2; 40])],
+            sessions: Vec::new(),
+        };
+        let bytes = data.encode();
+        // Cut where the last pair's value field starts (tag, length, 40 bytes).
+        let cut = &bytes[..bytes.len() - 42];
+        // protobuf 2's generated parser takes the cut pair as a whole one,
+        // with an empty value.
+        let lenient = generated_decode(5, cut).expect("the generated parser accepts it");
+        assert_eq!(lenient.pairs[1], (b"b".to_vec(), Vec::new()));
+        let refused = SnapshotData::decode(5, cut).expect_err("a cut snapshot is refused");
+        assert!(
+            refused.to_string().contains("truncated message"),
+            "{refused}"
+        );
+    }
+
+    /// The snapshot as the generated code writes it.
+    fn generated_encode(data: &SnapshotData) -> Vec<u8> {
+        let mut msg = proto::KvSnapshot::new();
+        msg.set_applied_index(data.applied_index);
+        for (key, value) in &data.pairs {
+            let mut pair = proto::KvPair::new();
+            pair.set_key(key.clone());
+            pair.set_value(value.clone());
+            msg.mut_pairs().push(pair);
+        }
+        for session in &data.sessions {
+            msg.mut_sessions().push(session_to_proto(session));
+        }
+        msg.write_to_bytes().expect("a built message encodes")
+    }
+
+    /// The snapshot as the generated parser reads it, with the same checks
+    /// as `SnapshotView::decode`. `None`: refused.
+    fn generated_decode(index: u64, bytes: &[u8]) -> Option<SnapshotData> {
+        if bytes.is_empty() || index == 0 {
+            return None;
+        }
+        let msg = proto::KvSnapshot::parse_from_bytes(bytes).ok()?;
+        let pairs: Vec<_> = msg
+            .get_pairs()
+            .iter()
+            .map(|p| (p.get_key().to_vec(), p.get_value().to_vec()))
+            .collect();
+        let sessions: Vec<_> = msg.get_sessions().iter().map(session_from_proto).collect();
+        let increasing = pairs.windows(2).all(|w| w[0].0 < w[1].0)
+            && sessions.windows(2).all(|w| w[0].client_id < w[1].client_id);
+        (msg.get_applied_index() == index && increasing).then_some(SnapshotData {
+            applied_index: index,
+            pairs,
+            sessions,
+        })
+    }
+
+    fn snapshot_data() -> impl Strategy<Value = SnapshotData> {
+        let pairs = proptest::collection::btree_map(
+            proptest::collection::vec(any::<u8>(), 0..6),
+            proptest::collection::vec(any::<u8>(), 0..300),
+            0..6,
+        );
+        let sessions = proptest::collection::btree_map(
+            any::<u64>(),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..4),
+                any::<u64>(),
+            ),
+            0..3,
+        );
+        (1..u64::MAX, pairs, sessions).prop_map(|(applied_index, pairs, sessions)| SnapshotData {
+            applied_index,
+            pairs: pairs.into_iter().collect(),
+            sessions: sessions
+                .into_iter()
+                .map(
+                    |(client_id, (last_sequence, last_response, last_active_ms))| Session {
+                        client_id,
+                        last_sequence,
+                        last_response,
+                        last_active_ms,
+                    },
+                )
+                .collect(),
+        })
+    }
+
+    /// A valid snapshot's bytes, damaged: a byte changed, bytes cut off at
+    /// the end, or bytes put in.
+    fn damaged(bytes: Vec<u8>, at: usize, byte: u8, how: u8) -> Vec<u8> {
+        let mut bytes = bytes;
+        let at = at % (bytes.len() + 1);
+        match how % 3 {
+            0 if at < bytes.len() => bytes[at] = byte,
+            1 => bytes.truncate(at),
+            _ => bytes.insert(at, byte),
+        }
+        bytes
+    }
+
+    fn varint(mut n: u64, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    /// One field of the number and wire type given (any, valid or not),
+    /// with a payload that suits its wire type.
+    fn field(field: u64, wire_type: u64, n: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(field << 3 | wire_type, &mut out);
+        match wire_type {
+            0 => varint(n, &mut out),
+            1 => out.extend_from_slice(&n.to_le_bytes()),
+            2 => {
+                varint(payload.len() as u64, &mut out);
+                out.extend_from_slice(payload);
+            }
+            // A group: empty, closed by its end tag.
+            3 => varint(field << 3 | 4, &mut out),
+            5 => out.extend_from_slice(&n.to_le_bytes()[..4]),
+            _ => {}
+        }
+        out
+    }
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..6)
+    }
+
+    /// Small numbers read as lengths and indexes that fit.
+    fn small_or_any() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..4, any::<u64>()]
+    }
+
+    /// Any field at all: numbers 0 to 7, wire types 0 to 7.
+    fn any_field() -> impl Strategy<Value = Vec<u8>> {
+        (0u64..8, 0u64..8, small_or_any(), payload()).prop_map(|(f, w, n, p)| field(f, w, n, &p))
+    }
+
+    /// A well-formed field unknown to `KvSnapshot` and `KvPair`.
+    fn unknown_field() -> impl Strategy<Value = Vec<u8>> {
+        (
+            4u64..8,
+            prop::sample::select(vec![0u64, 1, 2, 3, 5]),
+            small_or_any(),
+            payload(),
+        )
+            .prop_map(|(f, w, n, p)| field(f, w, n, &p))
+    }
+
+    /// Messages built field by field, mostly well formed: applied indexes,
+    /// pairs of keys, values and unknown fields (a few pairs declaring a
+    /// wrong length), unknown fields, and now and then any field at all.
+    fn any_fields() -> impl Strategy<Value = Vec<u8>> {
+        let pair_field = prop_oneof![
+            4 => payload().prop_map(|p| field(1, 2, 0, &p)),
+            4 => payload().prop_map(|p| field(2, 2, 0, &p)),
+            2 => unknown_field(),
+            1 => any_field(),
+        ];
+        let pair = (proptest::collection::vec(pair_field, 0..4), -2i64..3, 0..4).prop_map(
+            |(fields, skew, exact)| {
+                let body = fields.concat();
+                let len = body.len() as i64 + if exact > 0 { 0 } else { skew };
+                let mut out = vec![0x12];
+                varint(len.max(0) as u64, &mut out);
+                out.extend_from_slice(&body);
+                out
+            },
+        );
+        let top_field = prop_oneof![
+            3 => pair,
+            2 => (1u64..3).prop_map(|n| field(1, 0, n, &[])),
+            1 => unknown_field(),
+            1 => any_field(),
+        ];
+        proptest::collection::vec(top_field, 0..5).prop_map(|f| f.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn field_by_field_decoding_agrees_with_the_generated_parser(bytes in any_fields()) {
+            // The index the generated parser finds, so that both can accept.
+            let index = proto::KvSnapshot::parse_from_bytes(&bytes)
+                .map_or(1, |m| m.get_applied_index().max(1));
+            match (SnapshotData::decode(index, &bytes), generated_decode(index, &bytes)) {
+                (Ok(ours), theirs) => prop_assert_eq!(Some(ours), theirs, "bytes {:?}", bytes),
+                (Err(_), None) => {}
+                (Err(e), Some(_)) => prop_assert!(
+                    e.to_string().contains("truncated message"),
+                    "refused {:?}: {}", bytes, e
+                ),
+            }
+        }
+
+        #[test]
+        fn encoding_is_the_generated_encoding(data in snapshot_data()) {
+            prop_assert_eq!(data.encode(), generated_encode(&data));
+        }
+
+        #[test]
+        fn decoding_agrees_with_the_generated_parser(
+            data in snapshot_data(),
+            at in any::<usize>(),
+            // Small bytes are the tags (fields 1 to 3, every wire type) and
+            // the lengths of short fields.
+            byte in prop_oneof![any::<u8>(), 0u8..0x20],
+            how in any::<u8>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let index = data.applied_index;
+            let bytes = data.encode();
+            prop_assert_eq!(SnapshotData::decode(index, &bytes).ok(), Some(data));
+            // Noise after valid bytes: unknown fields, or a field read again.
+            let appended = [bytes.clone(), noise.clone()].concat();
+            for bytes in [damaged(bytes, at, byte, how), appended, noise] {
+                match (SnapshotData::decode(index, &bytes), generated_decode(index, &bytes)) {
+                    (Ok(ours), theirs) => prop_assert_eq!(Some(ours), theirs, "bytes {:?}", bytes),
+                    (Err(_), None) => {}
+                    // The one difference: a message cut short by the end of
+                    // the bytes (see `WireReader::message`).
+                    (Err(e), Some(_)) => prop_assert!(
+                        e.to_string().contains("truncated message"),
+                        "refused {:?}: {}", bytes, e
+                    ),
+                }
+            }
+        }
     }
 }

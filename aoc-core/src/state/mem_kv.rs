@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::kv::{plan_batch, SnapshotData};
+use super::kv::{plan_batch, SnapshotData, SnapshotEncoder, SnapshotView};
 use super::{ApplyBatch, KvStateMachine, Session, StateMachine};
 use crate::Result;
 
@@ -117,20 +117,16 @@ impl StateMachine for MemKv {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>> {
-        Ok(SnapshotData {
-            applied_index: self.applied_index,
-            pairs: self
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            sessions: self.sessions.values().cloned().collect(),
+        let mut out = SnapshotEncoder::new(self.applied_index);
+        for (key, value) in &self.data {
+            out.pair(key, value);
         }
-        .encode())
+        let sessions: Vec<Session> = self.sessions.values().cloned().collect();
+        Ok(out.finish(&sessions))
     }
 
     fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
-        SnapshotData::decode(index, data).map(|_| ())
+        SnapshotView::decode(index, data).map(|_| ())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<()> {

@@ -300,6 +300,11 @@ pub trait Inbound: Send + Sync + 'static {
     /// Messages to `peer` could not be delivered (connection failed, lost
     /// or refused).
     fn unreachable(&self, peer: u64);
+    /// `peer` can be reached again: a connection to it succeeded after
+    /// failures. Ignored unless implemented.
+    fn reachable(&self, peer: u64) {
+        let _ = peer;
+    }
     /// The outcome of a snapshot sent to `peer`: `true` once all its chunks
     /// were written to the socket, `false` when it was dropped.
     fn snapshot_sent(&self, peer: u64, delivered: bool);
@@ -314,6 +319,9 @@ impl<S: crate::state::StateMachine> Inbound for crate::Node<S> {
     }
     fn unreachable(&self, peer: u64) {
         self.report_unreachable(peer);
+    }
+    fn reachable(&self, peer: u64) {
+        self.report_reachable(peer);
     }
     fn snapshot_sent(&self, peer: u64, delivered: bool) {
         self.report_snapshot(peer, delivered);
@@ -450,6 +458,12 @@ impl Shared {
     fn report_unreachable(&self, peer: u64) {
         if let Some(i) = self.inbound() {
             i.unreachable(peer);
+        }
+    }
+
+    fn report_reachable(&self, peer: u64) {
+        if let Some(i) = self.inbound() {
+            i.reachable(peer);
         }
     }
 
@@ -1181,6 +1195,7 @@ impl Writer {
         bump(&self.shared.stats.connected);
         if self.failures > 0 && self.refused.is_none() {
             info!(peer = self.peer, addr = %self.addr, "connected to the peer again");
+            self.shared.report_reachable(self.peer);
         } else {
             debug!(peer = self.peer, addr = %self.addr, "connected to the peer");
         }
@@ -1294,6 +1309,8 @@ impl Writer {
         let Some(chunks) = split_snapshot(&msg, self.shared.cfg.snapshot_chunk_bytes) else {
             return Ok(());
         };
+        // The chunks hold the data (shared, not copied); the message is
+        // not needed any more.
         drop(msg);
         let count = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
