@@ -1171,8 +1171,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// it). A leader sends its heartbeats at once: the answer tells it how
     /// far behind `to` is, and the entries or the snapshot `to` lacks
     /// follow without waiting for the next heartbeat tick (up to
-    /// `heartbeat_tick` ticks: 100 ms with the defaults, two thirds of the
-    /// time a 64 MiB catch-up by snapshot takes once it starts).
+    /// `heartbeat_tick` ticks: 100 ms with the defaults).
     pub fn report_reachable(&mut self, to: u64) {
         if self.is_leader() && self.raw.raft.prs().get(to).is_some() {
             self.raw.ping();
