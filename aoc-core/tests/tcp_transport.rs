@@ -17,7 +17,7 @@ use aoc_core::transport::tcp::{
     Inbound, TcpConfig, TcpTransport, MIN_READ_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use aoc_core::transport::{Notice, Transport};
-use aoc_core::{Error, Node, ReplicaConfig, Role};
+use aoc_core::{Error, Member, MemberRole, Node, ReplicaConfig, Role};
 use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -924,4 +924,62 @@ fn the_connection_limit_follows_the_current_peers() {
     }
     drop(held);
     a.shutdown();
+}
+
+/// A directory address that is a host name is looked up off the caller's
+/// thread (the raft thread, in a node) and applies once found; an address
+/// given as IP and port applies at once.
+#[test]
+fn members_changed_looks_names_up_off_the_callers_thread() {
+    init_logs();
+    let (a, _ra) = start(config(7, 1, "127.0.0.1:0".parse().unwrap(), &[]));
+    let x = free_addr();
+    let named = Member {
+        id: 2,
+        role: MemberRole::Data,
+        ha_addr: format!("localhost:{}", x.port()),
+    };
+    a.members_changed(&[1, 2], &[named]);
+    wait_until(
+        "the named member's address",
+        Duration::from_secs(10),
+        || {
+            a.peers()
+                .get(&2)
+                .is_some_and(|addr| addr.port() == x.port())
+        },
+    );
+    let literal = Member {
+        id: 3,
+        role: MemberRole::Witness,
+        ha_addr: x.to_string(),
+    };
+    a.members_changed(&[1, 3], &[literal]);
+    assert_eq!(a.peers(), BTreeMap::from([(3, x)]), "applied at once");
+}
+
+/// A change whose names are still being looked up when a later change is
+/// asked for is dropped: the last change asked for is the one that stays.
+#[test]
+fn a_slower_lookup_does_not_undo_a_later_change() {
+    init_logs();
+    let (a, _ra) = start(config(7, 1, "127.0.0.1:0".parse().unwrap(), &[]));
+    let (x, y) = (free_addr(), free_addr());
+    for round in 0..20 {
+        let named = Member {
+            id: 2,
+            role: MemberRole::Data,
+            ha_addr: format!("localhost:{}", x.port()),
+        };
+        let literal = Member {
+            id: 3,
+            role: MemberRole::Witness,
+            ha_addr: y.to_string(),
+        };
+        // The lookup thread usually finishes after the second change.
+        a.members_changed(&[1, 2], &[named]);
+        a.members_changed(&[1, 3], &[literal]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(a.peers(), BTreeMap::from([(3, y)]), "round {round}");
+    }
 }

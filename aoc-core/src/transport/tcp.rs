@@ -425,6 +425,10 @@ struct Shared {
     members: RwLock<Members>,
     /// The token of the next writer started.
     next_writer: AtomicU64,
+    /// The latest change of the peer set asked for: a change whose names
+    /// were still being looked up when a later one was asked for is
+    /// dropped ([`TcpTransport::members_changed`]).
+    peers_generation: AtomicU64,
     inbound: RwLock<Option<Arc<dyn Inbound>>>,
     sockets: Mutex<Sockets>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -707,6 +711,7 @@ impl TcpTransport {
             cfg,
             members: RwLock::new(Members::default()),
             next_writer: AtomicU64::new(1),
+            peers_generation: AtomicU64::new(0),
             inbound: RwLock::new(None),
             sockets: Mutex::new(Sockets::default()),
             threads: Mutex::new(Vec::new()),
@@ -777,6 +782,20 @@ impl TcpTransport {
     /// cannot be started: the new set is in place, but the peers whose
     /// writer did not start are not sent to until a later call starts it.
     pub fn set_peers(&self, peers: BTreeMap<u64, SocketAddr>) -> Result<()> {
+        self.set_peers_for(self.next_peers_generation(), peers)
+    }
+
+    fn next_peers_generation(&self) -> u64 {
+        self.inner
+            .shared
+            .peers_generation
+            .fetch_add(1, Ordering::AcqRel)
+            + 1
+    }
+
+    /// [`TcpTransport::set_peers`] for the change numbered `generation`;
+    /// nothing is done when a later change was asked for meanwhile.
+    fn set_peers_for(&self, generation: u64, peers: BTreeMap<u64, SocketAddr>) -> Result<()> {
         let shared = &self.inner.shared;
         check_peers(shared.cfg.member_id, &peers)?;
         let mut m = shared.members.write();
@@ -784,6 +803,16 @@ impl TcpTransport {
         // the writers, so no writer started here outlives it.
         if shared.is_stopped() {
             return Err(Error::Stopped);
+        }
+        // Under `members` too: a later change cannot be applied between
+        // this check and this change, so the last change asked for is the
+        // last applied.
+        if shared.peers_generation.load(Ordering::Acquire) != generation {
+            debug!(
+                generation,
+                "a later change of the peers supersedes this one"
+            );
+            return Ok(());
         }
         let removed: Vec<u64> = m
             .peers
@@ -907,7 +936,40 @@ impl Transport for TcpTransport {
     /// has one, else at the address already known (the configuration's).
     /// A member with neither, or whose address does not resolve, is left
     /// out with a warning; a member no longer in `ids` is cut off.
+    /// Addresses given as IP and port apply at once. When one is a host
+    /// name, its lookup (DNS, which can take seconds) runs in a thread of
+    /// its own, not in the caller's (the raft thread): the new peers apply
+    /// when it returns, unless a later change was asked for meanwhile.
     fn members_changed(&self, ids: &[u64], directory: &[crate::Member]) {
+        let generation = self.next_peers_generation();
+        let lookups = directory
+            .iter()
+            .any(|m| ids.contains(&m.id) && m.ha_addr.parse::<SocketAddr>().is_err());
+        if !lookups {
+            self.apply_members(generation, ids, directory);
+            return;
+        }
+        // A weak handle: a lookup does not keep a stopped transport alive.
+        let weak = Arc::downgrade(&self.inner);
+        let (ids_owned, directory_owned) = (ids.to_vec(), directory.to_vec());
+        let spawned = std::thread::Builder::new()
+            .name(format!("aoc-resolve-{}", self.inner.shared.cfg.member_id))
+            .spawn(move || {
+                if let Some(inner) = weak.upgrade() {
+                    TcpTransport { inner }.apply_members(generation, &ids_owned, &directory_owned);
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start a thread to look up member addresses; looking up here");
+            self.apply_members(generation, ids, directory);
+        }
+    }
+}
+
+impl TcpTransport {
+    /// The peers for `ids` (this member left out): each at its address in
+    /// `directory` if it has one there, else at the address known so far.
+    fn apply_members(&self, generation: u64, ids: &[u64], directory: &[crate::Member]) {
         let me = self.inner.shared.cfg.member_id;
         let known = self.peers();
         let mut next = BTreeMap::new();
@@ -934,7 +996,7 @@ impl Transport for TcpTransport {
         }
         if next != known {
             info!(member = me, peers = ?next, "members changed");
-            if let Err(e) = self.set_peers(next) {
+            if let Err(e) = self.set_peers_for(generation, next) {
                 warn!(member = me, error = %e, "cannot update the peers");
             }
         }
