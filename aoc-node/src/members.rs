@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aoc_core::client::{Added, Client};
+use aoc_core::client::{Added, Client, Removed};
 use aoc_core::{Error, Member, MemberRole, MembershipChange};
 
 use crate::config::{check_addr, MemberRole as FileRole};
@@ -76,8 +76,12 @@ pub fn shrink(client: &mut Client) -> Result<(), String> {
 
 /// Removes member `id` (not the active: switch over first).
 pub fn remove(client: &mut Client, id: u64) -> Result<(), String> {
-    match client.change_membership(&MembershipChange::Remove(id)) {
-        Ok(()) => {
+    match client.remove_member(id) {
+        Ok(Removed::Already) => {
+            println!("member {id} is not a member (any more): nothing to remove");
+            Ok(())
+        }
+        Ok(Removed::Now) => {
             println!(
                 "member {id} removed: the others drop its messages from now on. Remove it \
                  from every member's configuration file; wipe its data directory before \
@@ -102,12 +106,10 @@ pub fn replace(
             "--id: the new member needs a new id (member {old} is the one replaced)"
         ));
     }
-    match client.change_membership(&MembershipChange::Remove(old)) {
-        Ok(()) => println!("member {old} removed"),
+    match client.remove_member(old) {
+        Ok(Removed::Now) => println!("member {old} removed"),
         // Resumed after the removal.
-        Err(Error::Membership { reason }) if reason.contains("is not a member") => {
-            println!("member {old} is no longer a member")
-        }
+        Ok(Removed::Already) => println!("member {old} is no longer a member"),
         Err(e) => return Err(format!("removing member {old}: {e}")),
     }
     add(client, new, timeout)

@@ -420,6 +420,9 @@ fn a_dead_passive_then_a_dead_witness_are_replaced() {
         &ha5,
     ]);
     assert!(out.contains("member 5 is a voter"), "{out}");
+    // Run again (as after an interruption): nothing left to do, no error.
+    let out = p.members(&["remove", "--id", "3"]);
+    assert!(out.contains("member 3 is not a member (any more)"), "{out}");
     let mut voters = vec![active, 4, 5];
     voters.sort_unstable();
     p.wait_active("sync mode with witness 5", |st| {

@@ -111,7 +111,17 @@ use crate::state::{KvCommand, KvResponse};
 use crate::{Error, Member, MembershipChange, Result, Status};
 use convert::{error_from_proto, status_from_proto, write_from_proto};
 
-use crate::replica::membership_reasons::{ALREADY_VOTER, AWAITS_PAIR, NOT_CAUGHT_UP};
+use crate::replica::membership_reasons::{ALREADY_VOTER, AWAITS_PAIR, NOT_A_MEMBER, NOT_CAUGHT_UP};
+
+/// What [`Client::remove_member`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// The member was removed by this call.
+    Now,
+    /// The member was not a member (any more): an earlier call, whose
+    /// answer was lost, removed it, or it never was one.
+    Already,
+}
 
 /// Where [`Client::add_member`] left the member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,6 +475,25 @@ impl Client {
         match self.call(deadline, "membership change", body, Retry::Unexecuted)? {
             Resp::done(_) => Ok(()),
             other => Err(unexpected("membership change", &other)),
+        }
+    }
+
+    /// Removes member `id` (not the active: switch over first). Running it
+    /// again after an interruption is safe: a member that is gone already
+    /// gives [`Removed::Already`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Membership`] when the active refuses the change (the
+    /// member is the active, or another change is in flight), and the
+    /// errors of [`Client::change_membership`].
+    pub fn remove_member(&mut self, id: u64) -> Result<Removed> {
+        match self.change_membership(&MembershipChange::Remove(id)) {
+            Ok(()) => Ok(Removed::Now),
+            Err(Error::Membership { reason }) if reason.contains(NOT_A_MEMBER) => {
+                Ok(Removed::Already)
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -36,8 +36,10 @@ pub(crate) mod reasons {
     /// A standalone member's learner waits for the second new member, to
     /// be promoted with it.
     pub(crate) const AWAITS_PAIR: &str = "waits for a second new member";
+    /// The member to remove is not a member (any more): done.
+    pub(crate) const NOT_A_MEMBER: &str = "is not a member";
 }
-use reasons::{ALREADY_VOTER, AWAITS_PAIR, NOT_CAUGHT_UP};
+use reasons::{ALREADY_VOTER, AWAITS_PAIR, NOT_A_MEMBER, NOT_CAUGHT_UP};
 
 /// What a member stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -207,7 +209,7 @@ pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<Vec<S
         MembershipChange::Remove(id) => {
             if !member(*id) {
                 return Err(Error::membership(format!(
-                    "member {id} is not a member (voters {:?}, learners {:?})",
+                    "member {id} {NOT_A_MEMBER} (voters {:?}, learners {:?})",
                     v.voters, v.learners
                 )));
             }

@@ -30,6 +30,7 @@ use rand::Rng;
 
 use super::check::Property;
 use super::{Cluster, Outcome};
+use crate::replica::membership_reasons::{ALREADY_VOTER, NOT_A_MEMBER};
 use crate::{Error, Member, MemberRole, MembershipChange};
 
 /// A change with no answer after this long is proposed again.
@@ -334,9 +335,9 @@ impl Replacement {
         // The change already took effect on the leader (its answer was
         // lost, or the members' configuration lags the leader's).
         let done_already = match change {
-            MembershipChange::Remove(_) => reason.contains("is not a member"),
+            MembershipChange::Remove(_) => reason.contains(NOT_A_MEMBER),
             MembershipChange::AddLearner(_) | MembershipChange::Promote(_) => {
-                reason.contains("is already a voter")
+                reason.contains(ALREADY_VOTER)
             }
             // The scenario never shrinks.
             MembershipChange::Shrink => false,
