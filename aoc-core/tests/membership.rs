@@ -446,8 +446,18 @@ fn an_ha_cluster_shrinks_to_standalone() {
             !c.node(removed).status().active,
             "the removed member is active"
         );
-        assert_eq!(c.active(), Some(active));
+        // No other member is active. (The active itself was seen without
+        // the role for a moment once, on a loaded machine: its lease can
+        // lapse around the end of the joint configuration.)
+        let now = c.active();
+        assert!(
+            now.is_none() || now == Some(active),
+            "member {now:?} is active"
+        );
     }
+    c.wait("the active", Duration::from_secs(10), |c| {
+        c.active() == Some(active)
+    });
     let st = c.node(active).status();
     assert_eq!(st.voters, vec![active]);
     assert!(st.learners.is_empty());
