@@ -576,6 +576,79 @@ pub fn sync_returns_applied_index<S: KvStateMachine>(mut make: impl FnMut() -> S
     assert_eq!(s.sync().expect("sync"), 9);
 }
 
+/// A snapshot read started with [`super::StateMachine::start_snapshot`]
+/// gives the bytes of [`super::StateMachine::snapshot`] at its index,
+/// whatever batches are applied while it is read (changed, removed and
+/// new pairs and sessions); a restore while a read is in progress leaves
+/// it either those bytes or an error.
+pub fn snapshot_read_alongside_apply<S: KvStateMachine>(mut make: impl FnMut() -> S) {
+    let mut s = make();
+    build_state(&mut s);
+    let index = s.applied_index();
+    let want = s.snapshot().expect("snapshot");
+    let mut read = s.start_snapshot().expect("start_snapshot");
+    assert_eq!(read.index(), index, "the read is at the applied index");
+    let mut next = index + 1;
+    for round in 0..50u64 {
+        let mut b = OwnedBatch::of(
+            next,
+            &[
+                KvCommand::put(b"a", round.to_be_bytes()),
+                KvCommand::delete(b"b"),
+                KvCommand::put(format!("new{round}").as_bytes(), b"n"),
+                KvCommand::put(b"big", vec![round as u8; 70 * 1024]),
+            ],
+        );
+        b.new_sessions = vec![session(100 + round, 0, Vec::new(), 7)];
+        b.expired_sessions = vec![1, 99 + round];
+        next = b.applied_index + 1;
+        apply(&mut s, &b);
+    }
+    let got = wait_for(read.as_mut()).expect("the read succeeds");
+    assert!(got == want, "the read gives the snapshot at its index");
+    assert!(read.poll().is_none(), "a read gives its result once");
+
+    // A restore over a read in progress: the read fails or gives the
+    // snapshot at its index, never a mix.
+    let mut t = make();
+    build_state(&mut t);
+    apply(
+        &mut t,
+        &OwnedBatch::of(index + 1, &[KvCommand::put(b"a", b"t")]),
+    );
+    let want_t = t.snapshot().expect("snapshot");
+    let mut read = t.start_snapshot().expect("start_snapshot");
+    t.restore(index, &want).expect("restore");
+    match wait_for(read.as_mut()) {
+        Ok(got) => assert!(
+            got == want_t,
+            "a read ended by a restore gives its own snapshot"
+        ),
+        Err(Error::Storage { .. }) => {}
+        Err(other) => panic!("a read ended by a restore fails with a storage error, got {other}"),
+    }
+    assert_eq!(
+        t.snapshot().expect("snapshot"),
+        want,
+        "the restore took effect"
+    );
+}
+
+/// Polls `read` until it gives its result (at most a minute).
+fn wait_for(read: &mut dyn super::SnapshotRead) -> crate::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(result) = read.poll() {
+            return result;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot read gave no result within a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Runs every function of the suite but [`crash_recovery`].
 pub fn run_all<S: KvStateMachine>(mut make: impl FnMut() -> S) {
     apply_commands(&mut make);
@@ -584,6 +657,7 @@ pub fn run_all<S: KvStateMachine>(mut make: impl FnMut() -> S) {
     snapshot_round_trip(&mut make);
     restore_refuses_bad_snapshots(&mut make);
     sync_returns_applied_index(&mut make);
+    snapshot_read_alongside_apply(&mut make);
 }
 
 /// Crash consistency. `crash` takes a store and returns it as it is after

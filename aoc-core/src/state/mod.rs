@@ -12,6 +12,7 @@ pub mod conformance;
 mod kv;
 mod mem_kv;
 mod sled_kv;
+mod sled_read;
 
 pub(crate) use kv::SnapshotData;
 pub use kv::{KvCommand, KvResponse, KvStateMachine};
@@ -95,6 +96,28 @@ pub trait StateMachine: Send + 'static {
     /// [`StateMachine::applied_index`].
     fn snapshot(&self) -> Result<Vec<u8>>;
 
+    /// Starts reading a snapshot at [`StateMachine::applied_index`] that
+    /// [`StateMachine::apply`] and [`StateMachine::sync`] may run alongside.
+    ///
+    /// A leader reads the snapshot a lagging member needs with this, so a
+    /// large state does not hold up its raft thread (heartbeats, commits)
+    /// while it is read: that pause, past the election timeout, would
+    /// fail the leader over. The replica polls the returned read on its
+    /// own thread; the store may read on another thread. The bytes must be
+    /// those [`StateMachine::snapshot`] gives at that index.
+    ///
+    /// At most one read is in progress: starting another, or dropping the
+    /// read, ends the one before. [`StateMachine::restore`] ends it too.
+    ///
+    /// The default reads the whole snapshot at once, with
+    /// [`StateMachine::snapshot`], on the calling thread.
+    fn start_snapshot(&mut self) -> Result<Box<dyn SnapshotRead>> {
+        Ok(Box::new(ReadAtOnce {
+            index: self.applied_index(),
+            data: Some(self.snapshot()),
+        }))
+    }
+
     /// Replaces the whole state with `data`, a snapshot taken at `index`.
     /// The new state must be durable (synced) when this returns.
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<()>;
@@ -112,6 +135,50 @@ pub trait StateMachine: Send + 'static {
     /// Makes every applied batch durable (a real sync) and returns the
     /// applied index that is now durable.
     fn sync(&mut self) -> Result<u64>;
+}
+
+/// A snapshot being read (see [`StateMachine::start_snapshot`]).
+///
+/// ```
+/// use aoc_core::state::{MemKv, StateMachine};
+///
+/// let mut kv = MemKv::new();
+/// let expected = kv.snapshot()?;
+/// let mut read = kv.start_snapshot()?;
+/// assert_eq!(read.index(), 0);
+/// // MemKv reads at once; another store may answer `None` a while.
+/// let data = loop {
+///     if let Some(data) = read.poll() {
+///         break data?;
+///     }
+/// };
+/// assert_eq!(data, expected);
+/// # Ok::<(), aoc_core::Error>(())
+/// ```
+pub trait SnapshotRead: Send {
+    /// The applied index the snapshot is taken at.
+    fn index(&self) -> u64;
+
+    /// The snapshot's bytes once they are read, `None` while they are
+    /// not. It gives them, or the error that ended the read, once; later
+    /// calls give `None`.
+    fn poll(&mut self) -> Option<Result<Vec<u8>>>;
+}
+
+/// The default [`SnapshotRead`]: read before it is returned.
+struct ReadAtOnce {
+    index: u64,
+    data: Option<Result<Vec<u8>>>,
+}
+
+impl SnapshotRead for ReadAtOnce {
+    fn index(&self) -> u64 {
+        self.index
+    }
+
+    fn poll(&mut self) -> Option<Result<Vec<u8>>> {
+        self.data.take()
+    }
 }
 
 /// The state machine type of a witness: it has no values, so a witness

@@ -35,8 +35,11 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use super::kv::{decode_session, encode_session, plan_batch, SnapshotEncoder, SnapshotView};
-use super::{ApplyBatch, KvStateMachine, Session, StateMachine};
+use super::sled_read::{self, Capture, Reader, Row};
+use super::{ApplyBatch, KvStateMachine, Session, SnapshotRead, StateMachine};
 use crate::{Error, Result};
 
 const DATA_PREFIX: u8 = b'd';
@@ -65,6 +68,9 @@ pub struct SledKv {
     recorded_sync: u64,
     /// Whether `dir` and its entry in its parent have been synced.
     dirs_synced: bool,
+    /// The snapshot being read on another thread, if any: every batch
+    /// records what it changes there first (see `sled_read`).
+    reading: Option<Arc<Capture>>,
 }
 
 impl fmt::Debug for SledKv {
@@ -101,6 +107,7 @@ impl SledKv {
             applied_index: 0,
             recorded_sync,
             dirs_synced: false,
+            reading: None,
         };
         store.applied_index = store.read_meta()?;
         if store.applied_index < recorded_sync {
@@ -196,33 +203,33 @@ impl SledKv {
                 .scan_prefix([SESSION_PREFIX])
                 .collect::<sled::Result<Vec<_>>>()
         })?;
-        let mut sessions = Vec::with_capacity(rows.len());
-        for (key, value) in rows {
-            let id_bytes: [u8; 8] = key.get(1..).unwrap_or_default().try_into().map_err(|_| {
-                Error::storage(
-                    &self.sled_path,
-                    format!("a session row has a key of {} bytes, expected 9", key.len()),
-                )
-            })?;
-            let client_id = u64::from_be_bytes(id_bytes);
-            let session = decode_session(&value).map_err(|e| {
-                Error::storage(
-                    &self.sled_path,
-                    format!("session {client_id} is damaged: {e}"),
-                )
-            })?;
-            if session.client_id != client_id {
-                return Err(Error::storage(
-                    &self.sled_path,
-                    format!(
-                        "the session row of client {client_id} holds client {}",
-                        session.client_id
-                    ),
-                ));
-            }
-            sessions.push(session);
+        rows.iter()
+            .map(|(key, value)| session_row(&self.sled_path, key, value))
+            .collect()
+    }
+
+    /// Records, before a batch changes `keys`, their values in the
+    /// snapshot being read, if one is.
+    fn record_before_change<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<()> {
+        let Some(capture) = &self.reading else {
+            return Ok(());
+        };
+        let db = &self.db;
+        let path = &self.sled_path;
+        let live = capture.record(keys, |key| {
+            guarded(path, "cannot read a key", || db.get(key))
+        })?;
+        if !live {
+            self.reading = None;
         }
-        Ok(sessions)
+        Ok(())
+    }
+
+    /// Ends the snapshot read in progress, if any.
+    fn end_reading(&mut self) {
+        if let Some(capture) = self.reading.take() {
+            capture.end();
+        }
     }
 
     /// Every pair whose key starts with `prefix`.
@@ -289,17 +296,19 @@ impl StateMachine for SledKv {
             let value = self.call("cannot read a key", || self.db.get(data_key(key)))?;
             Ok(value.map(|v| v.to_vec()))
         })?;
-        let mut writes = sled::Batch::default();
+        let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         for (key, value) in effect.writes {
-            match value {
-                Some(value) => writes.insert(data_key(&key), value),
-                None => writes.remove(data_key(&key)),
-            }
+            rows.push((data_key(&key), value));
         }
         for (client_id, row) in effect.sessions {
-            match row {
-                Some(session) => writes.insert(session_key(client_id), encode_session(&session)),
-                None => writes.remove(session_key(client_id)),
+            rows.push((session_key(client_id), row.map(|s| encode_session(&s))));
+        }
+        self.record_before_change(rows.iter().map(|(key, _)| key.as_slice()))?;
+        let mut writes = sled::Batch::default();
+        for (key, value) in rows {
+            match value {
+                Some(value) => writes.insert(key, value),
+                None => writes.remove(key),
             }
         }
         writes.insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes()[..]);
@@ -329,12 +338,25 @@ impl StateMachine for SledKv {
         Ok(out.finish(&self.read_sessions()?))
     }
 
+    fn start_snapshot(&mut self) -> Result<Box<dyn SnapshotRead>> {
+        // One read at a time: a new one ends the one before.
+        self.end_reading();
+        let index = self.applied_index;
+        let (reader, capture) = self.reader();
+        let read = sled_read::spawn(reader, index, capture.clone())?;
+        self.reading = Some(capture);
+        Ok(Box::new(read))
+    }
+
     fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
         SnapshotView::decode(index, data).map(|_| ())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<()> {
         let snapshot = SnapshotView::decode(index, data)?;
+        // Every row changes: a read in progress ends rather than record
+        // the whole state.
+        self.end_reading();
         if index < self.recorded_sync {
             // Going back to a lower index (raft does not, but the contract
             // allows it): lower the record first, or a crash after the batch
@@ -379,6 +401,27 @@ impl StateMachine for SledKv {
         sync_tree(&self.sled_path)?;
         self.record_sync(index)?;
         Ok(index)
+    }
+}
+
+impl SledKv {
+    /// A reader of the state at the applied index; the caller keeps the
+    /// capture in `reading` (tests step the reader themselves).
+    fn reader(&self) -> (Reader, Arc<Capture>) {
+        Reader::new(
+            &self.db,
+            self.applied_index,
+            self.sled_path.clone(),
+            classify,
+            session_row,
+        )
+    }
+}
+
+impl Drop for SledKv {
+    fn drop(&mut self) {
+        // The reader thread holds the database open until it stops.
+        self.end_reading();
     }
 }
 
@@ -445,6 +488,39 @@ fn session_key(client_id: u64) -> Vec<u8> {
     out
 }
 
+/// What a row is to a snapshot, by its prefix.
+fn classify(key: &[u8]) -> Row {
+    match key.first() {
+        Some(&DATA_PREFIX) => Row::Pair,
+        Some(&SESSION_PREFIX) => Row::Session,
+        _ => Row::Skip,
+    }
+}
+
+/// A session row, checked: a 9-byte key naming the client the session
+/// holds.
+fn session_row(path: &Path, key: &[u8], value: &[u8]) -> Result<Session> {
+    let id_bytes: [u8; 8] = key.get(1..).unwrap_or_default().try_into().map_err(|_| {
+        Error::storage(
+            path,
+            format!("a session row has a key of {} bytes, expected 9", key.len()),
+        )
+    })?;
+    let client_id = u64::from_be_bytes(id_bytes);
+    let session = decode_session(value)
+        .map_err(|e| Error::storage(path, format!("session {client_id} is damaged: {e}")))?;
+    if session.client_id != client_id {
+        return Err(Error::storage(
+            path,
+            format!(
+                "the session row of client {client_id} holds client {}",
+                session.client_id
+            ),
+        ));
+    }
+    Ok(session)
+}
+
 fn describe(value: Option<u64>) -> String {
     value.map_or_else(|| "missing".to_string(), |v| v.to_string())
 }
@@ -463,7 +539,11 @@ const _: () = assert!(
 /// reading a page), so every call into sled goes through `catch_unwind`.
 /// sled's state after such a panic is not trusted: the error tells the
 /// member to stop.
-fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> sled::Result<T>) -> Result<T> {
+pub(super) fn guarded<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> sled::Result<T>,
+) -> Result<T> {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(Error::storage(path, format!("{what}: {e}"))),
@@ -588,6 +668,108 @@ fn open_waiting_for_lock(path: &Path, config: &sled::Config) -> Result<sled::Db>
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    //! The snapshot read of `sled_read`, stepped row by row between
+    //! batches: every interleaving must give the snapshot at the read's
+    //! index.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::state::conformance::{apply, OwnedBatch};
+    use crate::state::KvCommand;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The reader takes this many rows.
+        Step(u8),
+        Put(u8, u8),
+        Delete(u8),
+        NewSession(u8),
+        ExpireSession(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1..4u8).prop_map(Op::Step),
+            (0..24u8, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            (0..24u8).prop_map(Op::Delete),
+            (0..6u8).prop_map(Op::NewSession),
+            (0..6u8).prop_map(Op::ExpireSession),
+        ]
+    }
+
+    fn key(k: u8) -> Vec<u8> {
+        format!("key{k:02}").into_bytes()
+    }
+
+    fn session(id: u8) -> Session {
+        Session {
+            client_id: u64::from(id),
+            last_sequence: 0,
+            last_response: Vec::new(),
+            last_active_ms: 1,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn snapshot_read_agrees_with_the_snapshot_at_its_index(
+            initial in proptest::collection::vec((0..24u8, any::<u8>()), 0..20),
+            sessions in proptest::collection::btree_set(0..6u8, 0..4),
+            ops in proptest::collection::vec(op(), 0..60),
+        ) {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let mut kv = SledKv::open(dir.path()).expect("open");
+            let mut first = OwnedBatch::of(
+                1,
+                &initial
+                    .iter()
+                    .map(|&(k, v)| KvCommand::put(key(k), [v]))
+                    .collect::<Vec<_>>(),
+            );
+            first.new_sessions = sessions.iter().map(|&id| session(id)).collect();
+            apply(&mut kv, &first);
+            let want = kv.snapshot().expect("snapshot");
+            let (mut reader, capture) = kv.reader();
+            kv.reading = Some(capture);
+            let mut next = kv.applied_index() + 1;
+            let mut walked = false;
+            for op in ops {
+                let mut batch = OwnedBatch {
+                    applied_index: next,
+                    ..OwnedBatch::default()
+                };
+                match op {
+                    Op::Step(n) => {
+                        for _ in 0..n {
+                            if !walked && !reader.step().expect("step") {
+                                walked = true;
+                            }
+                        }
+                        continue;
+                    }
+                    Op::Put(k, v) => batch = OwnedBatch::of(next, &[KvCommand::put(key(k), [v, 1])]),
+                    Op::Delete(k) => batch = OwnedBatch::of(next, &[KvCommand::delete(key(k))]),
+                    Op::NewSession(id) => batch.new_sessions = vec![Session {
+                        last_active_ms: next,
+                        ..session(id)
+                    }],
+                    Op::ExpireSession(id) => batch.expired_sessions = vec![u64::from(id)],
+                }
+                next += 1;
+                apply(&mut kv, &batch);
+            }
+            while !walked && reader.step().expect("step") {}
+            let got = reader.finish().expect("finish");
+            prop_assert!(got == want, "the read differs from the snapshot at its index");
         }
     }
 }
