@@ -34,6 +34,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How often the raft thread polls a snapshot read in progress when no
+/// input wakes it.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(2);
+
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::Message;
@@ -783,6 +787,14 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         loop {
             let span = info_span!("raft", member = id, term = self.replica.term());
             let _e = span.enter();
+            // A snapshot read in progress is polled after every input and
+            // every few milliseconds, so the snapshot leaves when it is
+            // read, not at the next tick.
+            let idle_poll = if self.replica.snapshot_read_pending() {
+                SNAPSHOT_POLL
+            } else {
+                Duration::from_secs(3600)
+            };
             channel::select! {
                 recv(ticker) -> _ => {
                     let now_ms = epoch_ms + self.started.elapsed().as_millis() as u64;
@@ -823,6 +835,10 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                         break;
                     }
                 }
+                default(idle_poll) => {}
+            }
+            if self.replica.snapshot_read_pending() {
+                self.replica.poll_snapshot_read();
             }
             if let Err(e) = self.drain() {
                 self.fail(e);

@@ -4,7 +4,7 @@
 //! The witness holds no state machine value at all, so it cannot run one:
 //! committed commands reach it only as an index to advance to.
 
-use crate::state::{ApplyBatch, Session, StateMachine};
+use crate::state::{ApplyBatch, Session, SnapshotRead, StateMachine};
 use crate::{Error, Result};
 
 pub(crate) enum Machine<S> {
@@ -47,12 +47,13 @@ impl<S: StateMachine> Machine<S> {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Result<Vec<u8>> {
+    /// Starts a snapshot read (see [`StateMachine::start_snapshot`]).
+    pub(crate) fn start_snapshot(&mut self) -> Result<Box<dyn SnapshotRead>> {
         match self {
-            Machine::Data(s) => s.snapshot(),
+            Machine::Data(s) => s.start_snapshot(),
             Machine::Witness { .. } => Err(Error::storage(
                 "witness",
-                "the witness holds no state and builds no snapshot",
+                "the witness holds no state and reads no snapshot",
             )),
         }
     }

@@ -28,6 +28,7 @@ mod machine;
 mod membership;
 mod planned;
 mod sessions;
+mod snapshot_source;
 mod view;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -55,6 +56,7 @@ use machine::Machine;
 pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
 use sessions::{ClientTable, Decision};
+use snapshot_source::SnapshotSource;
 use view::LogView;
 
 /// The witness compacts in steps of at least this many entries (one
@@ -363,6 +365,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     bytes_since_compact: u64,
     /// Snapshot streams in flight: peer -> tick sent.
     snapshots_in_flight: BTreeMap<u64, u64>,
+    /// The state snapshot being read, and the one ready to send.
+    snapshot_source: SnapshotSource,
     /// Messages and completions produced outside `ready`.
     out: Ready,
     /// Whether the last published state was active.
@@ -575,6 +579,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             applied_since_compact: 0,
             bytes_since_compact: 0,
             snapshots_in_flight: BTreeMap::new(),
+            snapshot_source: SnapshotSource::default(),
             out: Ready::default(),
             last_active: false,
             no_votes_before: 0,
@@ -598,6 +603,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         r.load_meta()?;
         r.directory = r.meta.members.iter().map(membership::from_record).collect();
         r.ha.witness = r.witness_id();
+        r.raw.mut_store().header_only_to = r.ha.witness;
         if r.raw.raft.term > 0 {
             r.no_votes_before = r.cfg.election_tick as u64;
         }
@@ -686,6 +692,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.retry_reads();
         self.check_snapshot_streams();
+        self.poll_snapshot_read();
         if self
             .deferred_since_tick
             .is_some_and(|since| self.ticks >= since + 2)
@@ -1196,6 +1203,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             || self.raw.has_ready()
             || self.reads_releasable()
             || (self.flush_deferred && self.held.is_empty())
+            || self.snapshot_work()
     }
 
     fn reads_releasable(&self) -> bool {
@@ -1507,6 +1515,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Takes the work produced since the last call. Errors are fatal for
     /// this member (its state machine or log could not be updated).
     pub fn ready(&mut self) -> Result<Ready> {
+        // First: a finished read asks raft to send, and that goes out now.
+        self.drive_snapshot_reads()?;
         let mut out = std::mem::take(&mut self.out);
         if self.raw.has_ready() {
             self.handle_raft_ready(&mut out)?;
@@ -1561,6 +1571,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             // before anything acknowledges it (the ack is a persisted
             // message, released after `write`).
             let (members, state) = membership::unwrap_snapshot(snap.get_data())?;
+            self.drop_snapshots("installing a snapshot");
             self.sm.restore(meta.index, state)?;
             self.sessions.load(self.sm.sessions()?);
             // The snapshot's conf state is stored with it: it holds every
@@ -1572,6 +1583,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.meta.conf_index = meta.index;
             self.meta_dirty = true;
             self.ha.witness = self.witness_id();
+            self.raw.mut_store().header_only_to = self.ha.witness;
             let view = self.raw.mut_store();
             view.applied = meta.index;
             view.applied_term = meta.term;
@@ -1748,29 +1760,29 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             let to = messages[i].to;
             let index = messages[i].get_snapshot().get_metadata().index;
-            // raft-rs asked for the snapshot at the applied index of that
-            // moment; nothing was applied since (application happens only
-            // in `ready`, after messages are taken).
-            if self.sm.applied_index() != index {
+            // The witness gets the header alone, at the applied index raft
+            // asked at (nothing was applied since: application happens
+            // only in `ready`, after messages are taken); a data member
+            // gets the snapshot read for it (see `snapshot_source.rs`).
+            let data = if Some(to) == self.ha.witness {
+                (self.sm.applied_index() == index)
+                    .then(|| membership::wrap_snapshot(&self.directory, Vec::new()).into())
+            } else {
+                self.snapshot_data(index)
+            };
+            let Some(data) = data else {
                 warn!(
                     member = self.cfg.id,
                     to,
                     index,
                     applied = self.sm.applied_index(),
-                    "snapshot no longer matches the applied index; retrying"
+                    "snapshot no longer at hand; retrying"
                 );
                 messages.remove(i);
                 failed.push(to);
                 continue;
-            }
-            // The witness gets the header alone: it keeps no state.
-            let state = if Some(to) != self.ha.witness {
-                self.sm.snapshot()?
-            } else {
-                Vec::new()
             };
-            let data = membership::wrap_snapshot(&self.directory, state);
-            messages[i].mut_snapshot().set_data(data.into());
+            messages[i].mut_snapshot().set_data(data);
             // The snapshot serves a request set by `snapshot_for_new_learners`:
             // raft-rs would clear it only on a snapshot report, and send
             // snapshot after snapshot until then.
@@ -2011,6 +2023,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // Written with the conf state, in the same log write.
         self.meta_dirty = true;
         self.ha.witness = self.witness_id();
+        self.raw.mut_store().header_only_to = self.ha.witness;
         info!(
             member = self.cfg.id,
             index = e.index,
@@ -2185,7 +2198,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .sm
             .applied_index()
             .min(self.persisted_commit)
-            .saturating_sub(self.cfg.compact_keep_entries);
+            .saturating_sub(self.cfg.compact_keep_entries)
+            .min(self.snapshot_compact_bound());
         if bound < store.first_index()? {
             return Ok(());
         }
@@ -2196,7 +2210,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // compaction point at least, which must be a committed index.
         let upto = durable
             .min(self.persisted_commit)
-            .saturating_sub(self.cfg.compact_keep_entries);
+            .saturating_sub(self.cfg.compact_keep_entries)
+            .min(self.snapshot_compact_bound());
         if upto >= store.first_index()? {
             debug!(member = self.cfg.id, upto, durable, "compacting the log");
             out.compact_to = Some(upto);

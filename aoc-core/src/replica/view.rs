@@ -7,7 +7,8 @@
 //! the meantime. It is trimmed as writes complete: once no pending write
 //! starts at or below an index, the store answers for that index.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 
 use raft::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -38,6 +39,15 @@ pub(crate) struct LogView<L> {
     pub(crate) applied_conf: ConfState,
     /// Refuse to build snapshots (set by members without state).
     pub(crate) snapshots_unavailable: bool,
+    /// The member that takes snapshot metadata alone (the witness): its
+    /// snapshot is described at the applied point, with no state read.
+    pub(crate) header_only_to: Option<u64>,
+    /// The metadata of the state snapshot read and ready to send.
+    pub(crate) ready_snapshot: Option<SnapshotMetadata>,
+    /// Members raft asked a state snapshot for while none would do, with
+    /// the lowest index each needs: the replica starts a read for them
+    /// (`snapshot_source.rs`). A cell: raft asks through `&self`.
+    pub(crate) snapshot_wanted: RefCell<BTreeMap<u64, u64>>,
     /// The commit index reported at start is at least this (the state
     /// machine's applied index: an applied entry was committed).
     pub(crate) min_commit: u64,
@@ -55,6 +65,9 @@ impl<L: LogStore> LogView<L> {
             applied_term: 0,
             applied_conf: ConfState::default(),
             snapshots_unavailable: false,
+            header_only_to: None,
+            ready_snapshot: None,
+            snapshot_wanted: RefCell::new(BTreeMap::new()),
             min_commit: 0,
         }
     }
@@ -241,24 +254,45 @@ impl<L: LogStore> Storage for LogView<L> {
         self.store.last_index().map_err(Self::store_err)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The snapshot describes the state machine's applied point; the
-        // replica fills in the data when the message leaves (see
-        // `Replica::fill_snapshot`). raft-rs panics on an index-0 snapshot
-        // and on every error but this one.
-        if self.snapshots_unavailable || self.applied == 0 || self.applied < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Only metadata here; the replica fills in the data when the
+        // message leaves (see `Replica::fill_snapshots`). raft-rs panics on
+        // an index-0 snapshot and on every error but this one, and asks
+        // again at the follower's next answer.
+        let unavailable = Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ));
+        if self.snapshots_unavailable || self.applied == 0 {
+            return unavailable;
         }
         let mut snap = Snapshot::default();
-        let mut meta = SnapshotMetadata {
-            index: self.applied,
-            term: self.applied_term,
-            ..Default::default()
-        };
-        meta.set_conf_state(self.applied_conf.clone());
-        snap.set_metadata(meta);
-        Ok(snap)
+        if Some(to) == self.header_only_to {
+            // The applied point: the witness takes no state.
+            if self.applied < request_index {
+                return unavailable;
+            }
+            let mut meta = SnapshotMetadata {
+                index: self.applied,
+                term: self.applied_term,
+                ..Default::default()
+            };
+            meta.set_conf_state(self.applied_conf.clone());
+            snap.set_metadata(meta);
+            return Ok(snap);
+        }
+        if let Some(meta) = &self.ready_snapshot {
+            // It must reach the request, and the log must still hold the
+            // entries that follow it, or `to` would need another snapshot
+            // right after this one.
+            let first = self.first_index()?;
+            if meta.index >= request_index && meta.index + 1 >= first {
+                snap.set_metadata(meta.clone());
+                return Ok(snap);
+            }
+        }
+        let mut wanted = self.snapshot_wanted.borrow_mut();
+        let need = wanted.entry(to).or_insert(request_index);
+        *need = (*need).max(request_index);
+        unavailable
     }
 }
