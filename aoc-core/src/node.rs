@@ -34,10 +34,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How often the raft thread polls a snapshot read in progress when no
-/// input wakes it.
-const SNAPSHOT_POLL: Duration = Duration::from_millis(2);
-
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::Message;
@@ -51,6 +47,10 @@ use crate::transport::Transport;
 use crate::{
     Error, Event, Member, MembershipChange, Ready, Replica, ReplicaConfig, Result, Status,
 };
+
+/// How often the raft thread polls a snapshot read in progress when no
+/// input wakes it.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(2);
 
 /// The response of an applied proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -112,6 +112,8 @@ pub(super) struct Reader {
     path: PathBuf,
     classify: fn(&[u8]) -> Row,
     decode_session: fn(&std::path::Path, &[u8], &[u8]) -> Result<Session>,
+    /// The rows one step gives (kept to reuse its allocation).
+    found: Vec<(sled::IVec, sled::IVec)>,
 }
 
 impl Reader {
@@ -133,6 +135,7 @@ impl Reader {
             path,
             classify,
             decode_session,
+            found: Vec::new(),
         };
         (reader, capture)
     }
@@ -144,7 +147,7 @@ impl Reader {
             self.rows.next().transpose()
         })?;
         let more = row.is_some();
-        let mut found = Vec::new();
+        let mut found = std::mem::take(&mut self.found);
         {
             let mut shared = self.capture.shared.lock();
             if shared.over {
@@ -175,14 +178,21 @@ impl Reader {
                         Some(None) => {} // created since the snapshot's index
                         None => found.push((key.clone(), value)),
                     }
-                    shared.cursor = Some(key.to_vec());
+                    match &mut shared.cursor {
+                        Some(cursor) => {
+                            cursor.clear();
+                            cursor.extend_from_slice(&key);
+                        }
+                        None => shared.cursor = Some(key.to_vec()),
+                    }
                 }
                 None => shared.over = true,
             }
         }
-        for (key, value) in found {
+        for (key, value) in found.drain(..) {
             self.take(&key, &value)?;
         }
+        self.found = found;
         Ok(more)
     }
 
