@@ -46,7 +46,7 @@
 //!
 //! ```
 //! use aoc_core::backup::{self, Backup, BackupMeta};
-//! use aoc_core::state::{KvCommand, KvStateMachine, MemKv, StateMachine};
+//! use aoc_core::state::{KvCommand, KvStateMachine, MemKv};
 //! use aoc_core::storage::MemLogStore;
 //! use aoc_core::{Node, ReplicaConfig};
 //!
@@ -57,12 +57,18 @@
 //!     .start(MemLogStore::new(), MemKv::new())?;
 //! node.propose(KvCommand::put("cluster/7", "healthy").encode())?;
 //!
-//! // Its state at one applied index, as a backup file's bytes.
-//! let (index, term, data) =
-//!     node.read_applied(|kv, term| (kv.applied_index(), term, kv.snapshot()))?;
+//! // Its state at one applied index (read off the raft thread), as a
+//! // backup file's bytes.
+//! let snapshot = node.read_snapshot()?;
 //! node.shutdown();
-//! let meta = BackupMeta { cluster_id: 7, member_id: 1, index, term: term.unwrap_or(0), created_unix_ms: 0 };
-//! let bytes = Backup { meta, data: data? }.encode();
+//! let meta = BackupMeta {
+//!     cluster_id: 7,
+//!     member_id: 1,
+//!     index: snapshot.index,
+//!     term: snapshot.term,
+//!     created_unix_ms: 0,
+//! };
+//! let bytes = Backup { meta, data: snapshot.state.to_vec() }.encode();
 //!
 //! // Checked before use; then a new standalone member (id 4) on fresh stores.
 //! let backup = Backup::decode(&bytes)?;
@@ -697,19 +703,17 @@ mod tests {
             node.propose(KvCommand::put(*k, *v).encode())
                 .expect("written");
         }
-        let (index, term, data) = node
-            .read_applied(|kv, term| (kv.applied_index(), term, kv.snapshot()))
-            .expect("read");
+        let snapshot = node.read_snapshot().expect("snapshot read");
         node.shutdown();
         Backup {
             meta: BackupMeta {
                 cluster_id: 1,
                 member_id: 1,
-                index,
-                term: term.expect("the leader knows its applied term"),
+                index: snapshot.index,
+                term: snapshot.term,
                 created_unix_ms: 0,
             },
-            data: data.expect("snapshot"),
+            data: snapshot.state.to_vec(),
         }
     }
 

@@ -85,8 +85,8 @@ pub mod transport;
 
 pub use config::ReplicaConfig;
 pub use error::{Error, Result};
-pub use node::{Applied, Node, NodeBuilder};
+pub use node::{Applied, Node, NodeBuilder, SNAPSHOT_READ_TIMEOUT};
 pub use replica::{
     Completion, Event, Member, MemberRole, MembershipChange, Mode, PeerProgress, ProposalResult,
-    Ready, Replica, Role, Status, CATCH_UP_MARGIN_ENTRIES,
+    Ready, Replica, Role, StateSnapshot, Status, CATCH_UP_MARGIN_ENTRIES,
 };

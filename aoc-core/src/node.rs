@@ -45,12 +45,18 @@ use crate::state::StateMachine;
 use crate::storage::{LogStore, LogWrite};
 use crate::transport::Transport;
 use crate::{
-    Error, Event, Member, MembershipChange, Ready, Replica, ReplicaConfig, Result, Status,
+    Error, Event, Member, MembershipChange, Ready, Replica, ReplicaConfig, Result, StateSnapshot,
+    Status,
 };
 
 /// How often the raft thread polls a snapshot read in progress when no
 /// input wakes it.
 const SNAPSHOT_POLL: Duration = Duration::from_millis(2);
+
+/// How long [`Node::read_snapshot`] waits for its snapshot: reading a
+/// large state takes seconds (sled: about 1 us per key), and the member
+/// serves on meanwhile.
+pub const SNAPSHOT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The response of an applied proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +95,10 @@ enum Request<S> {
     Unreachable(u64),
     Reachable(u64),
     SnapshotOutcome(u64, bool),
+    Snapshot {
+        need: u64,
+        reply: Sender<Result<StateSnapshot>>,
+    },
     Stop,
 }
 
@@ -253,6 +263,7 @@ impl NodeBuilder {
                     log_tx,
                     proposals: HashMap::new(),
                     switchovers: HashMap::new(),
+                    snapshot_reads: HashMap::new(),
                     reads: HashMap::new(),
                     next_token: 1,
                     shared: raft_shared,
@@ -396,6 +407,9 @@ fn refuse_blank<S>(r: Request<S>, decision: &Decision) {
         Request::Maintenance { reply, .. } | Request::Membership { reply, .. } => {
             let _ = reply.send(Err(e));
         }
+        Request::Snapshot { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
         _ => debug!(decision = ?decision, "request ignored while blank"),
     }
 }
@@ -527,6 +541,17 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn request<T>(&self, req: Request<S>, rx: &Receiver<Result<T>>, what: &str) -> Result<T> {
+        self.request_waiting(req, rx, what, self.timeout)
+    }
+
+    /// [`Node::request`], waiting up to `wait` for the answer.
+    fn request_waiting<T>(
+        &self,
+        req: Request<S>,
+        rx: &Receiver<Result<T>>,
+        what: &str,
+        wait: Duration,
+    ) -> Result<T> {
         self.req_tx
             .send_timeout(req, self.timeout)
             .map_err(|e| match e {
@@ -535,7 +560,7 @@ impl<S: StateMachine> Node<S> {
                 },
                 channel::SendTimeoutError::Disconnected(_) => Error::Stopped,
             })?;
-        match rx.recv_timeout(self.timeout) {
+        match rx.recv_timeout(wait) {
             Ok(r) => r,
             Err(channel::RecvTimeoutError::Timeout) => Err(Error::Timeout { what: what.into() }),
             Err(channel::RecvTimeoutError::Disconnected) => Err(Error::Stopped),
@@ -606,6 +631,42 @@ impl<S: StateMachine> Node<S> {
             let _ = tx.send(read.map(|(sm, term)| f(sm, term)));
         });
         self.request(Request::Read(job), &rx, "read")
+    }
+
+    /// The state machine's snapshot at an applied index that covers every
+    /// write acknowledged before the call (a linearizable read confirms
+    /// the index first), read off the raft thread
+    /// ([`StateMachine::start_snapshot`]): the member goes on heartbeating
+    /// and committing while a large state is read. A backup takes this.
+    /// Only the active serves it ([`Error::NotLeader`] elsewhere); the
+    /// read may take up to [`SNAPSHOT_READ_TIMEOUT`].
+    ///
+    /// ```
+    /// use aoc_core::state::{KvCommand, MemKv, StateMachine};
+    /// use aoc_core::storage::MemLogStore;
+    /// use aoc_core::{Node, ReplicaConfig};
+    ///
+    /// let node = Node::builder(ReplicaConfig::new(1))
+    ///     .voters(vec![1])
+    ///     .start(MemLogStore::new(), MemKv::new())?;
+    /// let written = node.propose(KvCommand::put("cluster/7", "healthy").encode())?;
+    /// let snapshot = node.read_snapshot()?;
+    /// assert!(snapshot.index >= written.index);
+    /// // The state, as `StateMachine::snapshot` gives it: it restores.
+    /// let mut copy = MemKv::new();
+    /// copy.restore(snapshot.index, &snapshot.state)?;
+    /// node.shutdown();
+    /// # Ok::<(), aoc_core::Error>(())
+    /// ```
+    pub fn read_snapshot(&self) -> Result<StateSnapshot> {
+        let need = self.read(|sm| sm.applied_index())?;
+        let (tx, rx) = channel::bounded(1);
+        self.request_waiting(
+            Request::Snapshot { need, reply: tx },
+            &rx,
+            "snapshot read",
+            SNAPSHOT_READ_TIMEOUT.max(self.timeout),
+        )
     }
 
     /// Moves the active role to the passive with nothing lost (see
@@ -763,6 +824,7 @@ struct Driver<L: LogStore, S: StateMachine> {
     proposals: HashMap<u64, Sender<Result<Applied>>>,
     switchovers: HashMap<u64, Sender<Result<u64>>>,
     reads: HashMap<u64, ReadFn<S>>,
+    snapshot_reads: HashMap<u64, Sender<Result<StateSnapshot>>>,
     next_token: u64,
     shared: Arc<Shared>,
     started: Instant,
@@ -897,6 +959,11 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             Request::Unreachable(to) => self.replica.report_unreachable(to),
             Request::Reachable(to) => self.replica.report_reachable(to),
             Request::SnapshotOutcome(to, delivered) => self.replica.report_snapshot(to, delivered),
+            Request::Snapshot { need, reply } => {
+                let t = self.token();
+                self.snapshot_reads.insert(t, reply);
+                self.replica.read_snapshot(t, need);
+            }
             Request::Campaign => {
                 if let Err(e) = self.replica.campaign() {
                     warn!(error = %e, "campaign refused");
@@ -925,9 +992,15 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             events,
             notices,
             switchovers,
+            snapshots,
         } = rd;
         for (token, outcome) in switchovers {
             if let Some(reply) = self.switchovers.remove(&token) {
+                let _ = reply.send(outcome);
+            }
+        }
+        for (token, outcome) in snapshots {
+            if let Some(reply) = self.snapshot_reads.remove(&token) {
                 let _ = reply.send(outcome);
             }
         }
@@ -1005,6 +1078,9 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             f(Err(Error::Stopped));
         }
         for (_, reply) in self.switchovers.drain() {
+            let _ = reply.send(Err(Error::Stopped));
+        }
+        for (_, reply) in self.snapshot_reads.drain() {
             let _ = reply.send(Err(Error::Stopped));
         }
     }

@@ -255,3 +255,58 @@ fn the_active_commits_while_a_slow_snapshot_is_read() {
     });
     assert_eq!(pairs(&m.data[p]), want, "the passive holds the same pairs");
 }
+
+#[test]
+fn a_backup_is_read_while_the_active_commits() {
+    let m = start();
+    let a = m.active().expect("an active");
+    let mut last_acked = 0;
+    for i in 0..50 {
+        last_acked = m.data[a]
+            .propose(KvCommand::put(format!("k{i}"), "v").encode())
+            .expect("a write")
+            .index;
+    }
+    assert!(
+        matches!(
+            m.data[1 - a].read_snapshot(),
+            Err(aoc_core::Error::NotLeader { .. })
+        ),
+        "only the active serves a snapshot read"
+    );
+
+    m.open.store(false, Ordering::SeqCst);
+    let node = m.data[a].clone();
+    let backup = std::thread::spawn(move || node.read_snapshot());
+    wait("a snapshot read", Duration::from_secs(10), || {
+        m.reads_started.load(Ordering::SeqCst) > 0
+    });
+    let held = Instant::now();
+    let mut written = 0;
+    while held.elapsed() < Duration::from_millis(1500) {
+        let r = m.data[a].propose(KvCommand::put(format!("during{written}"), "v").encode());
+        assert!(r.is_ok(), "a write during the backup failed: {r:?}");
+        assert!(m.data[a].status().active, "the active lost the role");
+        written += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!backup.is_finished(), "the read waits for the gate");
+    m.open.store(true, Ordering::SeqCst);
+    let snapshot = backup
+        .join()
+        .expect("backup thread")
+        .expect("the snapshot read");
+
+    // It covers every write acknowledged before it was asked for.
+    assert!(snapshot.index >= last_acked);
+    let mut copy = MemKv::new();
+    copy.restore(snapshot.index, &snapshot.state)
+        .expect("the state restores");
+    for i in 0..50 {
+        assert_eq!(
+            copy.get(format!("k{i}").as_bytes()).expect("get"),
+            Some(b"v".to_vec()),
+            "k{i} is in the backup"
+        );
+    }
+}

@@ -140,7 +140,7 @@ impl Drop for BackupSlot {
 struct HeldBackup {
     /// Every field of the answer but `offset` and `data`.
     description: pb::BackupChunk,
-    data: Vec<u8>,
+    data: bytes::Bytes,
     _slot: BackupSlot,
 }
 
@@ -769,7 +769,8 @@ fn backup_chunk<S: KvStateMachine>(
 }
 
 /// Takes a snapshot for a backup: a linearizable read on the active, so
-/// the state covers every write acknowledged before the request.
+/// the state covers every write acknowledged before the request, read off
+/// the raft thread (`Node::read_snapshot`).
 fn take_backup<S: KvStateMachine>(ctx: &Ctx<S>) -> Refusable<HeldBackup> {
     let member = ctx.node.id();
     let held_now = ctx.shared.backups_held.fetch_add(1, Ordering::SeqCst);
@@ -786,11 +787,11 @@ fn take_backup<S: KvStateMachine>(ctx: &Ctx<S>) -> Refusable<HeldBackup> {
         return Err(Box::new(err));
     }
     let started = std::time::Instant::now();
-    let (index, term, data) = ctx
+    let snapshot = ctx
         .node
-        .read_applied(|sm, term| sm.snapshot().map(|data| (sm.applied_index(), term, data)))
-        .and_then(|r| r)
+        .read_snapshot()
         .map_err(|e| error_to_proto(&e, &ctx.peers_api))?;
+    let (index, term, data) = (snapshot.index, snapshot.term, snapshot.state);
     info!(
         member,
         index,
@@ -802,7 +803,7 @@ fn take_backup<S: KvStateMachine>(ctx: &Ctx<S>) -> Refusable<HeldBackup> {
     description.set_cluster_id(ctx.cluster_id);
     description.set_member_id(member);
     description.set_index(index);
-    description.set_term(term.unwrap_or(0));
+    description.set_term(term);
     description.set_total_bytes(data.len() as u64);
     description.set_data_crc32(crc32fast::hash(&data));
     Ok(HeldBackup {

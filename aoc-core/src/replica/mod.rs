@@ -57,6 +57,7 @@ pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
 use sessions::{ClientTable, Decision};
 use snapshot_source::SnapshotSource;
+pub use snapshot_source::StateSnapshot;
 use view::LogView;
 
 /// The witness compacts in steps of at least this many entries (one
@@ -186,6 +187,8 @@ pub struct Ready {
     /// Finished switchovers: (token, the write pause in ticks, or why it
     /// was refused or abandoned).
     pub switchovers: Vec<(u64, Result<u64>)>,
+    /// Finished [`Replica::read_snapshot`] calls: (token, outcome).
+    pub snapshots: Vec<(u64, Result<StateSnapshot>)>,
 }
 
 impl Ready {
@@ -199,6 +202,7 @@ impl Ready {
             && self.events.is_empty()
             && self.notices.is_empty()
             && self.switchovers.is_empty()
+            && self.snapshots.is_empty()
     }
 }
 
@@ -1530,6 +1534,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         out.messages.append(&mut self.out.messages);
         out.notices.append(&mut self.out.notices);
         out.switchovers.append(&mut self.out.switchovers);
+        out.snapshots.append(&mut self.out.snapshots);
         if let Some(meta) = self.take_meta() {
             // Persisted with the next write (atomically with it), or alone.
             match &mut out.write {

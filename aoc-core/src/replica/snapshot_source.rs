@@ -18,6 +18,9 @@
 //!   installs it can go on from the log;
 //! - only a leader reads or keeps one: it is dropped on stepping down and
 //!   on installing a snapshot from another member.
+//!
+//! The same reads serve [`Replica::read_snapshot`] (backups): a caller
+//! gets the state of a read at or past the index it needs.
 
 use bytes::Bytes;
 use raft::eraftpb::SnapshotMetadata;
@@ -27,7 +30,19 @@ use super::membership::{self, Member};
 use super::Replica;
 use crate::state::{SnapshotRead, StateMachine};
 use crate::storage::LogStore;
-use crate::Result;
+use crate::{Error, Result};
+
+/// A state machine snapshot read for a caller of
+/// [`Replica::read_snapshot`] (a backup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSnapshot {
+    /// The applied index the state was read at.
+    pub index: u64,
+    /// The term of the entry at that index.
+    pub term: u64,
+    /// The state, as [`StateMachine::snapshot`] gives it.
+    pub state: Bytes,
+}
 
 /// The snapshot read in progress and the one ready to send.
 #[derive(Default)]
@@ -40,6 +55,9 @@ pub(crate) struct SnapshotSource {
     /// made ready: a ready snapshot unused for a snapshot timeout is
     /// dropped (it holds the whole state in memory, and compaction back).
     last_used_tick: u64,
+    /// Callers of [`Replica::read_snapshot`] waiting: token -> the lowest
+    /// index the state must be read at.
+    local: std::collections::BTreeMap<u64, u64>,
 }
 
 struct Reading {
@@ -62,6 +80,19 @@ impl SnapshotSource {
             .as_ref()
             .filter(|b| b.meta.index == index)
             .map(|b| b.data.clone())
+    }
+
+    /// The ready snapshot as a [`StateSnapshot`], if it is read at or past
+    /// `need`.
+    fn state_at_least(&self, need: u64) -> Option<StateSnapshot> {
+        let built = self.ready.as_ref().filter(|b| b.meta.index >= need)?;
+        // The data was wrapped by `drive_snapshot_reads`: it unwraps.
+        let (_, state) = membership::unwrap_snapshot(&built.data).ok()?;
+        Some(StateSnapshot {
+            index: built.meta.index,
+            term: built.meta.term,
+            state: built.data.slice_ref(state),
+        })
     }
 
     /// The lowest index a snapshot being read or kept stands at.
@@ -90,6 +121,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         if !self.snapshots_in_flight.is_empty()
             || !self.raw.store().snapshot_wanted.borrow().is_empty()
+            || !self.snapshot_source.local.is_empty()
         {
             self.snapshot_source.last_used_tick = self.ticks;
         }
@@ -116,9 +148,54 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if src.reading.is_some() || !self.is_leader() {
             return false;
         }
-        let view = self.raw.store();
-        let need = view.snapshot_wanted.borrow().values().copied().max();
-        need.is_some_and(|need| need <= view.applied)
+        self.applied_point_known()
+            && self
+                .snapshot_need()
+                .is_some_and(|need| need <= self.raw.store().applied)
+    }
+
+    /// Whether the view's applied point (index, term, configuration) is
+    /// the state machine's. It is not only on a member whose state machine
+    /// was found ahead of its log at start, until the next entry is
+    /// applied (see [`Replica::applied_term`]); no read starts meanwhile.
+    fn applied_point_known(&self) -> bool {
+        self.sm.applied_index() == self.raw.store().applied
+    }
+
+    /// The highest index wanted by the members raft wants a snapshot for
+    /// and by the callers of [`Replica::read_snapshot`].
+    fn snapshot_need(&self) -> Option<u64> {
+        let peers = self
+            .raw
+            .store()
+            .snapshot_wanted
+            .borrow()
+            .values()
+            .copied()
+            .max();
+        let local = self.snapshot_source.local.values().copied().max();
+        peers.max(local)
+    }
+
+    /// Reads the state machine's snapshot at an applied index of at least
+    /// `need`, off the raft thread (see the module documentation); the
+    /// outcome comes in [`Ready::snapshots`](super::Ready::snapshots) with
+    /// `token`. Only the leader of a data member serves it: elsewhere, or
+    /// when this member steps down first, the outcome is
+    /// [`Error::NotLeader`].
+    pub fn read_snapshot(&mut self, token: u64, need: u64) {
+        if !self.is_leader() || self.is_witness() {
+            let hint = self.active_hint();
+            self.out
+                .snapshots
+                .push((token, Err(Error::NotLeader { leader_hint: hint })));
+            return;
+        }
+        if let Some(snapshot) = self.snapshot_source.state_at_least(need) {
+            self.out.snapshots.push((token, Ok(snapshot)));
+            return;
+        }
+        self.snapshot_source.local.insert(token, need);
     }
 
     /// Called by [`Replica::ready`]: starts a read for the members raft
@@ -154,6 +231,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             data: Bytes::from(wrapped),
         });
         self.snapshot_source.last_used_tick = self.ticks;
+        self.serve_local_snapshot_reads();
         // Ask raft to send again: those that wanted one get it now rather
         // than at their next heartbeat answer.
         let wanted: Vec<u64> = std::mem::take(&mut *self.raw.store().snapshot_wanted.borrow_mut())
@@ -174,25 +252,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return Ok(());
         }
         let applied = self.raw.store().applied;
-        let need = self
-            .raw
-            .store()
-            .snapshot_wanted
-            .borrow()
-            .values()
-            .copied()
-            .max();
-        let Some(need) = need else {
+        let Some(need) = self.snapshot_need() else {
             return Ok(());
         };
-        if applied < need {
-            return Ok(()); // asked again once the state reaches it
+        if applied < need || !self.applied_point_known() {
+            return Ok(()); // started once the state reaches it
         }
-        assert_eq!(
-            self.sm.applied_index(),
-            applied,
-            "snapshot_source: the view's applied point is the state machine's"
-        );
         let view = self.raw.store();
         let mut meta = SnapshotMetadata {
             index: view.applied,
@@ -222,6 +287,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
+    /// Gives the ready snapshot to the callers it is recent enough for.
+    fn serve_local_snapshot_reads(&mut self) {
+        let src = &mut self.snapshot_source;
+        let Some(index) = src.ready.as_ref().map(|b| b.meta.index) else {
+            return;
+        };
+        let served: Vec<u64> = src
+            .local
+            .iter()
+            .filter(|(_, need)| **need <= index)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in served {
+            src.local.remove(&token);
+            let snapshot = src
+                .state_at_least(0)
+                .ok_or_else(|| Error::storage("snapshot", "the snapshot read does not unwrap"));
+            self.out.snapshots.push((token, snapshot));
+        }
+    }
+
     /// The data to send in a snapshot message at `index`.
     pub(super) fn snapshot_data(&self, index: u64) -> Option<Bytes> {
         self.snapshot_source.data_at(index)
@@ -236,7 +322,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Drops the read in progress (which ends it) and the ready snapshot.
     pub(super) fn drop_snapshots(&mut self, why: &str) {
         let src = &self.snapshot_source;
-        if src.reading.is_none() && src.ready.is_none() && src.finished.is_none() {
+        if src.reading.is_none()
+            && src.ready.is_none()
+            && src.finished.is_none()
+            && src.local.is_empty()
+        {
             return;
         }
         debug!(
@@ -245,6 +335,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             why,
             "snapshot dropped"
         );
+        let hint = self.active_hint();
+        let waiting = std::mem::take(&mut self.snapshot_source.local);
+        for token in waiting.into_keys() {
+            self.out
+                .snapshots
+                .push((token, Err(Error::NotLeader { leader_hint: hint })));
+        }
         self.snapshot_source = SnapshotSource::default();
         let view = self.raw.mut_store();
         view.ready_snapshot = None;

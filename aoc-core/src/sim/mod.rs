@@ -1262,7 +1262,12 @@ impl Cluster {
             events,
             notices,
             switchovers,
+            snapshots,
         } = rd;
+        assert!(
+            snapshots.is_empty(),
+            "sim: no one asks a replica for a snapshot read"
+        );
         for (token, outcome) in switchovers {
             self.trace.push(format!(
                 "{} switchover {id} token {token}: {outcome:?}",
