@@ -6,7 +6,7 @@
 //! nothing.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,14 +18,7 @@ use aoc_core::Mode;
 
 mod common;
 
-use common::{node_bin, witness_bin};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use common::{free_port, node_bin, witness_bin};
 
 /// Member processes, killed when dropped.
 struct Procs(Vec<Child>);

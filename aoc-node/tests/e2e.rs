@@ -3,7 +3,7 @@
 //! endpoints, and bad configuration files.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,14 +13,7 @@ use aoc_core::Mode;
 
 mod common;
 
-use common::{node_bin, witness_bin};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use common::{free_port, node_bin, witness_bin};
 
 struct Member {
     id: u64,

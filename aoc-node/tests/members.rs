@@ -4,7 +4,7 @@
 //! the replaced passive, restarted with its old data, is left out.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,14 +16,7 @@ use aoc_core::Mode;
 
 mod common;
 
-use common::{node_bin, witness_bin};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use common::{free_port, node_bin, witness_bin};
 
 struct Member {
     witness: bool,

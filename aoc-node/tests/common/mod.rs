@@ -1,6 +1,7 @@
 //! Helpers shared by the tests that run the real binaries.
 #![allow(dead_code)]
 
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -23,4 +24,12 @@ pub fn witness_bin() -> PathBuf {
         assert!(status.success(), "building aoc-witness");
     });
     node_bin().with_file_name("aoc-witness")
+}
+
+/// A TCP port on 127.0.0.1 free at the time of the call.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
