@@ -209,11 +209,35 @@ pub struct Acked {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum EventKind {
-    Tick { member: u64, incarnation: u64 },
-    Deliver { to: u64, msg: Vec<u8> },
-    DeliverChunk { to: u64, chunk: Vec<u8> },
-    DeliverNotice { to: u64, notice: Vec<u8> },
-    DiskDone { member: u64, incarnation: u64 },
+    Tick {
+        member: u64,
+        incarnation: u64,
+    },
+    Deliver {
+        to: u64,
+        msg: Vec<u8>,
+    },
+    DeliverChunk {
+        to: u64,
+        chunk: Vec<u8>,
+    },
+    DeliverNotice {
+        to: u64,
+        notice: Vec<u8>,
+    },
+    DiskDone {
+        member: u64,
+        incarnation: u64,
+    },
+    /// The sender learns how its snapshot stream went, as the TCP
+    /// transport reports it: delivered when every chunk went out, failed
+    /// when one was lost (the connection broke).
+    SnapshotOutcome {
+        from: u64,
+        incarnation: u64,
+        to: u64,
+        delivered: bool,
+    },
 }
 
 pub(crate) struct Member {
@@ -1154,6 +1178,29 @@ impl Cluster {
                         .push(format!("{} stream to {to} broken: {e}", self.now_us)),
                 }
             }
+            EventKind::SnapshotOutcome {
+                from,
+                incarnation,
+                to,
+                delivered,
+            } => {
+                let Some(m) = self.members.get_mut(&from) else {
+                    return;
+                };
+                if m.incarnation != incarnation {
+                    return;
+                }
+                let Some(r) = m.replica.as_mut() else {
+                    return;
+                };
+                r.report_snapshot(to, delivered);
+                self.trace.push(format!(
+                    "{} snapshot {from}->{to} reported {}",
+                    self.now_us,
+                    if delivered { "delivered" } else { "failed" }
+                ));
+                self.drain(from);
+            }
             EventKind::DiskDone {
                 member,
                 incarnation,
@@ -1445,9 +1492,11 @@ impl Cluster {
         let mut at = self
             .now_us
             .max(self.stream_clock.get(&(from, to)).copied().unwrap_or(0));
+        let mut delivered = true;
         for (i, chunk) in chunks.into_iter().enumerate() {
             at += self.rng.gen_range(net.min_delay_us..=net.max_delay_us) / 4 + 1;
             if Some(i) == cut_at || self.rng.gen_range(0..1000) < net.drop_per_mille {
+                delivered = false;
                 continue;
             }
             let Ok(bytes) = protobuf::Message::write_to_bytes(&chunk) else {
@@ -1456,6 +1505,18 @@ impl Cluster {
             self.schedule(at, EventKind::DeliverChunk { to, chunk: bytes });
         }
         self.stream_clock.insert((from, to), at);
+        if let Some(m) = self.members.get(&from) {
+            let incarnation = m.incarnation;
+            self.schedule(
+                at,
+                EventKind::SnapshotOutcome {
+                    from,
+                    incarnation,
+                    to,
+                    delivered,
+                },
+            );
+        }
     }
 
     /// The key-value pairs and applied index of member `id`'s state machine.
