@@ -2,12 +2,13 @@
 //!
 //! Reading a large state takes a while (0.8 us per key with sled), and a
 //! leader whose raft thread stops for longer than the election timeout is
-//! failed over. So the replica never reads a state snapshot on its own
-//! thread: when raft asks for one and none would do, the view records who
-//! wants it (`LogView::snapshot_wanted`), [`Replica::ready`] starts a read
-//! with [`StateMachine::start_snapshot`], each tick polls it, and raft is
-//! asked to send again once it is ready. Meanwhile the leader goes on
-//! heartbeating, committing and applying.
+//! failed over. So the replica lets the state machine read it alongside
+//! ([`StateMachine::start_snapshot`]; `SledKv` reads on a thread of its
+//! own): when raft asks for a snapshot and none would do, the view records
+//! who wants it (`LogView::snapshot_wanted`), [`Replica::ready`] starts a
+//! read, each tick (and the node's loop) polls it, and raft is asked to
+//! send again once it is ready. Meanwhile the leader goes on heartbeating,
+//! committing and applying.
 //!
 //! Invariants:
 //! - a snapshot describes the state at its index: the read starts at the
