@@ -93,11 +93,27 @@ fn snapshot(c: &mut Criterion) {
     const TOTAL_BYTES: usize = 16 << 20;
     for (label, value_bytes) in [("64 KiB values", 65536), ("256-byte values", 256)] {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let kv = filled_store(dir.path(), TOTAL_BYTES, value_bytes);
+        let mut kv = filled_store(dir.path(), TOTAL_BYTES, value_bytes);
         let index = kv.applied_index();
         c.bench_function(&format!("sled snapshot build, 16 MiB of {label}"), |b| {
             b.iter(|| kv.snapshot().expect("snapshot"))
         });
+        // The same read as the leader makes it (`start_snapshot`): on the
+        // store's own thread, polled until done.
+        c.bench_function(
+            &format!("sled snapshot read on its own thread, 16 MiB of {label}"),
+            |b| {
+                b.iter(|| {
+                    let mut read = kv.start_snapshot().expect("start_snapshot");
+                    loop {
+                        if let Some(data) = read.poll() {
+                            break data.expect("snapshot read");
+                        }
+                        std::thread::yield_now();
+                    }
+                })
+            },
+        );
         let data = kv.snapshot().expect("snapshot");
         c.bench_function(&format!("snapshot check, 16 MiB of {label}"), |b| {
             b.iter(|| kv.check_snapshot(index, &data).expect("a valid snapshot"))
