@@ -34,7 +34,6 @@ use std::fs::{self, File};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 
 use super::kv::{decode_session, encode_session, plan_batch, SnapshotEncoder, SnapshotView};
