@@ -267,11 +267,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         };
         meta.set_conf_state(view.applied_conf.clone());
         let read = self.sm.start_snapshot()?;
-        assert_eq!(
-            read.index(),
-            meta.index,
-            "snapshot_source: a read starts at the applied index"
-        );
+        if read.index() != meta.index {
+            // The contract of `start_snapshot`; a snapshot of another index
+            // would describe a state raft does not expect.
+            return Err(Error::storage(
+                "state machine",
+                format!(
+                    "start_snapshot read at index {} but the applied index is {}",
+                    read.index(),
+                    meta.index
+                ),
+            ));
+        }
         debug!(
             member = self.cfg.id,
             term = self.term(),
