@@ -170,6 +170,22 @@ fn start() -> Members {
     m
 }
 
+/// Writes through `active` every 20 ms for `held`, while a snapshot read
+/// is held back: each write must be acknowledged and `active` must stay
+/// the active. Returns the number of writes (keys `during0`...).
+fn write_while_held(active: &Node<Gated>, held: Duration) -> usize {
+    let started = Instant::now();
+    let mut written = 0;
+    while started.elapsed() < held {
+        let r = active.propose(KvCommand::put(format!("during{written}"), "v").encode());
+        assert!(r.is_ok(), "a write while a snapshot is read failed: {r:?}");
+        assert!(active.status().active, "the active lost the role");
+        written += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    written
+}
+
 impl Members {
     fn active(&self) -> Option<usize> {
         self.data.iter().position(|n| n.status().active)
@@ -204,18 +220,7 @@ fn the_active_commits_while_a_slow_snapshot_is_read() {
 
     // Many election timeouts (11 to 14 ticks each) while the read is held
     // back: the active stays the active and commits.
-    let held = Instant::now();
-    let mut written = 0;
-    while held.elapsed() < Duration::from_secs(2) {
-        let r = m.data[a].propose(KvCommand::put(format!("during{written}"), "v").encode());
-        assert!(
-            r.is_ok(),
-            "a write while the snapshot is read failed: {r:?}"
-        );
-        assert!(m.data[a].status().active, "the active lost the role");
-        written += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let written = write_while_held(&m.data[a], Duration::from_secs(2));
     assert!(written > 20, "writes went on ({written})");
     assert!(
         m.data[p].status().applied < m.data[a].status().applied,
@@ -281,15 +286,7 @@ fn a_backup_is_read_while_the_active_commits() {
     wait("a snapshot read", Duration::from_secs(10), || {
         m.reads_started.load(Ordering::SeqCst) > 0
     });
-    let held = Instant::now();
-    let mut written = 0;
-    while held.elapsed() < Duration::from_millis(1500) {
-        let r = m.data[a].propose(KvCommand::put(format!("during{written}"), "v").encode());
-        assert!(r.is_ok(), "a write during the backup failed: {r:?}");
-        assert!(m.data[a].status().active, "the active lost the role");
-        written += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    write_while_held(&m.data[a], Duration::from_millis(1500));
     assert!(!backup.is_finished(), "the read waits for the gate");
     m.open.store(true, Ordering::SeqCst);
     let snapshot = backup

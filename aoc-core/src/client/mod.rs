@@ -575,8 +575,8 @@ impl Client {
     /// A consistent copy of the state machine: its snapshot at one applied
     /// index, taken on the active after a linearizable read barrier, so it
     /// holds every write acknowledged before this call. The cluster goes on
-    /// serving meanwhile (the active's raft thread pauses while it copies
-    /// the state into memory).
+    /// serving meanwhile: the active reads the state off its raft thread
+    /// ([`crate::Node::read_snapshot`]).
     ///
     /// The snapshot crosses in chunks (see the [module
     /// documentation](self)); `progress` is told the bytes received so far

@@ -407,13 +407,7 @@ impl SledKv {
     /// A reader of the state at the applied index; the caller keeps the
     /// capture in `reading` (tests step the reader themselves).
     fn reader(&self) -> (Reader, Arc<Capture>) {
-        Reader::new(
-            &self.db,
-            self.applied_index,
-            self.sled_path.clone(),
-            classify,
-            session_row,
-        )
+        Reader::new(&self.db, self.applied_index, self.sled_path.clone())
     }
 }
 
@@ -488,7 +482,7 @@ fn session_key(client_id: u64) -> Vec<u8> {
 }
 
 /// What a row is to a snapshot, by its prefix.
-fn classify(key: &[u8]) -> Row {
+pub(super) fn classify(key: &[u8]) -> Row {
     match key.first() {
         Some(&DATA_PREFIX) => Row::Pair,
         Some(&SESSION_PREFIX) => Row::Session,
@@ -498,7 +492,7 @@ fn classify(key: &[u8]) -> Row {
 
 /// A session row, checked: a 9-byte key naming the client the session
 /// holds.
-fn session_row(path: &Path, key: &[u8], value: &[u8]) -> Result<Session> {
+pub(super) fn session_row(path: &Path, key: &[u8], value: &[u8]) -> Result<Session> {
     let id_bytes: [u8; 8] = key.get(1..).unwrap_or_default().try_into().map_err(|_| {
         Error::storage(
             path,

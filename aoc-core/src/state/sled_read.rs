@@ -39,6 +39,7 @@ use parking_lot::Mutex;
 use tracing::debug;
 
 use super::kv::SnapshotEncoder;
+use super::sled_kv::{classify, guarded, session_row};
 use super::{Session, SnapshotRead};
 use crate::{Error, Result};
 
@@ -110,8 +111,6 @@ pub(super) struct Reader {
     out: Option<SnapshotEncoder>,
     sessions: Vec<Session>,
     path: PathBuf,
-    classify: fn(&[u8]) -> Row,
-    decode_session: fn(&std::path::Path, &[u8], &[u8]) -> Result<Session>,
     /// The rows one step gives (kept to reuse its allocation).
     found: Vec<(sled::IVec, sled::IVec)>,
 }
@@ -119,13 +118,7 @@ pub(super) struct Reader {
 impl Reader {
     /// A reader of `tree` at `index`. Batches applied after this call must
     /// go through `capture`'s [`Capture::record`] first.
-    pub(super) fn new(
-        tree: &sled::Tree,
-        index: u64,
-        path: PathBuf,
-        classify: fn(&[u8]) -> Row,
-        decode_session: fn(&std::path::Path, &[u8], &[u8]) -> Result<Session>,
-    ) -> (Self, Arc<Capture>) {
+    pub(super) fn new(tree: &sled::Tree, index: u64, path: PathBuf) -> (Self, Arc<Capture>) {
         let capture = Arc::new(Capture::default());
         let reader = Reader {
             capture: capture.clone(),
@@ -133,8 +126,6 @@ impl Reader {
             out: Some(SnapshotEncoder::new(index)),
             sessions: Vec::new(),
             path,
-            classify,
-            decode_session,
             found: Vec::new(),
         };
         (reader, capture)
@@ -143,7 +134,7 @@ impl Reader {
     /// Takes the next row from the tree, with the recorded rows before it.
     /// Returns `false` once the tree is walked to its end.
     pub(super) fn step(&mut self) -> Result<bool> {
-        let row = super::sled_kv::guarded(&self.path, "cannot read the data", || {
+        let row = guarded(&self.path, "cannot read the data", || {
             self.rows.next().transpose()
         })?;
         let more = row.is_some();
@@ -197,16 +188,14 @@ impl Reader {
     }
 
     fn take(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        match (self.classify)(key) {
+        match classify(key) {
             Row::Pair => {
                 if let Some(out) = self.out.as_mut() {
                     // The prefix byte is there: `classify` looked at it.
                     out.pair(key.get(1..).unwrap_or_default(), value);
                 }
             }
-            Row::Session => self
-                .sessions
-                .push((self.decode_session)(&self.path, key, value)?),
+            Row::Session => self.sessions.push(session_row(&self.path, key, value)?),
             Row::Skip => {}
         }
         Ok(())
