@@ -977,6 +977,11 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
     fn drain(&mut self) -> Result<()> {
         while self.replica.has_ready() {
             let rd = self.replica.ready()?;
+            if !rd.completions.is_empty() || !rd.switchovers.is_empty() {
+                // A caller told its write (or switchover) is done must find
+                // it in the status: publish it before the answers go out.
+                *self.shared.status.write() = self.replica.status();
+            }
             self.carry_out(rd);
         }
         Ok(())

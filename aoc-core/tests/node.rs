@@ -365,3 +365,25 @@ fn acknowledgements_follow_the_syncs_that_cover_them() {
         n.shutdown();
     }
 }
+
+/// A caller told its write is applied finds it in the status at once: the
+/// status is published before the answers go out, not after.
+#[test]
+fn the_status_shows_a_write_as_soon_as_it_is_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_standalone(dir.path());
+    wait_until("leader", Duration::from_secs(5), || node.status().active);
+    for i in 0..300 {
+        let applied = node
+            .propose(KvCommand::put(format!("k{i}"), "v").encode())
+            .expect("write");
+        let status = node.status();
+        assert!(
+            status.applied >= applied.index,
+            "write {i}: applied at index {} but the status says applied {}",
+            applied.index,
+            status.applied
+        );
+    }
+    node.shutdown();
+}
