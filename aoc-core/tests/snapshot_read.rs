@@ -171,15 +171,20 @@ fn start() -> Members {
 }
 
 /// Writes through `active` every 20 ms for `held`, while a snapshot read
-/// is held back: each write must be acknowledged and `active` must stay
-/// the active. Returns the number of writes (keys `during0`...).
-fn write_while_held(active: &Node<Gated>, held: Duration) -> usize {
+/// is held back: each write must be acknowledged, `active` must stay the
+/// active and `other` (the other data member) must never claim the role.
+/// Returns the number of writes (keys `during0`...).
+fn write_while_held(active: &Node<Gated>, other: &Node<Gated>, held: Duration) -> usize {
     let started = Instant::now();
     let mut written = 0;
     while started.elapsed() < held {
         let r = active.propose(KvCommand::put(format!("during{written}"), "v").encode());
         assert!(r.is_ok(), "a write while a snapshot is read failed: {r:?}");
         assert!(active.status().active, "the active lost the role");
+        assert!(
+            !other.status().active,
+            "the other data member claims the role too"
+        );
         written += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -220,7 +225,7 @@ fn the_active_commits_while_a_slow_snapshot_is_read() {
 
     // Many election timeouts (11 to 14 ticks each) while the read is held
     // back: the active stays the active and commits.
-    let written = write_while_held(&m.data[a], Duration::from_secs(2));
+    let written = write_while_held(&m.data[a], &m.data[p], Duration::from_secs(2));
     assert!(written > 20, "writes went on ({written})");
     assert!(
         m.data[p].status().applied < m.data[a].status().applied,
@@ -286,7 +291,7 @@ fn a_backup_is_read_while_the_active_commits() {
     wait("a snapshot read", Duration::from_secs(10), || {
         m.reads_started.load(Ordering::SeqCst) > 0
     });
-    write_while_held(&m.data[a], Duration::from_millis(1500));
+    write_while_held(&m.data[a], &m.data[1 - a], Duration::from_millis(1500));
     assert!(!backup.is_finished(), "the read waits for the gate");
     m.open.store(true, Ordering::SeqCst);
     let snapshot = backup
