@@ -2,11 +2,14 @@
 //! batches go on being applied ([`super::StateMachine::start_snapshot`]).
 //!
 //! sled 0.34 has no point-in-time view of a tree. So the reader walks the
-//! tree in key order, and apply, before it changes a row the reader has
-//! not passed yet, records the value that row had at the snapshot's index
-//! (at its first change only; `None` for a row that did not exist). The
-//! reader takes a recorded value instead of what it finds in the tree,
-//! and also gives the recorded rows it does not find (removed since).
+//! tree in key order, and the store, before it writes applied rows to the
+//! tree (`SledKv` gathers them and writes them together; a read starts
+//! once they are written, so the tree is then at the snapshot's index),
+//! records the value each row the reader has not passed yet had at the
+//! snapshot's index (at its first change only; `None` for a row that did
+//! not exist). The reader takes a recorded value instead of what it finds
+//! in the tree, and also gives the recorded rows it does not find
+//! (removed since). Below, "apply" is that write to the tree.
 //!
 //! Why each row comes out as it was at the snapshot's index, exactly once:
 //! - apply records a row before it writes it, under the lock, while the
