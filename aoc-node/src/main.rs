@@ -556,19 +556,21 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
             }
         }
     }
-    // The witness has no client API: the active's view of it (the
+    // The witness has no client API: the active's view of it (the witness
+    // the active names; from a member that does not name it, the
     // directory's witness, else the voter no endpoint answered for).
     let witness = active.as_ref().and_then(|a| {
         let seen: Vec<u64> = members
             .iter()
             .filter_map(|(_, s)| s.as_ref().map(|s| s.id))
             .collect();
-        let listed = a
-            .status
-            .members
-            .iter()
-            .find(|m| m.role == aoc_core::MemberRole::Witness)
-            .map(|m| m.id);
+        let listed = a.status.witness_id.or_else(|| {
+            a.status
+                .members
+                .iter()
+                .find(|m| m.role == aoc_core::MemberRole::Witness)
+                .map(|m| m.id)
+        });
         a.status
             .progress
             .iter()

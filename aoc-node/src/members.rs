@@ -135,9 +135,20 @@ pub fn list(client: &mut Client) -> Result<String, String> {
     ids.sort_unstable();
     for (id, kind) in ids {
         let dir = st.members.iter().find(|m| m.id == id);
-        let role = dir.map_or("(from the configuration files)".to_string(), |m| {
-            format!("{} {}", m.role, m.ha_addr)
-        });
+        // Members of the first configuration are not in the directory:
+        // their role follows from the witness the active knows, their
+        // address is in the configuration files.
+        let role = dir.map_or_else(
+            || {
+                let role = if st.witness_id == Some(id) {
+                    "witness"
+                } else {
+                    "data"
+                };
+                format!("{role} (address in the configuration files)")
+            },
+            |m| format!("{} {}", m.role, m.ha_addr),
+        );
         let matched = st
             .progress
             .iter()

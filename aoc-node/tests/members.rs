@@ -165,8 +165,19 @@ impl Procs {
 
     /// `aoc-node members ...`; panics with the output on failure.
     fn members(&self, args: &[&str]) -> String {
+        self.cli("members", args)
+    }
+
+    /// `aoc-node status --json`, parsed.
+    fn status_json(&self) -> serde_json::Value {
+        let out = self.cli("status", &["--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
+    }
+
+    /// Runs `aoc-node COMMAND ARGS --endpoints ...`; its standard output.
+    fn cli(&self, command: &str, args: &[&str]) -> String {
         let out = Command::new(node_bin())
-            .arg("members")
+            .arg(command)
             .args(args)
             .args(["--endpoints", &self.endpoints_arg()])
             .output()
@@ -175,7 +186,7 @@ impl Procs {
         if !out.status.success() {
             self.dump_logs();
             panic!(
-                "members {args:?}: {:?}\nstdout: {stdout}\nstderr: {}",
+                "{command} {args:?}: {:?}\nstdout: {stdout}\nstderr: {}",
                 out.status.code(),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -298,6 +309,10 @@ fn a_standalone_member_grows_to_ha_under_writes() {
     });
     assert_eq!(st.id, 1);
     let list = p.members(&["list"]);
+    assert!(
+        list.contains("member 1: voter, data (address in the configuration files)"),
+        "{list}"
+    );
     assert!(list.contains("member 2: voter, data"), "{list}");
     assert!(list.contains("member 3: voter, witness"), "{list}");
 
@@ -352,11 +367,26 @@ fn a_dead_passive_then_a_dead_witness_are_replaced() {
     }
     let active = p.wait_active("sync mode", |st| st.mode == Mode::Sync).id;
     let passive = if active == 1 { 2 } else { 1 };
+    // The first members' roles come from the active's witness.
+    let list = p.members(&["list"]);
+    for (id, role) in [(1, "data"), (2, "data"), (3, "witness")] {
+        let line = format!("member {id}: voter, {role} (address in the configuration files)");
+        assert!(list.contains(&line), "{list}");
+    }
     let w = Writer::start(p.endpoints(), "k");
     std::thread::sleep(Duration::from_millis(500));
 
     // The passive dies for good; member 4 takes its place.
     p.kill(passive);
+    // With a data member down, `status` still names the witness (not the
+    // voter that did not answer).
+    let st = p.status_json();
+    let witnesses: Vec<&serde_json::Value> = st["members"]
+        .as_array()
+        .map(|a| a.iter().filter(|m| m["role"] == "witness").collect())
+        .unwrap_or_default();
+    assert_eq!(witnesses.len(), 1, "{st}");
+    assert_eq!(witnesses[0]["id"], 3, "{st}");
     p.write_config(4, &[active, 3]);
     p.start(4);
     let ha4 = p.members[&4].ha.clone();

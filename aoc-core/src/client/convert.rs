@@ -203,6 +203,10 @@ pub(crate) fn status_to_proto(
     out.set_active(s.active);
     out.set_mode(mode_to_proto(s.mode));
     out.set_witness(s.witness);
+    if let Some(id) = s.witness_id {
+        out.set_has_witness_id(true);
+        out.set_witness_id(id);
+    }
     if let Some(lag) = s.passive_lag_entries {
         out.set_has_passive_lag_entries(true);
         out.set_passive_lag_entries(lag);
@@ -278,6 +282,7 @@ pub(crate) fn status_from_proto(m: &pb::MemberStatus) -> Status {
     s.active = m.get_active();
     s.mode = mode_from_proto(m.get_mode());
     s.witness = m.get_witness();
+    s.witness_id = m.get_has_witness_id().then_some(m.get_witness_id());
     s.passive_lag_entries = m
         .get_has_passive_lag_entries()
         .then_some(m.get_passive_lag_entries());

@@ -256,6 +256,9 @@ pub struct Status {
     pub mode: Mode,
     /// Whether this member is the witness.
     pub witness: bool,
+    /// The witness of this member's configuration (`None`: a standalone
+    /// member, or no witness known).
+    pub witness_id: Option<u64>,
     /// The passive's lag behind the last index, in entries (on the active).
     pub passive_lag_entries: Option<u64>,
     /// The same lag in bytes of entry data (on the active; counted over
@@ -300,6 +303,7 @@ impl Status {
             active: false,
             mode: Mode::Majority,
             witness: false,
+            witness_id: None,
             passive_lag_entries: None,
             passive_lag_bytes: None,
             log_bytes: 0,
@@ -1254,6 +1258,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             active: self.active_now(),
             mode: self.ha.mode,
             witness: self.sm.is_witness(),
+            witness_id: self.ha.witness,
             passive_lag_entries: if r.state == StateRole::Leader {
                 self.ha
                     .passive(&self.raw)
