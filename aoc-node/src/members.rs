@@ -136,19 +136,17 @@ pub fn list(client: &mut Client) -> Result<String, String> {
     for (id, kind) in ids {
         let dir = st.members.iter().find(|m| m.id == id);
         // Members of the first configuration are not in the directory:
-        // their role follows from the witness the active knows, their
-        // address is in the configuration files.
-        let role = dir.map_or_else(
-            || {
-                let role = if st.witness_id == Some(id) {
-                    "witness"
-                } else {
-                    "data"
-                };
+        // their role follows from the witness the active names, their
+        // address is in the configuration files. (An active that names no
+        // witness, standalone or of an older version: no role is guessed.)
+        let role = match (dir, st.witness_id) {
+            (Some(m), _) => format!("{} {}", m.role, m.ha_addr),
+            (None, Some(witness)) => {
+                let role = if witness == id { "witness" } else { "data" };
                 format!("{role} (address in the configuration files)")
-            },
-            |m| format!("{} {}", m.role, m.ha_addr),
-        );
+            }
+            (None, None) => "(from the configuration files)".to_string(),
+        };
         let matched = st
             .progress
             .iter()
