@@ -955,6 +955,11 @@ mod unwritten_tests {
         assert_eq!(kv.get(b"c").expect("get"), Some(b"3".to_vec()));
     }
 
+    /// Key `k` of the model test: even keys under prefix `x`, odd under `y`.
+    fn model_key(k: u8) -> Vec<u8> {
+        format!("{}{k:02}", ["x", "y"][usize::from(k % 2)]).into_bytes()
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
@@ -969,7 +974,7 @@ mod unwritten_tests {
             let mut kv = factory(write_after_rows)();
             let mut model = BTreeMap::new();
             for (i, (k, v)) in ops.into_iter().enumerate() {
-                let key = format!("{}{k:02}", if k % 2 == 0 { "x" } else { "y" }).into_bytes();
+                let key = model_key(k);
                 let command = match v {
                     Some(v) => {
                         model.insert(key.clone(), vec![v]);
@@ -986,7 +991,7 @@ mod unwritten_tests {
                 let xs: Vec<_> = all.iter().filter(|(k, _)| k[0] == b'x').cloned().collect();
                 proptest::prop_assert_eq!(kv.scan(b"x").expect("scan"), xs);
                 for k in 0..12u8 {
-                    let key = format!("{}{k:02}", if k % 2 == 0 { "x" } else { "y" }).into_bytes();
+                    let key = model_key(k);
                     proptest::prop_assert_eq!(kv.get(&key).expect("get"), model.get(&key).cloned());
                 }
             }
