@@ -14,7 +14,11 @@ mod common;
 use common::{start, Writer, MS, SECOND_US};
 const ELECTION_US: u64 = SECOND_US;
 
-fn has_all(c: &Cluster, member: u64, w: &Writer) {
+/// Lets the cluster settle (a follower applies the last commit index with
+/// the next heartbeat once no write follows), then checks that `member`
+/// holds every acknowledged write.
+fn has_all(c: &mut Cluster, member: u64, w: &Writer) {
+    c.run_for(500 * MS);
     let kv: BTreeMap<_, _> = c.state_of(member).expect("up").1.into_iter().collect();
     for k in w.acked(c) {
         assert!(
@@ -90,8 +94,8 @@ fn case_1_switchover_and_back_under_writes() {
         );
         assert_eq!(c.active(), Some(a));
         w.run(&mut c, SECOND_US);
-        has_all(&c, a, &w);
-        has_all(&c, p, &w);
+        has_all(&mut c, a, &w);
+        has_all(&mut c, p, &w);
     }
     let max = *pauses.iter().max().unwrap();
     eprintln!(
@@ -152,7 +156,7 @@ fn case_2_switchover_refused_and_abandoned() {
         assert!(w.acked(&c).len() > before, "seed {seed}: writes go on");
         c.stall_disk(p, false);
         w.run(&mut c, 2 * SECOND_US);
-        has_all(&c, a, &w);
+        has_all(&mut c, a, &w);
     }
 }
 
@@ -198,7 +202,7 @@ fn case_3_maintenance_suspends_failover() {
         let ok = c.run_until(20 * SECOND_US, |c| c.active() == Some(a));
         assert!(ok, "seed {seed}: the active took its role back");
         w.run(&mut c, SECOND_US);
-        has_all(&c, a, &w);
+        has_all(&mut c, a, &w);
     }
 }
 
@@ -237,7 +241,7 @@ fn case_4_local_off_after_the_active_died() {
         );
         assert_eq!(c.status(3).unwrap().maintenance, None);
         w.run(&mut c, SECOND_US);
-        has_all(&c, p, &w);
+        has_all(&mut c, p, &w);
     }
 }
 
@@ -273,7 +277,7 @@ fn case_5_restarts_during_maintenance_then_off() {
         assert_eq!(c.active(), Some(p), "seed {seed}: failover works again");
         c.restart(a);
         w.run(&mut c, SECOND_US);
-        has_all(&c, p, &w);
+        has_all(&mut c, p, &w);
     }
 }
 
@@ -310,6 +314,6 @@ fn case_6_switchover_during_maintenance() {
         let ok = c.run_until(20 * SECOND_US, |c| c.active() == Some(p));
         assert!(ok, "seed {seed}: the new active took its role back");
         w.run(&mut c, SECOND_US);
-        has_all(&c, p, &w);
+        has_all(&mut c, p, &w);
     }
 }

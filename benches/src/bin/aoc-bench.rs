@@ -1,9 +1,11 @@
 //! `aoc-bench`: load, floor and HA measurements that print one JSON line
 //! each (progress goes to stderr).
 //!
-//! - `aoc-bench floor [--dir DIR] [--samples N]`: the physical floor on this
-//!   machine: a synced 4 KiB write's latency in DIR (write + fdatasync) and
-//!   the loopback TCP round trip;
+//! - `aoc-bench floor [--dir DIR] [--samples N] [--writers W]`: the physical
+//!   floor on this machine: a synced 4 KiB write's latency in DIR (write +
+//!   fdatasync), the loopback TCP round trip, and a round of W synced
+//!   writes made at once from W threads, as W members sharing this disk
+//!   make them for each entry (`shared_sync_*`: the slowest of the round);
 //! - `aoc-bench write --endpoints A,B --clients N --seconds S --value-bytes B`:
 //!   drives a running cluster through the client, closed loop (each client
 //!   waits for its write's acknowledgement before the next), and prints
@@ -60,6 +62,12 @@ enum Cmd {
         /// Samples of each.
         #[arg(long, default_value_t = 2000)]
         samples: usize,
+        /// Synced writes made at once in the shared-disk round: the
+        /// members whose data directories share this disk (3 in a local
+        /// cluster: the active, the passive and the witness each sync
+        /// every entry).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+        writers: u16,
     },
     /// Closed-loop writes against a running cluster.
     Write {
@@ -182,22 +190,78 @@ fn percentiles(samples: &mut [u64]) -> (u64, u64, u64) {
     (at(0.5), at(0.99), samples[samples.len() - 1])
 }
 
-/// `aoc-bench floor`: synced 4 KiB writes in a temporary file under `dir`
-/// and loopback round trips, `samples` of each.
-fn floor(dir: PathBuf, samples: usize) -> Result<String, String> {
+/// One synced 4 KiB write (write + fdatasync) at block `i` of `file`.
+fn synced_write(file: &std::fs::File, i: usize, path: &std::path::Path) -> Result<(), String> {
+    let block = [0x5a_u8; 4096];
+    file.write_all_at(&block, (i as u64 % 256) * 4096)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `rounds` rounds of `writers` synced writes made at once, each thread
+/// to a file of its own under `dir`; the time of each round is that of
+/// its slowest write (a commit waits for the syncs it needs, and on one
+/// disk they queue behind each other's).
+fn shared_sync_rounds(
+    dir: &std::path::Path,
+    writers: usize,
+    rounds: usize,
+) -> Result<Vec<u64>, String> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(writers));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let path = dir.join(format!("shared-{w}"));
+            let start = start.clone();
+            std::thread::spawn(move || -> Result<Vec<Instant>, String> {
+                let file =
+                    std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut ends = Vec::with_capacity(rounds);
+                for i in 0..rounds {
+                    // Every thread waits here, so a failed thread must
+                    // still come: it records its error and goes on.
+                    start.wait();
+                    let written = synced_write(&file, i, &path);
+                    ends.push(Instant::now());
+                    written?;
+                }
+                Ok(ends)
+            })
+        })
+        .collect();
+    let mut per_thread = Vec::with_capacity(writers);
+    for t in threads {
+        per_thread.push(
+            t.join()
+                .map_err(|_| "a writer thread panicked".to_string())??,
+        );
+    }
+    // A round starts when the last thread reaches the barrier, just after
+    // the latest end of the round before; it ends at its own latest end.
+    let latest = |r: usize| per_thread.iter().map(|ends| ends[r]).max();
+    let mut round_us = Vec::with_capacity(rounds);
+    for r in 1..rounds {
+        if let (Some(before), Some(end)) = (latest(r - 1), latest(r)) {
+            round_us.push(end.duration_since(before).as_micros() as u64);
+        }
+    }
+    Ok(round_us)
+}
+
+/// `aoc-bench floor`: synced 4 KiB writes in a temporary file under `dir`,
+/// loopback round trips, and rounds of `writers` synced writes at once,
+/// `samples` of each.
+fn floor(dir: PathBuf, samples: usize, writers: usize) -> Result<String, String> {
     let samples = samples.max(10);
     let file_dir = tempfile::tempdir_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = file_dir.path().join("floor");
     let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let block = vec![0x5a_u8; 4096];
     let mut sync_us = Vec::with_capacity(samples);
     for i in 0..samples {
         let t = Instant::now();
-        file.write_all_at(&block, (i as u64 % 256) * 4096)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        synced_write(&file, i, &path)?;
         sync_us.push(t.elapsed().as_micros() as u64);
     }
+    let mut shared_us = shared_sync_rounds(file_dir.path(), writers, samples + 1)?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let echo = std::thread::spawn(move || {
@@ -225,9 +289,11 @@ fn floor(dir: PathBuf, samples: usize) -> Result<String, String> {
     let _ = echo.join();
     let (sync_p50, sync_p99, _) = percentiles(&mut sync_us);
     let (rtt_p50, rtt_p99, _) = percentiles(&mut rtt_us);
+    let (shared_p50, shared_p99, _) = percentiles(&mut shared_us);
     Ok(format!(
-        "{{\"sync_4k_p50_us\":{sync_p50},\"sync_4k_p99_us\":{sync_p99},\"loopback_rtt_p50_us\":{rtt_p50},\"loopback_rtt_p99_us\":{rtt_p99},\"floor_p50_us\":{}}}",
-        sync_p50 + rtt_p50
+        "{{\"sync_4k_p50_us\":{sync_p50},\"sync_4k_p99_us\":{sync_p99},\"loopback_rtt_p50_us\":{rtt_p50},\"loopback_rtt_p99_us\":{rtt_p99},\"floor_p50_us\":{},\"shared_sync_writers\":{writers},\"shared_sync_p50_us\":{shared_p50},\"shared_sync_p99_us\":{shared_p99},\"shared_floor_p50_us\":{}}}",
+        sync_p50 + rtt_p50,
+        shared_p50 + rtt_p50
     ))
 }
 
@@ -300,7 +366,11 @@ fn write(
 /// on stderr (exit 1).
 fn main() -> ExitCode {
     let out = match Cli::parse().command {
-        Cmd::Floor { dir, samples } => floor(dir, samples),
+        Cmd::Floor {
+            dir,
+            samples,
+            writers,
+        } => floor(dir, samples, usize::from(writers)),
         Cmd::Write {
             endpoints,
             clients,
