@@ -71,25 +71,48 @@ pub struct Applied {
 /// of its applied entry (see [`Node::read_applied`]), or with the error.
 type ReadFn<S> = Box<dyn FnOnce(Result<(&S, Option<u64>)>) + Send>;
 
+/// A completion run on the raft thread with a request's outcome: keep it
+/// short (the client server's only queues the outcome and wakes its loop).
+pub(crate) type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// Where the outcome of a proposal goes: a caller blocked on a channel,
+/// or a completion.
+enum Reply<T> {
+    Channel(Sender<Result<T>>),
+    Call(Done<T>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, outcome: Result<T>) {
+        match self {
+            // The caller may have stopped waiting (a time-out).
+            Reply::Channel(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Call(done) => done(outcome),
+        }
+    }
+}
+
 enum Request<S> {
     Propose {
         command: Vec<u8>,
         session: Option<(u64, u64)>,
-        reply: Sender<Result<Applied>>,
+        reply: Reply<Applied>,
     },
     Register {
-        reply: Sender<Result<Applied>>,
+        reply: Reply<Applied>,
     },
     Read(ReadFn<S>),
     Campaign,
     Switchover(Sender<Result<u64>>),
     Maintenance {
         on: bool,
-        reply: Sender<Result<Applied>>,
+        reply: Reply<Applied>,
     },
     Membership {
         change: MembershipChange,
-        reply: Sender<Result<Applied>>,
+        reply: Reply<Applied>,
     },
     MaintenanceOffLocal,
     Unreachable(u64),
@@ -397,15 +420,13 @@ fn run_blank<L: LogStore, S: StateMachine>(
 fn refuse_blank<S>(r: Request<S>, decision: &Decision) {
     let e = Error::NotLeader { leader_hint: None };
     match r {
-        Request::Propose { reply, .. } | Request::Register { reply } => {
-            let _ = reply.send(Err(e));
-        }
+        Request::Propose { reply, .. } | Request::Register { reply } => reply.send(Err(e)),
         Request::Read(f) => f(Err(e)),
         Request::Switchover(reply) => {
             let _ = reply.send(Err(e));
         }
         Request::Maintenance { reply, .. } | Request::Membership { reply, .. } => {
-            let _ = reply.send(Err(e));
+            reply.send(Err(e))
         }
         Request::Snapshot { reply, .. } => {
             let _ = reply.send(Err(e));
@@ -589,23 +610,87 @@ impl<S: StateMachine> Node<S> {
             Request::Propose {
                 command,
                 session,
-                reply: tx,
+                reply: Reply::Channel(tx),
             },
             &rx,
             "proposal",
         )
     }
 
+    /// The request timeout: how long the blocking calls wait for their
+    /// answer ([`NodeBuilder::request_timeout`]).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Queues `req` without waiting: a full queue is [`Error::Busy`] at
+    /// once. Gives a refused request back, so its reply can be told.
+    fn try_request(&self, req: Request<S>) -> Option<(Request<S>, Error)> {
+        match self.req_tx.try_send(req) {
+            Ok(()) => None,
+            Err(TrySendError::Full(req)) => Some((
+                req,
+                Error::Busy {
+                    reason: "the node's request queue is full".into(),
+                },
+            )),
+            Err(TrySendError::Disconnected(req)) => Some((req, Error::Stopped)),
+        }
+    }
+
+    /// [`Node::propose_session`] (or [`Node::propose`] without a session)
+    /// without waiting: `done` runs on the raft thread with the outcome,
+    /// or at once on this thread when the request cannot be queued. The
+    /// caller enforces its own time-out.
+    pub(crate) fn propose_then(
+        &self,
+        command: Vec<u8>,
+        session: Option<(u64, u64)>,
+        done: Done<Applied>,
+    ) {
+        let req = Request::Propose {
+            command,
+            session,
+            reply: Reply::Call(done),
+        };
+        if let Some((Request::Propose { reply, .. }, e)) = self.try_request(req) {
+            reply.send(Err(e));
+        }
+    }
+
+    /// [`Node::register_client`] without waiting (see
+    /// [`Node::propose_then`]); `done` gets the new client id.
+    pub(crate) fn register_then(&self, done: Done<u64>) {
+        let reply = Reply::Call(Box::new(move |applied: Result<Applied>| {
+            done(applied.and_then(|a| client_id_of(&a)))
+        }));
+        if let Some((Request::Register { reply }, e)) =
+            self.try_request(Request::Register { reply })
+        {
+            reply.send(Err(e));
+        }
+    }
+
+    /// [`Node::read`] without waiting (see [`Node::propose_then`]): `f`
+    /// runs on the raft thread once the read is linearizable, and `done`
+    /// gets its result.
+    pub(crate) fn read_then<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&S) -> R + Send + 'static,
+        done: Done<R>,
+    ) {
+        let job: ReadFn<S> = Box::new(move |read| done(read.map(|(sm, _term)| f(sm))));
+        if let Some((Request::Read(job), e)) = self.try_request(Request::Read(job)) {
+            job(Err(e));
+        }
+    }
+
     /// Opens a client session and returns its client id.
     pub fn register_client(&self) -> Result<u64> {
         let (tx, rx) = channel::bounded(1);
-        let applied = self.request(Request::Register { reply: tx }, &rx, "client registration")?;
-        let bytes: [u8; 8] = applied
-            .response
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::decode("client id", "expected 8 bytes"))?;
-        Ok(u64::from_le_bytes(bytes))
+        let reply = Reply::Channel(tx);
+        let applied = self.request(Request::Register { reply }, &rx, "client registration")?;
+        client_id_of(&applied)
     }
 
     /// Runs `f` on the state machine once a linearizable read is possible
@@ -688,7 +773,8 @@ impl<S: StateMachine> Node<S> {
     /// active.
     pub fn set_maintenance(&self, on: bool) -> Result<()> {
         let (tx, rx) = channel::bounded(1);
-        self.request(Request::Maintenance { on, reply: tx }, &rx, "maintenance")
+        let reply = Reply::Channel(tx);
+        self.request(Request::Maintenance { on, reply }, &rx, "maintenance")
             .map(|_| ())
     }
 
@@ -700,7 +786,10 @@ impl<S: StateMachine> Node<S> {
     pub fn change_membership(&self, change: MembershipChange) -> Result<()> {
         let (tx, rx) = channel::bounded(1);
         self.request(
-            Request::Membership { change, reply: tx },
+            Request::Membership {
+                change,
+                reply: Reply::Channel(tx),
+            },
             &rx,
             "membership change",
         )
@@ -821,7 +910,7 @@ struct Driver<L: LogStore, S: StateMachine> {
     replica: Replica<ArcLog<L>, S>,
     transport: Arc<dyn Transport>,
     log_tx: Sender<LogJob>,
-    proposals: HashMap<u64, Sender<Result<Applied>>>,
+    proposals: HashMap<u64, Reply<Applied>>,
     switchovers: HashMap<u64, Sender<Result<u64>>>,
     reads: HashMap<u64, ReadFn<S>>,
     snapshot_reads: HashMap<u64, Sender<Result<StateSnapshot>>>,
@@ -1023,7 +1112,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         }
         for c in completions {
             if let Some(reply) = self.proposals.remove(&c.token) {
-                let _ = reply.send(c.result.map(|response| Applied {
+                reply.send(c.result.map(|response| Applied {
                     index: c.index,
                     response,
                 }));
@@ -1077,7 +1166,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
 
     fn stop_all(&mut self) {
         for (_, reply) in self.proposals.drain() {
-            let _ = reply.send(Err(Error::Stopped));
+            reply.send(Err(Error::Stopped));
         }
         for (_, f) in self.reads.drain() {
             f(Err(Error::Stopped));
@@ -1089,4 +1178,15 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             let _ = reply.send(Err(Error::Stopped));
         }
     }
+}
+
+/// The client id in the response of a registration (8 bytes, little
+/// endian).
+fn client_id_of(applied: &Applied) -> Result<u64> {
+    let bytes: [u8; 8] = applied
+        .response
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::decode("client id", "expected 8 bytes"))?;
+    Ok(u64::from_le_bytes(bytes))
 }

@@ -173,8 +173,8 @@ fn held_snapshots_are_bounded_and_given_back() {
         }
         other => panic!("{other:?}"),
     }
-    // A holder that goes away gives its place back (its connection thread
-    // notices the close and drops the snapshot).
+    // A holder that goes away gives its place back (the server notices
+    // the close and drops the snapshot).
     drop(holders.pop());
     let mut started = false;
     for _ in 0..100 {

@@ -669,6 +669,73 @@ fn a_client_with_no_reachable_member_times_out() {
 }
 
 #[test]
+fn a_write_not_answered_in_time_gets_timeout_and_the_connection_goes_on() {
+    let node = Node::builder(ReplicaConfig::new(1))
+        .voters(vec![1])
+        .tick(TICK)
+        .request_timeout(Duration::from_secs(1))
+        .start(MemLogStore::new(), MemKv::new())
+        .unwrap();
+    let server = ClientServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        node.clone(),
+        BTreeMap::new(),
+        ServerLimits::default(),
+    )
+    .unwrap();
+    let mut raw = Raw::connect(server.local_addr());
+    assert!(matches!(
+        raw.call(pb::Request_oneof_body::status(pb::StatusRequest::new())),
+        pb::Response_oneof_body::status(_)
+    ));
+    // A read that holds the raft thread for 1.6 s: the write waits past
+    // the request timeout (1 s), and the get sent after its TIMEOUT is
+    // still waiting when the raft thread comes back (half a second of
+    // margin each way).
+    let holder = node.clone();
+    let hold = std::thread::spawn(move || {
+        holder.read(|_| std::thread::sleep(Duration::from_millis(1600)))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let mut p = pb::PutRequest::new();
+    p.set_key(b"late".to_vec());
+    p.set_value(b"v".to_vec());
+    match raw.call(pb::Request_oneof_body::put(p)) {
+        pb::Response_oneof_body::error(e) => {
+            assert_eq!(e.get_kind(), pb::ErrorKind::TIMEOUT, "{e:?}");
+        }
+        other => panic!("expected TIMEOUT, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1450),
+        "answered after {waited:?}"
+    );
+    // A second put, sent while the raft thread is still held: both are
+    // applied together when it comes back, the first one first. The
+    // second is answered with its own outcome (the last entry), never
+    // with the first one's.
+    let mut p = pb::PutRequest::new();
+    p.set_key(b"later".to_vec());
+    p.set_value(b"w".to_vec());
+    match raw.call(pb::Request_oneof_body::put(p)) {
+        pb::Response_oneof_body::write(w) => {
+            assert!(w.get_ok());
+            assert_eq!(w.get_index(), node.status().last_index, "{w:?}");
+        }
+        other => panic!("expected the second put's outcome, got {other:?}"),
+    }
+    assert!(matches!(
+        raw.call(pb::Request_oneof_body::status(pb::StatusRequest::new())),
+        pb::Response_oneof_body::status(_)
+    ));
+    let _ = hold.join();
+    server.shutdown();
+    node.shutdown();
+}
+
+#[test]
 fn idle_connections_are_closed_and_the_client_reconnects() {
     let node = Node::builder(ReplicaConfig::new(1))
         .voters(vec![1])

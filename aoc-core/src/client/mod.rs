@@ -91,7 +91,10 @@
 
 pub mod frame;
 
+mod conn;
 mod convert;
+mod handle;
+mod serve;
 mod server;
 
 pub use server::{ClientServer, ServerLimits, WriteObserver, BACKUP_CHUNK_BYTES, MAX_BACKUPS_HELD};

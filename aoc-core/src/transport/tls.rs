@@ -93,6 +93,12 @@ impl PartialEq for TlsIdentity {
 impl Eq for TlsIdentity {}
 
 impl TlsIdentity {
+    /// The rustls configuration of the accepting side (client
+    /// certificates of the cluster's CA required).
+    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
+    }
+
     /// Builds the credentials from PEM: the CA certificate, this side's
     /// certificate (chain) and its private key. The errors name which of
     /// the three is wrong.
