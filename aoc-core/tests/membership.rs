@@ -361,28 +361,41 @@ fn a_dead_passive_is_replaced_and_cannot_return() {
             && st.mode == Mode::Sync
     });
 
-    // The old passive comes back with its old data and its old file.
+    // The old passive comes back with its old data and its old file. It
+    // never takes part: never active, never a voter or a learner again,
+    // and a member of the new configuration stays active. Which one is
+    // not checked: on a loaded machine the active can miss its lease and
+    // member 4 be elected, as raft allows (seen once on CI, never in 42
+    // local runs, with up to six busy loops beside them).
     c.start_data(dead, &[1, 2, 3], Some(3));
-    std::thread::sleep(Duration::from_millis(1500));
-    let st = c.node(active).status();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !c.node(dead).status().active,
+            "the removed member became active"
+        );
+    }
+    let now_active = c.wait_active();
+    assert!(
+        now_active == active || now_active == 4,
+        "member {now_active} is active, not a data member of the new configuration"
+    );
+    let st = c.node(now_active).status();
     assert!(!st.voters.contains(&dead), "voters {:?}", st.voters);
     assert!(!st.learners.contains(&dead));
-    assert_eq!(
-        c.active(),
-        Some(active),
-        "the returning member disturbed the active"
-    );
-    let old = c.node(dead).status();
-    assert!(!old.active, "the removed member became active");
     c.kill(dead);
 
     let acked = w.stop();
-    // Member 4 holds every acknowledged write, and takes over.
-    c.kill(active);
-    c.wait("member 4 active", Duration::from_secs(10), |c| {
-        c.active() == Some(4)
-    });
-    c.assert_has(4, &acked);
+    // The other data member holds every acknowledged write, and takes
+    // over.
+    let other = if now_active == 4 { active } else { 4 };
+    c.kill(now_active);
+    c.wait(
+        "the other data member active",
+        Duration::from_secs(10),
+        |c| c.active() == Some(other),
+    );
+    c.assert_has(other, &acked);
     c.shutdown();
 }
 

@@ -23,7 +23,7 @@ use super::conn::{Conn, NextFrame, Received};
 use super::convert::{error_to_proto, invalid, too_large};
 use super::frame::{self, HEADER_BYTES};
 use super::handle::{self, Dispatch, Tell};
-use super::server::{Answer, Completions, Ctx, Finished, HeldBackup, DEADLINE_CHECK};
+use super::server::{Answer, Completions, Ctx, Finished, HeldBackup};
 use crate::proto::client as pb;
 use crate::proto::client::Response_oneof_body as Resp;
 use crate::state::KvStateMachine;
@@ -39,6 +39,10 @@ const FIRST_CONNECTION: usize = 2;
 
 /// A client's TLS handshake must be complete within this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the loop sleeps at most while connections are open, so that
+/// their time limits are checked.
+const DEADLINE_CHECK: Duration = Duration::from_millis(25);
 
 /// After a failed accept (out of file descriptors and the like), the
 /// next try waits this long rather than spin.

@@ -377,7 +377,3 @@ impl Drop for ClientServer {
         self.shutdown();
     }
 }
-
-/// How long the loop sleeps at most while connections are open, so that
-/// their time limits are checked.
-pub(super) const DEADLINE_CHECK: Duration = Duration::from_millis(25);
