@@ -46,8 +46,9 @@ pub struct ServerLimits {
     /// with `BUSY` and closed.
     pub max_connections: usize,
     /// A connection that sends no complete frame for this long is closed
-    /// (default 5 minutes; `None`: never). Also bounds how long writing an
-    /// answer may block.
+    /// (default 5 minutes; `None`: never). Also bounds how long an answer
+    /// may wait for the client to read all of it: a 16 MiB answer must be
+    /// read at 56 KB/s or faster with the default.
     pub idle_timeout: Option<Duration>,
     /// Once a request frame's first byte has arrived, the whole frame must
     /// arrive within this (default 10 s): a sender trickling bytes does not
