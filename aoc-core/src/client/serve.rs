@@ -174,9 +174,9 @@ fn error_response(request_id: u64, err: pb::ApiError) -> pb::Response {
 fn framed(response: &pb::Response) -> Vec<u8> {
     let body = frame::encode(response);
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-    // Bodies are bounded by max_response_bytes, which validate() keeps
-    // within a u32 when it is set that way; a larger one is refused
-    // before it gets here.
+    // A body over max_response_bytes (which validate() keeps within a
+    // u32) is replaced by a TOO_LARGE answer before it is sent, so a
+    // length cut here never reaches a client.
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
     out

@@ -85,11 +85,13 @@ impl ServerLimits {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
-        if self.max_frame_bytes > u32::MAX as usize {
-            return Err(Error::config(
-                "max_frame_bytes",
-                "must fit the frame's 32-bit length",
-            ));
+        for (field, value) in [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_response_bytes", self.max_response_bytes),
+        ] {
+            if value > u32::MAX as usize {
+                return Err(Error::config(field, "must fit the frame's 32-bit length"));
+            }
         }
         if self.frame_timeout.is_zero() {
             return Err(Error::config("frame_timeout", "must be positive"));
@@ -376,5 +378,24 @@ impl ClientServer {
 impl Drop for ClientServer {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_past_a_frame_length_are_refused_by_name() {
+        for field in ["max_frame_bytes", "max_response_bytes"] {
+            let mut limits = ServerLimits::default();
+            match field {
+                "max_frame_bytes" => limits.max_frame_bytes = u32::MAX as usize + 1,
+                _ => limits.max_response_bytes = u32::MAX as usize + 1,
+            }
+            let err = limits.validate().expect_err("a limit past u32 is refused");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        assert!(ServerLimits::default().validate().is_ok());
     }
 }
