@@ -130,6 +130,17 @@ pub(crate) fn invalid(what: &str, reason: impl std::fmt::Display) -> pb::ApiErro
     out
 }
 
+/// The API error for a limit on things held at once (`what`), reached:
+/// retry later.
+pub(crate) fn busy(what: &str, limit: usize, message: String) -> pb::ApiError {
+    let mut out = pb::ApiError::new();
+    out.set_kind(pb::ErrorKind::BUSY);
+    out.set_what(what.to_string());
+    out.set_limit(limit as u64);
+    out.set_message(message);
+    out
+}
+
 /// The API error for something over a limit.
 pub(crate) fn too_large(what: String, size: u64, limit: usize) -> pb::ApiError {
     let mut out = pb::ApiError::new();

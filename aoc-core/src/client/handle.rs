@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::convert::{error_to_proto, invalid, status_to_proto, too_large, write_to_proto};
+use super::convert::{busy, error_to_proto, invalid, status_to_proto, too_large, write_to_proto};
 use super::server::{Answer, Ctx, HeldBackup, BACKUP_CHUNK_BYTES, MAX_BACKUPS_HELD};
 use crate::proto::client as pb;
 use crate::proto::client::Request_oneof_body as Req;
@@ -38,30 +38,27 @@ pub(super) enum Dispatch {
 /// Sends a request's outcome back to the server's loop.
 pub(super) type Tell = Box<dyn FnOnce(Answer) + Send>;
 
-/// Checks a key (or prefix) against `max_key_bytes`.
-fn check_key<S>(ctx: &Ctx<S>, what: &str, key: &[u8]) -> Refusable<()> {
-    let limit = ctx.limits.max_key_bytes;
-    if key.len() > limit {
+/// Checks `bytes` (a key, a prefix or a value, named `what`) against the
+/// limit named `limit_name`.
+fn check_size(what: &str, bytes: &[u8], limit_name: &str, limit: usize) -> Refusable<()> {
+    if bytes.len() > limit {
         return Err(Box::new(too_large(
-            format!("{what} (max_key_bytes)"),
-            key.len() as u64,
+            format!("{what} ({limit_name})"),
+            bytes.len() as u64,
             limit,
         )));
     }
     Ok(())
 }
 
+/// Checks a key (or prefix) against `max_key_bytes`.
+fn check_key<S>(ctx: &Ctx<S>, what: &str, key: &[u8]) -> Refusable<()> {
+    check_size(what, key, "max_key_bytes", ctx.limits.max_key_bytes)
+}
+
 /// Checks a value against `max_value_bytes`.
 fn check_value<S>(ctx: &Ctx<S>, what: &str, value: &[u8]) -> Refusable<()> {
-    let limit = ctx.limits.max_value_bytes;
-    if value.len() > limit {
-        return Err(Box::new(too_large(
-            format!("{what} (max_value_bytes)"),
-            value.len() as u64,
-            limit,
-        )));
-    }
-    Ok(())
+    check_size(what, value, "max_value_bytes", ctx.limits.max_value_bytes)
 }
 
 /// Starts answering `body`; `tell` is used only by [`Dispatch::Later`].
@@ -321,14 +318,13 @@ fn take_backup<S: KvStateMachine>(ctx: &Ctx<S>) -> Refusable<HeldBackup> {
     // From here the slot is given back on every path (its drop).
     let slot = super::server::BackupSlot(ctx.shared.clone());
     if held_now >= MAX_BACKUPS_HELD {
-        let mut err = pb::ApiError::new();
-        err.set_kind(pb::ErrorKind::BUSY);
-        err.set_what("backups in progress (MAX_BACKUPS_HELD)".into());
-        err.set_limit(MAX_BACKUPS_HELD as u64);
-        err.set_message(format!(
-            "{MAX_BACKUPS_HELD} backups are in progress on member {member} (the limit); retry later"
-        ));
-        return Err(Box::new(err));
+        return Err(Box::new(busy(
+            "backups in progress (MAX_BACKUPS_HELD)",
+            MAX_BACKUPS_HELD,
+            format!(
+                "{MAX_BACKUPS_HELD} backups are in progress on member {member} (the limit); retry later"
+            ),
+        )));
     }
     let started = Instant::now();
     let snapshot = ctx

@@ -20,7 +20,7 @@ use rustls::ServerConnection;
 use tracing::{debug, warn};
 
 use super::conn::{Conn, NextFrame, Received};
-use super::convert::{error_to_proto, invalid, too_large};
+use super::convert::{busy, error_to_proto, invalid, too_large};
 use super::frame::{self, HEADER_BYTES};
 use super::handle::{self, Dispatch, Tell};
 use super::server::{Answer, Completions, Ctx, Finished, HeldBackup};
@@ -208,13 +208,11 @@ impl<S: KvStateMachine> Loop<S> {
                 // closes. A plain one gets the reason if its socket takes
                 // it at once.
                 if self.ctx.tls.is_none() {
-                    let mut err = pb::ApiError::new();
-                    err.set_kind(pb::ErrorKind::BUSY);
-                    err.set_what("connections (max_connections)".into());
-                    err.set_limit(limit as u64);
-                    err.set_message(format!(
-                        "too many connections: the limit (max_connections) is {limit}"
-                    ));
+                    let err = busy(
+                        "connections (max_connections)",
+                        limit,
+                        format!("too many connections: the limit (max_connections) is {limit}"),
+                    );
                     let _ = io::Write::write(&mut socket, &framed(&error_response(0, err)));
                 }
                 continue;
