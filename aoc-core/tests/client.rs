@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,12 +19,11 @@ use aoc_core::{Error, Mode, Node, ReplicaConfig, Role};
 
 const TICK: Duration = Duration::from_millis(20);
 
-/// A free port on 127.0.0.1 (bound and released, so every server's
-/// address is known before the first one starts).
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address")
-}
+// Every server's address is known before the first one starts: each gets
+// a port no other test of this process is given.
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_addr;
 
 struct Cluster {
     net: LocalNetwork,

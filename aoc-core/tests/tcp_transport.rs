@@ -64,11 +64,11 @@ fn init_logs() {
         .try_init();
 }
 
-/// A loopback address with a port that was free a moment ago.
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address")
-}
+// Every server's address is known before the first one starts: each gets
+// a port no other test of this process is given.
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_addr;
 
 fn config(cluster: u64, id: u64, listen: SocketAddr, peers: &[(u64, SocketAddr)]) -> TcpConfig {
     let mut cfg = TcpConfig::new(cluster, id, listen, peers.iter().copied().collect());

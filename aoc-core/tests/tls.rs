@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,10 +34,11 @@ impl Inbound for Recorder {
 
 const CLUSTER: u64 = 7;
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local address")
-}
+// Every server's address is known before the first one starts: each gets
+// a port no other test of this process is given.
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_addr;
 
 fn identity(ca: &CertificateAuthority, member: u64) -> TlsIdentity {
     let (cert, key) = ca.issue_member(CLUSTER, member).expect("issue");

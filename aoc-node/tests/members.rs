@@ -22,6 +22,7 @@ struct Member {
     witness: bool,
     ha: String,
     api: Option<SocketAddr>,
+    http: SocketAddr,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -55,6 +56,7 @@ impl Procs {
                         .parse()
                         .expect("an address")
                 }),
+                http: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 config: dir.join(format!("m{id}.toml")),
                 log: dir.join(format!("m{id}.log")),
                 child: None,
@@ -67,10 +69,10 @@ impl Procs {
         let m = &self.members[&id];
         let mut text = format!(
             "cluster_id = 7\nmember_id = {id}\nrole = \"{}\"\ndata_dir = \"data{id}\"\n\
-             ha_addr = \"{}\"\nhttp_addr = \"127.0.0.1:{}\"\nallow_plain_tcp = true\n",
+             ha_addr = \"{}\"\nhttp_addr = \"{}\"\nallow_plain_tcp = true\n",
             if m.witness { "witness" } else { "data" },
             m.ha,
-            free_port()
+            m.http
         );
         if let Some(api) = m.api {
             text += &format!("api_addr = \"{api}\"\n");
@@ -107,6 +109,28 @@ impl Procs {
             .spawn()
             .expect("the member starts");
         m.child = Some(child);
+        self.wait_listening(id);
+    }
+
+    /// Waits until member `id` answers on its health port (it listens on
+    /// all its ports by then); panics with its log if it exits instead, so
+    /// that a member that could not start fails the test at once, not at
+    /// the end of a command's wait.
+    fn wait_listening(&mut self, id: u64) {
+        let start = Instant::now();
+        loop {
+            let m = self.members.get_mut(&id).expect("declared");
+            if std::net::TcpStream::connect_timeout(&m.http, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            let exited = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                let http = m.http;
+                self.dump_logs();
+                panic!("member {id} is not listening on {http}: exit status {exited:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn kill(&mut self, id: u64) {
@@ -289,6 +313,8 @@ fn a_standalone_member_grows_to_ha_under_writes() {
         "data",
         "--ha-addr",
         &p.members[&2].ha.clone(),
+        "--timeout-s",
+        "120",
     ]);
     // Not promoted alone: it waits for the witness, to be promoted with it.
     assert!(out.contains("member 2 is a caught-up learner"), "{out}");
@@ -302,6 +328,8 @@ fn a_standalone_member_grows_to_ha_under_writes() {
         "witness",
         "--ha-addr",
         &p.members[&3].ha.clone(),
+        "--timeout-s",
+        "120",
     ]);
     assert!(out.contains("member 3 is a voter"), "{out}");
     let st = p.wait_active("sync mode with members 2 and 3", |st| {
@@ -400,6 +428,8 @@ fn a_dead_passive_then_a_dead_witness_are_replaced() {
         "data",
         "--ha-addr",
         &ha4,
+        "--timeout-s",
+        "120",
     ]);
     assert!(out.contains(&format!("member {passive} removed")), "{out}");
     assert!(out.contains("member 4 is a voter"), "{out}");
@@ -441,6 +471,8 @@ fn a_dead_passive_then_a_dead_witness_are_replaced() {
         "witness",
         "--ha-addr",
         &ha5,
+        "--timeout-s",
+        "120",
     ]);
     assert!(out.contains("member 5 is a voter"), "{out}");
     // Run again (as after an interruption): nothing left to do, no error.

@@ -1,7 +1,6 @@
 //! Helpers shared by the tests that run the real binaries.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -26,10 +25,10 @@ pub fn witness_bin() -> PathBuf {
     node_bin().with_file_name("aoc-witness")
 }
 
-/// A TCP port on 127.0.0.1 free at the time of the call.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+// Ports for the members' configuration files: each is given once per test
+// process, and the kernel hands none of them to outgoing connections, so it
+// is still free when a member starts seconds later.
+#[path = "../../../aoc-core/tests/common/ports.rs"]
+mod ports;
+#[allow(unused_imports)]
+pub use ports::free_port;
