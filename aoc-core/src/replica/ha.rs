@@ -55,7 +55,9 @@ pub(crate) struct Ha {
     waiting: VecDeque<(u64, u64)>,
     /// The lease ends at this tick (exclusive).
     lease_until: u64,
-    last_probe: u64,
+    /// The tick of the last lease probe this term (none yet: one goes at
+    /// once).
+    last_probe: Option<u64>,
     /// Since when this member's own log write has been pending.
     pub(crate) write_pending_since: Option<u64>,
     /// The leader stopped ticking raft (its disk stalled and no passive was
@@ -91,7 +93,7 @@ impl Ha {
             mode: Mode::Majority,
             waiting: VecDeque::new(),
             lease_until: 0,
-            last_probe: 0,
+            last_probe: None,
             write_pending_since: None,
             silenced: false,
             waiting_for: None,
@@ -207,7 +209,7 @@ impl Ha {
         self.mode = if sync { Mode::Sync } else { Mode::Degraded };
         self.waiting.clear();
         self.lease_until = 0;
-        self.last_probe = 0;
+        self.last_probe = None;
         self.silenced = false;
         self.apply_policy(raw);
     }
@@ -301,15 +303,26 @@ impl Ha {
     }
 
     /// Sends a lease probe every heartbeat interval (a ReadIndex whose
-    /// context is the tick it was sent).
+    /// context is the tick it was sent). Called on every input, so a new
+    /// leader's first probe leaves with the input that commits its first
+    /// entry, not at the next tick.
     pub(crate) fn maybe_probe<T: Storage>(&mut self, raw: &mut RawNode<T>, tick: u64) {
-        if raw.raft.state != StateRole::Leader || self.silenced {
+        // raft-rs drops a ReadIndex until the leader has committed an entry
+        // of its term: a probe sent before would be lost, and the next one
+        // would wait a heartbeat interval.
+        if raw.raft.state != StateRole::Leader
+            || self.silenced
+            || !raw.raft.commit_to_current_term()
+        {
             return;
         }
-        if self.last_probe != 0 && tick < self.last_probe + self.heartbeat_tick {
+        if self
+            .last_probe
+            .is_some_and(|at| tick < at + self.heartbeat_tick)
+        {
             return;
         }
-        self.last_probe = tick;
+        self.last_probe = Some(tick);
         let mut ctx = Vec::with_capacity(9);
         ctx.push(PROBE_TAG);
         ctx.extend_from_slice(&tick.to_le_bytes());

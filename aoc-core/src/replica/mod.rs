@@ -690,7 +690,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.hold_during_snapshot_install();
             self.raw.tick();
         }
-        self.ha.maybe_probe(&mut self.raw, self.ticks);
         self.ha.witness_hand_over(&mut self.raw);
         self.drive_planned();
         self.tell_witness();
@@ -980,9 +979,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     /// The active role: leader inside the fenced lease, and, during
-    /// maintenance, the member allowed to stand.
+    /// maintenance, the member allowed to stand (as the leader knows once
+    /// it has applied what was committed before its term).
     fn active_now(&self) -> bool {
-        self.ha.is_active(&self.raw, self.ticks) && !self.suppressed()
+        self.ha.is_active(&self.raw, self.ticks) && self.applied_own_term() && !self.suppressed()
+    }
+
+    /// Whether the state this member applied reaches into its current
+    /// term: on a leader, every entry committed before the term is applied,
+    /// so its maintenance view is the cluster's. (A follower may learn a
+    /// commit index a heartbeat late, so a new leader can hold entries it
+    /// has not applied yet: a maintenance off, say.)
+    fn applied_own_term(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.term(log.applied)
+            .is_ok_and(|term| term == self.raw.raft.term)
     }
 
     /// Whether this member holds the active role now.
@@ -1424,6 +1435,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             info!(member = self.cfg.id, mode = ?mode, "replication mode changed");
             self.out.events.push(Event::ModeChanged { mode });
         }
+        self.ha.maybe_probe(&mut self.raw, self.ticks);
         let active = self.active_now();
         if active != self.last_active {
             if active {

@@ -233,8 +233,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.propose_internal(INTERNAL_TOKEN, payload);
         }
         // A leader that may not be the active hands the role to the
-        // allowed member as soon as raft can bring it up to date.
-        if self.suppressed() && !self.is_witness() {
+        // allowed member as soon as raft can bring it up to date. Its view
+        // of maintenance counts once it has applied what was committed
+        // before its term: a switchover target may be elected before it
+        // applies the maintenance off that came just before.
+        if self.suppressed() && !self.is_witness() && self.applied_own_term() {
             let allowed = self.meta.maintenance_allowed;
             let first = self.raw.raft.raft_log.first_index();
             let ready = self
