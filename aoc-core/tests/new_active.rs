@@ -10,12 +10,18 @@
 //!   hold a maintenance off it has not applied yet. It neither acts on the
 //!   stale view nor takes the role before it has applied its term's first
 //!   entry.
+//! - Without waiting for the witness's own election timeout when the
+//!   witness holds entries the passive never received (the active died
+//!   between its two sends): the witness refuses the passive's vote for
+//!   its shorter log, so it stands at once and hands over.
 
 #[path = "common/trio.rs"]
 mod trio;
 use trio::{Trio, WITNESS};
 
+use aoc_core::state::KvCommand;
 use aoc_core::ReplicaConfig;
+use raft::eraftpb::MessageType;
 
 #[test]
 fn a_new_leader_is_active_once_its_first_entry_commits() {
@@ -94,9 +100,9 @@ fn a_switchover_right_after_maintenance_off_stays_with_the_target() {
     // The switchover moves on at the next tick; that tick's heartbeat,
     // which would carry the commit index, is lost.
     c.member(1).switchover(3);
-    c.heartbeats_lost_from = Some(1);
+    c.lose = Some(|m| m.from == 1 && m.get_msg_type() == MessageType::MsgHeartbeat);
     c.tick();
-    c.heartbeats_lost_from = None;
+    c.lose = None;
     assert_eq!(c.member(2).status().leader, Some(2), "the passive leads");
     assert!(c.member(2).is_active(), "the passive holds the active role");
     assert_eq!(c.member(2).maintenance(), None, "and has applied the off");
@@ -106,4 +112,58 @@ fn a_switchover_right_after_maintenance_off_stays_with_the_target() {
         c.tick();
     }
     assert!(c.member(2).is_active(), "the passive keeps the role");
+}
+
+#[test]
+fn a_witness_with_a_longer_log_than_the_passive_stands_at_once_and_hands_over() {
+    let mut c = Trio::new();
+    c.pump();
+    c.member(1).campaign().expect("a data member campaigns");
+    for _ in 0..3 {
+        c.tick();
+    }
+    assert!(c.member(1).is_active(), "member 1 is the active");
+
+    // The last write reaches the witness but not the passive, and the
+    // active dies: the witness's log is one entry longer.
+    c.lose = Some(|m| m.from == 1 && m.to == 2);
+    c.member(1)
+        .propose(1, KvCommand::put("last", "v").encode(), None);
+    c.pump();
+    c.lose = None;
+    c.down.push(1);
+    let (passive, witness) = (c.member(2).status(), c.member(WITNESS).status());
+    assert_eq!(
+        witness.last_index,
+        passive.last_index + 1,
+        "the witness holds one more entry"
+    );
+
+    let data = ReplicaConfig::ha(2, WITNESS);
+    let witness_min = ReplicaConfig::ha(WITNESS, WITNESS).min_election_tick;
+    let mut active_at = None;
+    for t in 1..=witness_min {
+        c.tick();
+        if c.member(2).is_active() {
+            active_at = Some(t);
+            break;
+        }
+    }
+    let t = active_at.unwrap_or_else(|| {
+        panic!("the passive is not active within {witness_min} ticks (the witness's own timeout)")
+    });
+    assert!(
+        t <= data.max_election_tick,
+        "the passive is active {t} ticks after the failure, past its own election timeout"
+    );
+    let st = c.member(2).status();
+    assert!(
+        st.last_index > witness.last_index,
+        "it holds the witness's entry, and one of its own term"
+    );
+    assert_eq!(st.leader, Some(2));
+    assert!(
+        !c.member(WITNESS).is_active(),
+        "the witness is never active"
+    );
 }

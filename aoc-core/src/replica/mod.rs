@@ -399,6 +399,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Stand at the next chance: the allowed member of a maintenance window
     /// was refused for a shorter log.
     stand_for_allowed: bool,
+    /// On the witness: the tick at which it refused (or, in lease, ignored)
+    /// a data member's vote request (see `witness_stands_for_data`).
+    refused_data_vote_at: Option<u64>,
     /// The term in which this leader proposed the replicated maintenance off.
     off_proposed_term: u64,
     switch: Option<Switch>,
@@ -598,6 +601,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             meta: MemberMeta::new(),
             meta_dirty: false,
             stand_for_allowed: false,
+            refused_data_vote_at: None,
             off_proposed_term: 0,
             switch: None,
             switchover_hint: None,
@@ -690,6 +694,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.hold_during_snapshot_install();
             self.raw.tick();
         }
+        self.witness_stands_for_data();
         self.ha.witness_hand_over(&mut self.raw);
         self.drive_planned();
         self.tell_witness();
@@ -870,11 +875,89 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.last_leader_contact_ms = Some(self.now_ms);
         }
         self.note_vote_request(msg.from, msg.get_msg_type(), msg.log_term, msg.index);
+        let vote_request = (msg.from, msg.get_msg_type(), self.raw.raft.msgs.len());
         if let Err(e) = self.raw.step(msg) {
             debug!(member = self.cfg.id, error = %e, "message not stepped");
         }
+        self.note_data_vote_refused(vote_request);
+        self.witness_stands_for_data();
+        // A witness elected this way hands over as soon as the member
+        // answers, not at the next tick.
+        self.ha.witness_hand_over(&mut self.raw);
         self.after_input();
         self.drive_planned();
+    }
+
+    /// Whether raft-rs ignores vote requests here now: a leader was heard
+    /// within `election_tick` (CheckQuorum's lease), or the member
+    /// restarted moments ago.
+    fn in_vote_lease(&self) -> bool {
+        let r = &self.raw.raft;
+        (r.leader_id != raft::INVALID_ID && r.election_elapsed < r.election_timeout())
+            || self.ticks < self.no_votes_before
+    }
+
+    /// On the witness, after a message `(from, type, messages queued
+    /// before it)` was stepped: notes a data member's vote request that
+    /// raft-rs refused (this witness holds a longer log: the active died
+    /// between its sends to the two members, so the witness has entries the
+    /// passive never received) or ignored in lease (its last message from
+    /// the active came a little after the passive's). Read from raft-rs's
+    /// own answer, so a vote it grants (a hand-over's, say) is never noted.
+    fn note_data_vote_refused(&mut self, (from, msg_type, queued): (u64, MessageType, usize)) {
+        let answer_type = match msg_type {
+            MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
+            MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
+            _ => return,
+        };
+        if !self.is_witness() || from == self.cfg.id || self.raw.raft.state != StateRole::Follower {
+            return;
+        }
+        let answer = self.raw.raft.msgs.get(queued..).and_then(|new| {
+            new.iter()
+                .find(|m| m.to == from && m.get_msg_type() == answer_type)
+        });
+        let refused = match answer {
+            Some(m) => m.reject,
+            None => self.in_vote_lease(),
+        };
+        if refused {
+            self.refused_data_vote_at = Some(self.ticks);
+        }
+    }
+
+    /// A witness that refused a data member's vote stands itself as soon as
+    /// it is out of lease, instead of at its own election timeout (up to
+    /// `max_election_tick` later, while no member can serve): it wins with
+    /// that member's vote, its log being the longer, and hands leadership
+    /// to it once raft has brought it up to date
+    /// (`HaState::witness_hand_over`). Not during maintenance (the
+    /// maintenance rules decide who stands), nor for a request older than
+    /// an election timeout.
+    fn witness_stands_for_data(&mut self) {
+        let Some(at) = self.refused_data_vote_at else {
+            return;
+        };
+        let r = &self.raw.raft;
+        if r.state != StateRole::Follower
+            || self.ticks.saturating_sub(at) > self.cfg.election_tick as u64
+            || self.suppressed()
+            || self.lost_data.is_some()
+        {
+            self.refused_data_vote_at = None;
+            return;
+        }
+        if self.in_vote_lease() || self.raw.store().snapshot_pending() {
+            return;
+        }
+        self.refused_data_vote_at = None;
+        info!(
+            member = self.cfg.id,
+            "a data member could not be elected (this witness's log is longer, or it was in lease): standing to hand over to it"
+        );
+        if let Err(e) = self.raw.campaign() {
+            debug!(member = self.cfg.id, error = %e, "campaign refused");
+        }
     }
 
     /// Proposes a command. The outcome arrives in [`Ready::completions`]

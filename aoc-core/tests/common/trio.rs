@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use aoc_core::state::MemKv;
 use aoc_core::storage::{LogStore, MemLogStore};
 use aoc_core::{Replica, ReplicaConfig};
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::Message;
 
 /// The witness's id.
 pub const WITNESS: u64 = 3;
@@ -21,8 +21,8 @@ pub struct Trio {
     pub now_ms: u64,
     /// Members that are down: they neither run nor receive.
     pub down: Vec<u64>,
-    /// A member whose heartbeats are lost.
-    pub heartbeats_lost_from: Option<u64>,
+    /// Which messages the network loses.
+    pub lose: Option<fn(&Message) -> bool>,
 }
 
 impl Trio {
@@ -44,7 +44,7 @@ impl Trio {
             sent: Vec::new(),
             now_ms: 0,
             down: Vec::new(),
-            heartbeats_lost_from: None,
+            lose: None,
         }
     }
 
@@ -73,9 +73,7 @@ impl Trio {
                 }
             }
             while let Some(m) = queue.pop_front() {
-                let lost_heartbeat = self.heartbeats_lost_from == Some(m.from)
-                    && m.get_msg_type() == MessageType::MsgHeartbeat;
-                if self.down.contains(&m.to) || lost_heartbeat {
+                if self.down.contains(&m.to) || self.lose.is_some_and(|lose| lose(&m)) {
                     continue;
                 }
                 moved = true;
