@@ -930,10 +930,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// it is out of lease, instead of at its own election timeout (up to
     /// `max_election_tick` later, while no member can serve): it wins with
     /// that member's vote, its log being the longer, and hands leadership
-    /// to it once raft has brought it up to date
-    /// (`HaState::witness_hand_over`). Not during maintenance (the
-    /// maintenance rules decide who stands), nor for a request older than
-    /// an election timeout.
+    /// to it once raft has brought it up to date (`Ha::witness_hand_over`).
+    /// Not during maintenance (the maintenance rules decide who stands),
+    /// after a restart or with lost data (this member grants no vote then),
+    /// nor for a request older than an election timeout.
     fn witness_stands_for_data(&mut self) {
         let Some(at) = self.refused_data_vote_at else {
             return;
