@@ -25,13 +25,7 @@ fn empty_appends(sent: &[Message], leader: u64) -> usize {
 
 #[test]
 fn followers_learn_the_commit_index_from_the_next_message() {
-    let mut c = Trio::new();
-    c.pump();
-    c.member(1).campaign().expect("a data member campaigns");
-    // Settle: the leader's first entry committed and known everywhere.
-    for _ in 0..3 {
-        c.tick();
-    }
+    let mut c = Trio::with_leader();
     assert_eq!(c.member(1).status().leader, Some(1), "member 1 leads");
     c.sent.clear();
 

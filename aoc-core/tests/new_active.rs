@@ -41,12 +41,7 @@ fn a_new_leader_is_active_once_its_first_entry_commits() {
 
 #[test]
 fn the_passive_is_active_in_the_tick_it_is_elected() {
-    let mut c = Trio::new();
-    c.pump();
-    c.member(1).campaign().expect("a data member campaigns");
-    for _ in 0..3 {
-        c.tick();
-    }
+    let mut c = Trio::with_leader();
     assert!(c.member(1).is_active(), "member 1 is the active");
 
     // The active dies. The passive stands once its election timeout is
@@ -75,12 +70,7 @@ fn the_passive_is_active_in_the_tick_it_is_elected() {
 
 #[test]
 fn a_switchover_right_after_maintenance_off_stays_with_the_target() {
-    let mut c = Trio::new();
-    c.pump();
-    c.member(1).campaign().expect("a data member campaigns");
-    for _ in 0..3 {
-        c.tick();
-    }
+    let mut c = Trio::with_leader();
     assert!(c.member(1).is_active(), "member 1 is the active");
     assert_eq!(c.member(1).mode(), aoc_core::Mode::Sync);
 
@@ -116,12 +106,7 @@ fn a_switchover_right_after_maintenance_off_stays_with_the_target() {
 
 #[test]
 fn a_witness_with_a_longer_log_than_the_passive_stands_at_once_and_hands_over() {
-    let mut c = Trio::new();
-    c.pump();
-    c.member(1).campaign().expect("a data member campaigns");
-    for _ in 0..3 {
-        c.tick();
-    }
+    let mut c = Trio::with_leader();
     assert!(c.member(1).is_active(), "member 1 is the active");
 
     // The last write reaches the witness but not the passive, and the

@@ -48,6 +48,18 @@ impl Trio {
         }
     }
 
+    /// A trio whose member 1 was elected and has settled: its first entry
+    /// committed and known everywhere, three ticks on.
+    pub fn with_leader() -> Trio {
+        let mut c = Trio::new();
+        c.pump();
+        c.member(1).campaign().expect("a data member campaigns");
+        for _ in 0..3 {
+            c.tick();
+        }
+        c
+    }
+
     pub fn member(&mut self, id: u64) -> &mut Replica<MemLogStore, MemKv> {
         &mut self.members[(id - 1) as usize]
     }
