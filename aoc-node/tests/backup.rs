@@ -32,16 +32,37 @@ impl Drop for Procs {
     }
 }
 
+/// Starts a member and waits until it listens on the `http_addr` of its
+/// configuration; if it exits first, fails with its log.
 fn spawn(bin: &Path, config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("a log file");
-    Command::new(bin)
+    let text = std::fs::read_to_string(config).expect("config readable");
+    let http: SocketAddr = text
+        .lines()
+        .find_map(|l| l.strip_prefix("http_addr = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("the test configurations name http_addr")
+        .parse()
+        .expect("an address");
+    let log_file = std::fs::File::create(log).expect("a log file");
+    let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(log_file)
         .spawn()
-        .expect("the member starts")
+        .expect("the member starts");
+    if let Err(e) = common::wait_listening(&mut child, http) {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "--- {}:\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        panic!("{}: {e}", config.display());
+    }
+    child
 }
 
 /// Cluster 7: members 1 and 2 (data) and 3 (witness); returns the
@@ -49,7 +70,9 @@ fn spawn(bin: &Path, config: &Path, log: &Path) -> Child {
 fn start_ha(dir: &Path) -> (Procs, Vec<SocketAddr>) {
     let ha: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let api: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let mut procs = Vec::new();
+    // Held as Procs from the first start, so a member that fails to start
+    // does not leave the others running.
+    let mut procs = Procs(Vec::new());
     for id in 1..=3usize {
         let role = |m: usize| if m == 3 { "witness" } else { "data" };
         let mut text = format!(
@@ -76,13 +99,15 @@ fn start_ha(dir: &Path) -> (Procs, Vec<SocketAddr>) {
         let config = dir.join(format!("m{id}.toml"));
         std::fs::write(&config, text).expect("config written");
         let bin = if id == 3 { witness_bin() } else { node_bin() };
-        procs.push(spawn(&bin, &config, &dir.join(format!("m{id}.log"))));
+        procs
+            .0
+            .push(spawn(&bin, &config, &dir.join(format!("m{id}.log"))));
     }
     let eps = api
         .iter()
         .map(|p| format!("127.0.0.1:{p}").parse().expect("an address"))
         .collect();
-    (Procs(procs), eps)
+    (procs, eps)
 }
 
 /// A standalone member of cluster 8 whose data directory is `data_dir`

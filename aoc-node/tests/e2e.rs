@@ -131,7 +131,22 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .expect("the member starts");
-        m.child = Some(child);
+        let http = m.http;
+        let child = m.child.insert(child);
+        if let Err(e) = common::wait_listening(child, http) {
+            self.dump_logs();
+            panic!("member {id}: {e}");
+        }
+    }
+
+    fn dump_logs(&self) {
+        for m in &self.members {
+            eprintln!(
+                "--- member {} log:\n{}",
+                m.id,
+                std::fs::read_to_string(&m.log).unwrap_or_default()
+            );
+        }
     }
 
     /// kill -9.
@@ -180,13 +195,7 @@ impl Cluster {
                 }
             }
             if start.elapsed() > Duration::from_secs(30) {
-                for m in &self.members {
-                    eprintln!(
-                        "--- member {} log:\n{}",
-                        m.id,
-                        std::fs::read_to_string(&m.log).unwrap_or_default()
-                    );
-                }
+                self.dump_logs();
                 panic!("timed out waiting for {what}");
             }
             std::thread::sleep(Duration::from_millis(50));

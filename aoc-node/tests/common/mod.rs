@@ -32,3 +32,29 @@ pub fn witness_bin() -> PathBuf {
 mod ports;
 #[allow(unused_imports)]
 pub use ports::free_port;
+
+/// Waits (30 s at most; a start takes well under a second) until the member
+/// `child` answers on `http`, its health port and the last listener it
+/// opens, so its member and client ports are bound too. Returns the exit
+/// status instead when the member exits first (a port taken, a bad
+/// configuration): the caller prints the member's log and fails.
+pub fn wait_listening(
+    child: &mut std::process::Child,
+    http: std::net::SocketAddr,
+) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        if std::net::TcpStream::connect_timeout(&http, std::time::Duration::from_millis(200))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || start.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(format!(
+                "the member is not listening on {http}: exit status {exited:?}"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
