@@ -27,14 +27,6 @@ enum Command {
     },
 }
 
-// jemalloc instead of glibc's malloc: under load the raft, transport and
-// client threads allocate and free across threads, and glibc's malloc took
-// about 14% of all CPU; jemalloc cut the CPU per write by about 7%
-// (docs/benchmarks.md). A binary's choice: aoc-core leaves the allocator to
-// the program that embeds it.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     aoc_core::logging::init_logging();
     let Command::Run { config } = Cli::parse().command;

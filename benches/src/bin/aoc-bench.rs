@@ -364,14 +364,6 @@ fn write(
 
 /// Runs one measurement and prints its JSON line (exit 0), or the error
 /// on stderr (exit 1).
-// jemalloc instead of glibc's malloc: under load the raft, transport and
-// client threads allocate and free across threads, and glibc's malloc took
-// about 14% of all CPU; jemalloc cut the CPU per write by about 7%
-// (docs/benchmarks.md). A binary's choice: aoc-core leaves the allocator to
-// the program that embeds it.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let out = match Cli::parse().command {
         Cmd::Floor {
