@@ -172,7 +172,11 @@ impl Reassembler {
                     term: chunk.term,
                     index: chunk.index,
                     header,
-                    data: Vec::with_capacity(chunk.total.min(64 << 20) as usize),
+                    // The whole stream at once (`total` is within the
+                    // limit, checked above): reserving costs address space
+                    // only, pages are touched as bytes arrive, while growing
+                    // would copy everything received at each doubling.
+                    data: Vec::with_capacity(usize::try_from(chunk.total).unwrap_or(0)),
                     total: chunk.total,
                 },
             );
@@ -249,6 +253,26 @@ mod tests {
             }
             assert_eq!(out, Some(m));
         }
+    }
+
+    #[test]
+    fn a_stream_is_gathered_in_place_without_regrowing() {
+        // Past 64 MiB: the size at which the buffer used to be regrown.
+        let len = (64 << 20) + 3000;
+        let m = snapshot_msg(len);
+        let mut r = Reassembler::new(1 << 30);
+        let mut chunks = split(&m, 1 << 20).unwrap();
+        assert_eq!(r.push(chunks.next().unwrap()).unwrap(), None);
+        let start = r.partial[&1].data.as_ptr();
+        assert!(r.partial[&1].data.capacity() >= len);
+        let mut out = None;
+        for c in chunks {
+            if let Some(p) = r.partial.get(&1) {
+                assert_eq!(p.data.as_ptr(), start, "the buffer moved");
+            }
+            out = r.push(c).unwrap();
+        }
+        assert_eq!(out, Some(m));
     }
 
     #[test]
