@@ -450,6 +450,15 @@ impl LocalCluster {
         }
     }
 
+    /// The CPU time member `id` has used since it started (see
+    /// [`process_cpu_ms`]).
+    pub fn cpu_ms(&self, id: u64) -> Result<u64, String> {
+        let pid = self
+            .pid(id)
+            .ok_or_else(|| format!("member {id} is not running"))?;
+        process_cpu_ms(pid)
+    }
+
     /// Member `id`'s memory from `/proc/<pid>/status`: (VmRSS, VmHWM) in
     /// KiB: resident now, and the peak.
     pub fn memory_kb(&self, id: u64) -> Result<(u64, u64), String> {
@@ -467,6 +476,31 @@ impl LocalCluster {
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
+}
+
+/// The CPU time (user plus system, all threads) process `pid` has used
+/// since it started, in milliseconds, from `/proc/<pid>/stat`. Its times
+/// are in clock ticks of `USER_HZ`, which Linux fixes at 100 per second
+/// for user space on every architecture it reports to (x86, arm64), so a
+/// figure has a 10 ms grain.
+pub fn process_cpu_ms(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // the fields after its closing parenthesis start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| format!("{path}: field {n} is not a tick count"))
+    };
+    Ok((ticks(14)? + ticks(15)?) * 10)
 }
 
 /// The size of a directory tree: (bytes of its regular files, as their
@@ -531,5 +565,25 @@ mod tests {
         fs::write(dir.path().join("sub/b"), [0u8; 23]).unwrap();
         assert_eq!(dir_size(dir.path()).unwrap().0, 123);
         assert!(dir_size(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn process_cpu_time_grows_with_work() {
+        let me = std::process::id();
+        let before = process_cpu_ms(me).unwrap();
+        // Spin until the process has used 50 ms more (10 s at most: the
+        // assertion is on the count, not on the time it takes).
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while process_cpu_ms(me).unwrap() < before + 50
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(process_cpu_ms(me).unwrap() >= before + 50);
+        let err = process_cpu_ms(u32::MAX).unwrap_err();
+        assert!(err.contains(&format!("/proc/{}/stat", u32::MAX)), "{err}");
     }
 }

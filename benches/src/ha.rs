@@ -544,8 +544,9 @@ pub fn footprint(setup: &Setup, args: &FootprintArgs) -> Result<String, String> 
     ] {
         let (rss, peak) = cluster.memory_kb(id)?;
         let (len, alloc) = dir_size(cluster.data_dir(id)?)?;
+        let cpu = cluster.cpu_ms(id)?;
         parts.push(format!(
-            "\"{name}\":{{\"rss_kb\":{rss},\"dir_bytes\":{len},\"peak_rss_kb\":{peak},\"dir_alloc_bytes\":{alloc}}}"
+            "\"{name}\":{{\"rss_kb\":{rss},\"dir_bytes\":{len},\"peak_rss_kb\":{peak},\"dir_alloc_bytes\":{alloc},\"cpu_ms\":{cpu}}}"
         ));
     }
     if args.restart {

@@ -9,7 +9,7 @@
 //! - `aoc-bench write --endpoints A,B --clients N --seconds S --value-bytes B`:
 //!   drives a running cluster through the client, closed loop (each client
 //!   waits for its write's acknowledgement before the next), and prints
-//!   `{"clients":..,"value_bytes":..,"ops_per_sec":..,"p50_us":..,"p99_us":..,"max_us":..}`;
+//!   `{"clients":..,"value_bytes":..,"ops_per_sec":..,"p50_us":..,"p99_us":..,"max_us":..,"load_generator_cpu_us_per_write":..}`;
 //! - `aoc-bench failover [--kill active|passive] [--seconds S] [--value-bytes B] [--clients N]`:
 //!   starts a local three-process cluster, writes closed loop with
 //!   sessions, kill -9's the active (or the passive) a third of the way
@@ -23,7 +23,7 @@
 //! - `aoc-bench footprint [--writes N]`: starts a local cluster, makes N
 //!   writes in sync mode, then reports each member's resident memory and
 //!   data directory size:
-//!   `{"writes":..,"active":{"rss_kb":..,"dir_bytes":..},"passive":{..},"witness":{..},...}`.
+//!   `{"writes":..,"active":{"rss_kb":..,"dir_bytes":..,"cpu_ms":..},"passive":{..},"witness":{..},...}`.
 //!
 //! The last three run `aoc-node` and `aoc-witness` from the directory of
 //! `aoc-bench` (or `--bin-dir`) in a temporary directory (or one under
@@ -317,6 +317,7 @@ fn write(
         .collect::<Result<_, _>>()?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let own_cpu_ms = benches::cluster::process_cpu_ms(std::process::id())?;
     let results: Vec<Result<Vec<u64>, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients.max(1))
             .map(|c| {
@@ -348,6 +349,8 @@ fn write(
             .collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let own_cpu_ms =
+        benches::cluster::process_cpu_ms(std::process::id())?.saturating_sub(own_cpu_ms);
     let mut all = Vec::new();
     for r in results {
         all.extend(r?);
@@ -356,9 +359,12 @@ fn write(
         return Err("no write completed".into());
     }
     let ops = all.len() as f64 / elapsed;
+    // What the load generator itself took of the machine it shares with
+    // the cluster (connections and TLS handshakes included).
+    let load_cpu_us = own_cpu_ms as f64 * 1000.0 / all.len() as f64;
     let (p50, p99, max) = percentiles(&mut all);
     Ok(format!(
-        "{{\"clients\":{clients},\"value_bytes\":{value_bytes},\"ops_per_sec\":{ops:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"max_us\":{max}}}"
+        "{{\"clients\":{clients},\"value_bytes\":{value_bytes},\"ops_per_sec\":{ops:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"max_us\":{max},\"load_generator_cpu_us_per_write\":{load_cpu_us:.1}}}"
     ))
 }
 
