@@ -165,6 +165,16 @@ impl Reassembler {
                     "does not describe the stream it opens",
                 ));
             }
+            // The whole stream at once (`total` is within the limit,
+            // checked above): reserving costs address space only, pages
+            // are touched as bytes arrive, while growing would copy
+            // everything received at each doubling. A reservation the
+            // allocator refuses (an announced size no memory can hold)
+            // leaves the buffer to grow as bytes arrive, never an abort.
+            let mut data = Vec::new();
+            if let Ok(total) = usize::try_from(chunk.total) {
+                let _ = data.try_reserve_exact(total);
+            }
             // A new stream from this member replaces any broken one.
             self.partial.insert(
                 from,
@@ -172,11 +182,7 @@ impl Reassembler {
                     term: chunk.term,
                     index: chunk.index,
                     header,
-                    // The whole stream at once (`total` is within the
-                    // limit, checked above): reserving costs address space
-                    // only, pages are touched as bytes arrive, while growing
-                    // would copy everything received at each doubling.
-                    data: Vec::with_capacity(usize::try_from(chunk.total).unwrap_or(0)),
+                    data,
                     total: chunk.total,
                 },
             );
@@ -273,6 +279,16 @@ mod tests {
             out = r.push(c).unwrap();
         }
         assert_eq!(out, Some(m));
+    }
+
+    #[test]
+    fn an_announced_size_no_memory_holds_is_taken_without_reserving_it() {
+        let m = snapshot_msg(3000);
+        let mut first = split(&m, 1000).unwrap().next().unwrap();
+        first.total = 1 << 62;
+        let mut r = Reassembler::new(u64::MAX);
+        assert_eq!(r.push(first).unwrap(), None);
+        assert!(r.partial[&1].data.capacity() < 1 << 40);
     }
 
     #[test]
