@@ -108,28 +108,13 @@ impl Procs {
             .stderr(log)
             .spawn()
             .expect("the member starts");
-        m.child = Some(child);
-        self.wait_listening(id);
-    }
-
-    /// Waits until member `id` answers on its health port (it listens on
-    /// all its ports by then); panics with its log if it exits instead, so
-    /// that a member that could not start fails the test at once, not at
-    /// the end of a command's wait.
-    fn wait_listening(&mut self, id: u64) {
-        let start = Instant::now();
-        loop {
-            let m = self.members.get_mut(&id).expect("declared");
-            if std::net::TcpStream::connect_timeout(&m.http, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            let exited = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
-                let http = m.http;
-                self.dump_logs();
-                panic!("member {id} is not listening on {http}: exit status {exited:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let http = m.http;
+        let child = m.child.insert(child);
+        // A member that could not start fails the test at once, with its
+        // log, not at the end of a command's wait.
+        if let Err(e) = common::wait_listening(child, http) {
+            self.dump_logs();
+            panic!("member {id}: {e}");
         }
     }
 
