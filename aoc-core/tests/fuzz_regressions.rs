@@ -356,3 +356,82 @@ fn an_unsolicited_vote_grant_is_not_a_panic() {
         &format!("an unsolicited vote grant at term {term}"),
     );
 }
+
+// fuzz/README.md, "an election timeout during a snapshot install", the
+// maintenance path: a member held back by maintenance (only member 2 may
+// stand) refuses member 2's vote for a shorter log, so it stands itself to
+// bring member 2 up to date; it does so while a snapshot install is being
+// persisted. raft-rs would read the entries between its applied index and
+// its commit index from a log that now starts past them, and panic
+// ("unexpected error getting unapplied entries ... Store(Compacted)"):
+// every campaign the replica makes now goes through one check
+// (`Replica::may_campaign`), and the member stands once the write is done.
+#[test]
+fn standing_for_the_allowed_member_waits_for_a_snapshot_install() {
+    use aoc_core::proto::{EntryKind, EntryPayload};
+    use aoc_core::storage::LogStore;
+    use protobuf::Message as _;
+    use raft::eraftpb::Entry;
+
+    let log = MemLogStore::new();
+    Replica::<MemLogStore, MemKv>::bootstrap(&log, &[1, 2, 3]).expect("bootstrap");
+    let mut d = Replica::new(ReplicaConfig::ha(1, 3), log.clone(), MemKv::new(), 7).expect("opens");
+    // Leader 2 commits "maintenance on, only member 2 may stand".
+    let mut p = EntryPayload::new();
+    p.set_kind(EntryKind::MAINTENANCE);
+    p.set_maintenance_on(true);
+    p.set_maintenance_allowed(2);
+    let e = Entry {
+        index: 1,
+        term: 1,
+        data: p.write_to_bytes().expect("encodes").into(),
+        ..Default::default()
+    };
+    let mut append = message(MessageType::MsgAppend, 2, 1);
+    append.term = 1;
+    append.commit = 1;
+    append.set_entries(vec![e].into());
+    d.step(append);
+    for _ in 0..3 {
+        while d.has_ready() {
+            let rd = d.ready().expect("ready");
+            if let Some(w) = rd.write {
+                log.write(&w).expect("in memory");
+                d.on_persisted(w.number);
+            }
+        }
+    }
+    assert_eq!(d.maintenance().map(|(allowed, _)| allowed), Some(2));
+    // A snapshot at 100 from leader 2, its write not persisted.
+    let mut kv = MemKv::new();
+    kv.apply(&aoc_core::state::ApplyBatch {
+        applied_index: 100,
+        ..Default::default()
+    })
+    .expect("a batch");
+    let mut m = snapshot(2, 1, &[1, 2, 3], &[], kv.snapshot().expect("a snapshot"));
+    m.term = 1;
+    m.mut_snapshot().mut_metadata().index = 100;
+    m.mut_snapshot().mut_metadata().term = 1;
+    d.step(m);
+    while d.has_ready() {
+        d.ready().expect("ready");
+    }
+    // Member 2 asks for votes with a shorter log: refused, so member 1
+    // would stand to bring it up to date.
+    let mut vote = message(MessageType::MsgRequestVote, 2, 1);
+    vote.term = 2;
+    vote.log_term = 1;
+    vote.index = 50;
+    step_survives(&mut d, vote, "a vote request while the install is pending");
+    let ticked = catch_unwind(AssertUnwindSafe(|| {
+        for tick in 0..40 {
+            d.tick(tick * 100);
+            while d.has_ready() {
+                let _ = d.ready();
+            }
+        }
+    }));
+    assert!(ticked.is_ok(), "the member stood during a snapshot install");
+    assert!(!d.is_leader());
+}

@@ -479,3 +479,53 @@ fn an_ha_cluster_shrinks_to_standalone() {
     c.assert_has(active, &acked);
     c.shutdown();
 }
+
+/// A witness promoted while cut off never received its promotion; the
+/// passive applied it; the active dies. The passive, whose configuration
+/// lists witness 5 as a voter, asks it for its vote, and 5 (a learner in
+/// its own configuration) grants it: the passive becomes active and 5
+/// learns it is a voter. The promotion is not answered while 5 lacks it
+/// (the change is done once every voter holds it).
+#[test]
+fn a_witness_that_missed_its_promotion_still_votes() {
+    let mut c = Cluster::ha();
+    let w = Writer::start(&c, "k");
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill(3);
+    c.change(MembershipChange::Remove(3));
+    c.start_witness(5, &[1, 2, 5]);
+    c.change(MembershipChange::AddLearner(witness(5)));
+    let active = c.wait_active();
+    let passive = if active == 1 { 2 } else { 1 };
+    c.wait("witness 5 caught up", Duration::from_secs(10), |c| {
+        let st = c.node(active).status();
+        st.progress
+            .iter()
+            .any(|p| p.id == 5 && p.matched > 0 && p.matched + 64 >= st.last_index)
+    });
+    c.net.isolate(5, &[1, 2]);
+    let promoted = c
+        .node(active)
+        .change_membership(MembershipChange::Promote(5));
+    assert!(
+        matches!(promoted, Err(Error::Timeout { .. })),
+        "not answered while witness 5 lacks the promotion: {promoted:?}"
+    );
+    c.wait("the passive applies it", Duration::from_secs(5), |c| {
+        c.node(passive).status().voters == vec![1, 2, 5]
+    });
+    let acked = w.stop();
+    c.kill(active);
+    c.net.heal();
+    c.wait("the passive is active", Duration::from_secs(10), |c| {
+        c.active() == Some(passive)
+    });
+    let witness_voters = || c.witness.as_ref().map(|(_, n)| n.status().voters);
+    c.wait(
+        "witness 5 learns it is a voter",
+        Duration::from_secs(5),
+        |_| witness_voters() == Some(vec![1, 2, 5]),
+    );
+    c.assert_has(passive, &acked);
+    c.shutdown();
+}

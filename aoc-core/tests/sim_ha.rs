@@ -845,3 +845,200 @@ fn a_wiped_witness_gives_the_active_no_second_copy() {
         }
     }
 }
+
+/// The passive is cut off, the active runs degraded and its disk stalls;
+/// the witness syncs entries the active has not persisted yet, and is
+/// then wiped; the active hears it probe as blank; the active's disk
+/// recovers. Those entries are on the active's disk alone: nothing may be
+/// acknowledged until the passive holds them too (found by the
+/// verification runner, seed 1005534: raft-rs still counted the wiped
+/// witness's old acknowledgements in degraded mode). Without the rule the
+/// durability check reports `acknowledged ... held durably by 1 of 3
+/// voters` and writes are acknowledged while the passive is cut off.
+#[test]
+fn a_witness_wiped_while_the_active_disk_stalls_gives_no_second_copy() {
+    for seed in 0..8 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.set_link(active, passive, false);
+        c.set_link(passive, active, false);
+        for _ in 0..30 {
+            if c.status(active).is_some_and(|s| s.mode == Mode::Degraded) {
+                break;
+            }
+            w.run(&mut c, 100 * MS);
+        }
+        assert_eq!(
+            c.status(active).map(|s| s.mode),
+            Some(Mode::Degraded),
+            "seed {seed}: the active degrades without the passive"
+        );
+        // Writes wait for the active's own disk; the witness syncs them.
+        c.stall_disk(active, true);
+        let mut pending = Vec::new();
+        for i in 0..5 {
+            let key = format!("stalled{i}");
+            let t = c.propose(active, KvCommand::put(key.clone(), "v").encode(), None);
+            pending.push((t, key));
+            c.run_for(10 * MS);
+        }
+        let witness_has = c.run_until(SECOND_US, |c| {
+            c.log_store(3).is_some_and(|l| {
+                aoc_core::storage::LogStore::last_index(l).unwrap_or(0)
+                    >= c.status(active).map_or(u64::MAX, |s| s.last_index)
+            })
+        });
+        assert!(
+            witness_has,
+            "seed {seed}: the witness synced the stalled writes"
+        );
+        c.wipe(3);
+        c.restart(3);
+        // The blank witness probes every tick; the active hears it.
+        c.run_for(300 * MS);
+        c.stall_disk(active, false);
+        c.run_for(2 * SECOND_US);
+        let v = c.violations();
+        assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
+        for (t, key) in &pending {
+            assert!(
+                !matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })),
+                "seed {seed}: {key} acknowledged with one copy"
+            );
+        }
+        let why = c.status(active).and_then(|s| s.waiting_for);
+        assert!(
+            why.as_ref()
+                .is_some_and(|why| why.contains("the witness lost its data")),
+            "seed {seed}: status says what writes wait for: {why:?}"
+        );
+        // The passive comes back: the writes commit on both data members.
+        c.heal();
+        w.run(&mut c, 3 * SECOND_US);
+        let v = c.violations();
+        assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
+        assert!(
+            c.active().is_some(),
+            "seed {seed}: an active once the passive is back"
+        );
+    }
+}
+
+/// The neighbouring case with the passive: in sync mode the active's disk
+/// stalls, the passive syncs entries the active has not persisted, and is
+/// then wiped; the active hears it probe as blank before its disk
+/// recovers. Those entries may commit only on the active and the witness
+/// (degraded mode, after `sync_timeout`), never on the wiped passive's old
+/// acknowledgements in sync mode. Without the rule the durability check
+/// reports `acknowledged ... in sync mode while data members [..] had not
+/// synced it`.
+#[test]
+fn a_passive_wiped_while_the_active_disk_stalls_counts_for_nothing() {
+    for seed in 0..8 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        // The witness must not hold the stalled writes either, or they
+        // would commit on it at once: cut the active's link to it.
+        c.set_link(active, 3, false);
+        c.stall_disk(active, true);
+        let mut pending = Vec::new();
+        for i in 0..5 {
+            let key = format!("stalled{i}");
+            let t = c.propose(active, KvCommand::put(key.clone(), "v").encode(), None);
+            pending.push((t, key));
+            c.run_for(10 * MS);
+        }
+        c.run_for(100 * MS);
+        c.wipe(passive);
+        c.restart(passive);
+        c.run_for(300 * MS);
+        c.stall_disk(active, false);
+        c.run_for(200 * MS);
+        let v = c.violations();
+        assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
+        for (t, key) in &pending {
+            assert!(
+                !matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })),
+                "seed {seed}: {key} acknowledged on one disk"
+            );
+        }
+        let why = c.status(active).and_then(|s| s.waiting_for);
+        assert!(
+            why.as_ref()
+                .is_some_and(|why| why.contains(&format!("member {passive} lost its data"))),
+            "seed {seed}: status names the lost passive: {why:?}"
+        );
+        // The witness comes back: writes commit on the active and the
+        // witness, degraded.
+        c.set_link(active, 3, true);
+        w.run(&mut c, 3 * SECOND_US);
+        let v = c.violations();
+        assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
+        assert_eq!(
+            c.status(active).map(|s| s.mode),
+            Some(Mode::Degraded),
+            "seed {seed}: degraded without the passive"
+        );
+    }
+}
+
+/// The same with a rolled-back disk: the passive syncs entries the
+/// stalled active has not persisted, crashes, and comes back with its
+/// disk rolled back to before them. The active's next heartbeat tells it
+/// (its log ends below the commit index it had acknowledged), and it
+/// tells the active, which then counts it for nothing: the entries commit
+/// on the active and the witness alone, never on the passive's old
+/// acknowledgements. Without the notice the durability check reports
+/// `acknowledged ... in sync mode while data members [..] had not synced
+/// it`.
+#[test]
+fn a_passive_with_a_rolled_back_disk_tells_the_active() {
+    for seed in 0..8 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.crash(passive);
+        let old = c.disk_image(passive).expect("the passive is down");
+        c.restart(passive);
+        w.run(&mut c, SECOND_US);
+        c.set_link(active, 3, false);
+        c.stall_disk(active, true);
+        let mut pending = Vec::new();
+        for i in 0..5 {
+            let key = format!("stalled{i}");
+            let t = c.propose(active, KvCommand::put(key.clone(), "v").encode(), None);
+            pending.push((t, key));
+            c.run_for(10 * MS);
+        }
+        c.run_for(50 * MS);
+        c.crash(passive);
+        c.restore_image(passive, &old);
+        c.restart(passive);
+        let told = c.run_until(800 * MS, |c| {
+            c.status(active)
+                .and_then(|s| s.waiting_for)
+                .is_some_and(|why| why.contains(&format!("member {passive} lost its data")))
+        });
+        c.stall_disk(active, false);
+        c.run_for(200 * MS);
+        let v = c.violations();
+        assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
+        assert!(told, "seed {seed}: the passive told the active");
+        for (t, key) in &pending {
+            assert!(
+                !matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })),
+                "seed {seed}: {key} acknowledged on one disk"
+            );
+        }
+        c.set_link(active, 3, true);
+        w.run(&mut c, 3 * SECOND_US);
+        let v = c.violations();
+        assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
+        assert!(
+            pending.iter().all(|(t, _)| c.outcome(*t).is_some()),
+            "seed {seed}: the stalled writes complete once the witness is back"
+        );
+    }
+}

@@ -310,3 +310,137 @@ fn a_change_while_another_is_in_flight_is_busy() {
         ));
     }
 }
+
+/// Replaces the lost witness 3 by witness 5, up to a caught-up learner:
+/// (cluster, active, passive).
+fn learner_5_caught_up(seed: u64) -> (Cluster, u64, u64) {
+    let mut c = Cluster::new(SimOptions::ha(seed));
+    assert!(c.run_until(20_000_000, |c| c
+        .active()
+        .and_then(|a| c.status(a))
+        .is_some_and(|s| s.mode == Mode::Sync)));
+    c.lose(3);
+    propose_until_applied(&mut c, MembershipChange::Remove(3));
+    c.add_member(5, MemberRole::Witness, Some(3));
+    let member = Member {
+        id: 5,
+        role: MemberRole::Witness,
+        ha_addr: "sim-5:7400".into(),
+    };
+    propose_until_applied(&mut c, MembershipChange::AddLearner(member));
+    let active = c.active().expect("an active");
+    let passive = if active == 1 { 2 } else { 1 };
+    assert!(
+        c.run_until(5_000_000, |c| c.status(active).is_some_and(|s| s
+            .progress
+            .iter()
+            .any(|p| p.id == 5
+                && p.matched > 0
+                && p.matched + 5 >= s.last_index)))
+    );
+    (c, active, passive)
+}
+
+/// A promotion is answered only once every voter of the new
+/// configuration holds it. raft-rs applies a configuration when its entry
+/// is applied: the promotion of witness 5 commits on the two data members
+/// while 5 is cut off, and if the active were lost then with the passive
+/// not yet holding the new configuration, the passive (still in {1, 2})
+/// would need the lost member's vote forever (the verification runner,
+/// seed 2002836 with `--replace`: the replacement reported done, then the
+/// active lost for good, and no active for the rest of the run). Without
+/// the rule the promotion is answered while 5 is cut off.
+#[test]
+fn a_promotion_is_answered_once_every_voter_holds_it() {
+    for seed in 0..4 {
+        let (mut c, active, passive) = learner_5_caught_up(seed);
+        c.isolate(5);
+        let t = c.change_membership(active, MembershipChange::Promote(5));
+        let applied_by_data = c.run_until(2_000_000, |c| {
+            [active, passive].iter().all(|d| {
+                c.replica(*d)
+                    .is_some_and(|r| r.status().voters.contains(&5))
+            })
+        });
+        assert!(
+            applied_by_data,
+            "seed {seed}: the data members apply it: {:?}",
+            c.outcome(t)
+        );
+        c.run_for(2_000_000);
+        assert!(
+            c.outcome(t).is_none(),
+            "seed {seed}: answered while member 5 lacks it: {:?}",
+            c.outcome(t)
+        );
+        // Asked again meanwhile: busy, not "already a voter".
+        let again = c.change_membership(active, MembershipChange::Promote(5));
+        c.run_for(10_000);
+        assert!(
+            matches!(
+                c.outcome(again),
+                Some(Outcome::Proposal {
+                    result: Err(Error::Busy { .. }),
+                    ..
+                })
+            ),
+            "seed {seed}: {:?}",
+            c.outcome(again)
+        );
+        c.heal();
+        assert!(
+            c.run_until(3_000_000, |c| c.outcome(t).is_some()),
+            "seed {seed}: answered once member 5 holds it"
+        );
+        assert!(matches!(
+            c.outcome(t),
+            Some(Outcome::Proposal { result: Ok(_), .. })
+        ));
+        assert!(c
+            .replica(5)
+            .is_some_and(|r| r.status().voters == vec![1, 2, 5]));
+        // Done: losing the active now leaves the passive and witness 5,
+        // both in {1, 2, 5}.
+        c.lose(active);
+        assert!(
+            c.run_until(5_000_000, |c| c.active() == Some(passive)),
+            "seed {seed}: the passive takes over with witness 5 ({})",
+            c.replay_hint()
+        );
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+}
+
+/// A promoted member that has not received its promotion still votes: the
+/// passive applied the promotion of witness 5, which was cut off; the
+/// active dies; 5 comes back. The passive, whose configuration lists 5 as
+/// a voter, asks it, and 5, a learner in its own configuration, grants
+/// the vote (raft-rs lets a learner vote when asked, as etcd's raft does,
+/// for this case): the passive is elected and 5 learns its promotion.
+#[test]
+fn a_learner_votes_for_a_candidate_that_lists_it_as_a_voter() {
+    for seed in 0..4 {
+        let (mut c, active, passive) = learner_5_caught_up(seed);
+        c.isolate(5);
+        c.change_membership(active, MembershipChange::Promote(5));
+        let applied = c.run_until(2_000_000, |c| {
+            c.replica(passive)
+                .is_some_and(|r| r.status().voters.contains(&5))
+        });
+        assert!(applied, "seed {seed}: the passive applies the promotion");
+        assert!(c
+            .replica(5)
+            .is_some_and(|r| !r.status().voters.contains(&5)));
+        c.crash(active);
+        c.heal();
+        assert!(
+            c.run_until(5_000_000, |c| c.active() == Some(passive)),
+            "seed {seed}: the passive is elected with the learner's vote ({})",
+            c.replay_hint()
+        );
+        assert!(c.run_until(2_000_000, |c| c
+            .replica(5)
+            .is_some_and(|r| r.status().voters == vec![1, 2, 5])));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+}

@@ -588,7 +588,14 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
         .as_ref()
         .map(|a| format!("{:?}", a.status.mode).to_lowercase())
         .unwrap_or_else(|| "none".into());
-    let maintenance = active.as_ref().and_then(|a| a.status.maintenance);
+    // The active's view; with no active, what the members that answered
+    // apply (a member held back by maintenance says so in its notes).
+    let maintenance = match &active {
+        Some(a) => a.status.maintenance,
+        None => members
+            .iter()
+            .find_map(|(_, s)| s.as_ref().and_then(|s| s.maintenance)),
+    };
     let last_failover = members
         .iter()
         .filter_map(|(_, s)| {
@@ -636,6 +643,13 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
         }
         if let Some((allowed, since)) = maintenance {
             println!("maintenance: on (failover suspended; only member {allowed} may stand; since {since} ms)");
+            if active.is_none() {
+                println!(
+                    "no member is active and maintenance holds the others back: bring member \
+                     {allowed} back, or turn maintenance off with `maintenance off --local DIR` \
+                     on each member"
+                );
+            }
         }
         println!(
             "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10}  notes",

@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 
 use raft::{RawNode, StateRole, Storage};
 
+use super::lost::LostMembers;
 use crate::config::ReplicaConfig;
 use crate::sim::Breaks;
 
@@ -69,15 +70,9 @@ pub(crate) struct Ha {
     pub(crate) data_persisted: u64,
     /// On the active: what it last told the witness.
     pub(crate) told_witness: u64,
-    /// On the leader: the witness, which had acknowledged entries, probed
-    /// as a blank member: it lost its log, so the acknowledgements raft
-    /// recorded from it are void. Kept while this member leads (a wiped
-    /// witness rejoins only by a membership change; a message it sent
-    /// before the wipe may still arrive); a new leader learns it from the
-    /// witness's next probe (one per tick).
-    pub(crate) witness_lost_data: bool,
-    /// Why sync mode does not fall back to degraded mode.
-    pub(crate) degrade_blocked: Option<String>,
+    /// Members known to have lost synced state they had acknowledged
+    /// (see [`Ha::member_lost`]).
+    pub(crate) lost: LostMembers,
     /// Deliberate breaks (the simulation's checker proofs; all off
     /// elsewhere).
     pub(crate) breaks: Breaks,
@@ -99,8 +94,7 @@ impl Ha {
             waiting_for: None,
             data_persisted: 0,
             told_witness: 0,
-            witness_lost_data: false,
-            degrade_blocked: None,
+            lost: LostMembers::default(),
             breaks: Breaks::default(),
         }
     }
@@ -169,6 +163,12 @@ impl Ha {
             // new leader does, degraded until the passive has caught up.
             self.mode = Mode::Degraded;
         }
+        if self.witness_lost() {
+            // A lost witness holds no second copy: commits need the
+            // passive, which is what sync mode is.
+            self.mode = Mode::Sync;
+            self.waiting.clear();
+        }
         let data = self.data_members(raw);
         let groups: Vec<(u64, u64)> = data
             .iter()
@@ -215,13 +215,60 @@ impl Ha {
     }
 
     pub(crate) fn on_step_down(&mut self) {
-        self.degrade_blocked = None;
-        self.witness_lost_data = false;
         self.told_witness = 0;
         self.lease_until = 0;
         self.waiting.clear();
         self.silenced = false;
         self.waiting_for = None;
+    }
+
+    /// Evidence at `tick` that member `id` lost synced state it had
+    /// acknowledged (`why` says how this member knows): voids what raft
+    /// holds of it. Its matched index goes to 0, so no commit counts it,
+    /// in any mode: raft-rs never lowers a matched index by itself (a
+    /// rejection below it reads as stale), so an entry this leader has not
+    /// persisted yet would otherwise commit on its own disk and the lost
+    /// member's old acknowledgement. The replica drops the member's raft
+    /// messages while it is marked (see `lost.rs` for how long). A lost
+    /// witness sends degraded mode back to sync (`apply_policy`): commits
+    /// need the passive. Returns true when the member was not marked
+    /// before.
+    pub(crate) fn member_lost<T: Storage>(
+        &mut self,
+        raw: &mut RawNode<T>,
+        id: u64,
+        why: String,
+        tick: u64,
+    ) -> bool {
+        let new = self.lost.note(id, why, tick);
+        self.void_acknowledgements(raw);
+        if new && raw.raft.state == StateRole::Leader {
+            self.apply_policy(raw);
+        }
+        new
+    }
+
+    /// Whether the witness is known to have lost its log.
+    fn witness_lost(&self) -> bool {
+        self.witness.is_some_and(|w| self.lost.contains(w))
+    }
+
+    /// Sets the matched index of every marked member to 0 (on a leader; a
+    /// new leader's progress starts at 0 anyway).
+    pub(crate) fn void_acknowledgements<T: Storage>(&self, raw: &mut RawNode<T>) {
+        if raw.raft.state != StateRole::Leader {
+            return;
+        }
+        for id in self.lost.ids() {
+            if let Some(pr) = raw.raft.mut_prs().get_mut(id) {
+                pr.matched = 0;
+            }
+        }
+    }
+
+    /// Whether member `id` is marked as having lost synced state.
+    pub(crate) fn is_lost(&self, id: u64) -> bool {
+        self.lost.contains(id)
     }
 
     /// The highest index a plain majority has persisted.
@@ -263,22 +310,11 @@ impl Ha {
                 while self.waiting.front().is_some_and(|(i, _)| *i <= commit) {
                     self.waiting.pop_front();
                 }
+                // A lost witness counts for nothing (`member_lost`): the
+                // majority index is then the passive's, and nothing waits.
                 let expired = self.waiting.front().is_some_and(|(_, since)| {
                     tick.saturating_sub(*since) >= self.sync_timeout_ticks
                 });
-                // Degraded mode commits on the active and the witness, with
-                // the witness's acknowledgements raft already holds. A
-                // witness that lost its log holds none of them: the entries
-                // would commit with one copy. They wait for the passive.
-                if expired && self.witness_lost_data {
-                    self.degrade_blocked = Some(
-                        "writes wait for the passive: the witness lost its data (replace it \
-                         with members replace) and cannot hold the second copy"
-                            .into(),
-                    );
-                    return None;
-                }
-                self.degrade_blocked = None;
                 if expired {
                     self.mode = Mode::Degraded;
                     self.waiting.clear();
@@ -376,7 +412,7 @@ impl Ha {
                 // `next_idx` starts optimistic and falls to what the member
                 // really needs once it answers.
                 // Only a member that answers (recently active) can take over.
-                if p.next_idx < first || !p.recent_active {
+                if p.next_idx < first || !p.recent_active || self.lost.contains(d) {
                     continue;
                 }
                 if best.is_none_or(|(_, m)| p.matched > m) {

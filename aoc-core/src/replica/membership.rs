@@ -38,6 +38,11 @@ pub(crate) mod reasons {
     pub(crate) const AWAITS_PAIR: &str = "waits for a second new member";
     /// The member to remove is not a member (any more): done.
     pub(crate) const NOT_A_MEMBER: &str = "is not a member";
+
+    /// Whether a refusal says the change is in effect already.
+    pub(crate) fn is_done(reason: &str) -> bool {
+        reason.contains(ALREADY_VOTER) || reason.contains(NOT_A_MEMBER)
+    }
 }
 use reasons::{ALREADY_VOTER, AWAITS_PAIR, NOT_A_MEMBER, NOT_CAUGHT_UP};
 

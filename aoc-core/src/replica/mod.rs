@@ -22,9 +22,12 @@
 //! entry is applied, and raft-rs hands out entries to apply only once they
 //! are committed (persisted by a quorum) and persisted locally.
 
+mod confirm;
 mod filter;
 mod ha;
+mod lost;
 mod machine;
+mod maintenance;
 mod membership;
 mod planned;
 mod sessions;
@@ -46,7 +49,8 @@ use tracing::{debug, error, info, warn};
 use crate::config::ReplicaConfig;
 use crate::payload::{decode_context, encode_context, Payload};
 use crate::proto::{
-    BlankAnswer, DataPersisted, MemberMeta, Notice, Notice_oneof_body, WitnessReport,
+    BlankAnswer, DataPersisted, FollowerReport, LostData, MemberMeta, Notice, Notice_oneof_body,
+    WitnessReport,
 };
 use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
 use crate::storage::{LogStore, LogWrite};
@@ -332,6 +336,9 @@ struct Held {
     needs_write: bool,
     messages: Vec<Message>,
     hard_state_commit: Option<u64>,
+    /// The configuration index the write makes durable, if it carries a
+    /// configuration.
+    conf_index: Option<u64>,
 }
 
 /// The sans-I/O replica (see the module docs).
@@ -393,8 +400,10 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     log_bytes: u64,
     /// The tick each peer was last heard from.
     last_heard: BTreeMap<u64, u64>,
-    /// This member's persisted metadata (maintenance mode).
+    /// This member's persisted metadata (maintenance mode as applied).
     meta: MemberMeta,
+    /// Maintenance settings appended above the applied one.
+    maintenance_tail: maintenance::Tail,
     meta_dirty: bool,
     /// Stand at the next chance: the allowed member of a maintenance window
     /// was refused for a shorter log.
@@ -416,6 +425,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     leaderless_since: Option<u64>,
     /// The member directory (see `membership`), as of the applied index.
     directory: Vec<Member>,
+    /// Who holds the configuration; membership changes answered once
+    /// every voter does (see `confirm`).
+    confirm: confirm::Confirmations,
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -599,6 +611,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             log_bytes: 0,
             last_heard: BTreeMap::new(),
             meta: MemberMeta::new(),
+            maintenance_tail: maintenance::Tail::default(),
             meta_dirty: false,
             stand_for_allowed: false,
             refused_data_vote_at: None,
@@ -610,9 +623,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             witness_log: None,
             leaderless_since: Some(0),
             directory: Vec::new(),
+            confirm: confirm::Confirmations::default(),
         };
         r.log_bytes = r.raw.store().store().size_bytes();
         r.load_meta()?;
+        r.confirm = confirm::Confirmations::new(r.meta.conf_index);
         r.directory = r.meta.members.iter().map(membership::from_record).collect();
         r.ha.witness = r.witness_id();
         r.raw.mut_store().header_only_to = r.ha.witness;
@@ -698,6 +713,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ha.witness_hand_over(&mut self.raw);
         self.drive_planned();
         self.tell_witness();
+        self.report_to_leader(self.ticks.is_multiple_of(self.cfg.election_tick as u64));
+        self.expire_lost_marks();
         self.snapshot_for_new_learners();
         if self.ticks.is_multiple_of(self.cfg.election_tick as u64) {
             self.log_bytes = self.raw.store().store().size_bytes();
@@ -751,11 +768,50 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Starts an election now (standalone start-up and tests).
+    /// Starts an election now (standalone start-up and tests). Refused
+    /// with [`Error::Busy`] while campaigning is unsafe (see
+    /// [`Replica::may_campaign`]).
     pub fn campaign(&mut self) -> Result<()> {
+        if let Some(why) = self.may_campaign().err() {
+            return Err(Error::Busy {
+                reason: format!("cannot stand now: {why}; try again"),
+            });
+        }
         self.raw.campaign()?;
         self.after_input();
         Ok(())
+    }
+
+    /// The one place that decides whether this member may start an
+    /// election now (every campaign the replica makes goes through it;
+    /// raft-rs's own, at the election timeout, is held off by
+    /// `hold_during_snapshot_install`). Not while a snapshot install is
+    /// being persisted: raft-rs would read the entries between its applied
+    /// index (not moved to the snapshot yet) and its commit index from a
+    /// log that now starts past them, and panic ("unexpected error getting
+    /// unapplied entries ... Compacted", the `core_messages` fuzz
+    /// target). Not as a leader, which has nothing to stand for.
+    fn may_campaign(&self) -> std::result::Result<(), &'static str> {
+        if self.raw.store().snapshot_pending() {
+            return Err("a snapshot install is being persisted");
+        }
+        if self.raw.raft.state == StateRole::Leader {
+            return Err("this member leads");
+        }
+        Ok(())
+    }
+
+    /// Campaigns if it may (see `may_campaign`); false when it did not.
+    fn stand(&mut self, why: &str) -> bool {
+        if let Err(not_now) = self.may_campaign() {
+            debug!(member = self.cfg.id, why, not_now, "not standing now");
+            return false;
+        }
+        info!(member = self.cfg.id, "{why}: standing");
+        if let Err(e) = self.raw.campaign() {
+            debug!(member = self.cfg.id, error = %e, "campaign refused");
+        }
+        true
     }
 
     /// Steps a message from a peer. Invalid messages are dropped and logged.
@@ -769,9 +825,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 // target has acknowledged the transferring leader's term); taking
                 // it, a leader with an unpersisted entry could be elected on an
                 // unsolicited grant with its log unpersisted (a raft-rs assertion).
-                (msg.get_msg_type() == MessageType::MsgTimeoutNow
-                    && (self.raw.store().snapshot_pending()
-                        || self.raw.raft.state == StateRole::Leader))
+                (msg.get_msg_type() == MessageType::MsgTimeoutNow && self.may_campaign().is_err())
                     .then_some("a leader transfer during a snapshot install, or to a leader")
             })
             .or_else(|| {
@@ -791,6 +845,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     (!conf.voters().contains(msg.from) && !conf.learners().contains(&msg.from))
                         .then_some("a sender that is not a member of the configuration")
                 }
+            })
+            .or_else(|| {
+                // Anything a member that lost its data sent predates the
+                // loss: its acknowledgements are void (`Ha::member_lost`).
+                self.ha
+                    .is_lost(msg.from)
+                    .then_some("a sender known to have lost its data")
             });
         if let Some(why) = refused {
             warn!(
@@ -860,6 +921,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 error!(member = self.cfg.id, "{reason}");
             }
             self.lost_data = Some(reason);
+            // The leader counts this member's old acknowledgements toward
+            // commit until told (see `Ha::member_lost`).
+            let mut lost = LostData::new();
+            lost.last_index = self.raw.raft.raft_log.last_index();
+            lost.commit = msg.commit;
+            let mut n = Notice::new();
+            n.from = self.cfg.id;
+            n.to = msg.from;
+            n.set_lost_data(lost);
+            self.out.notices.push(n);
             return;
         }
         if self.lost_data.is_some()
@@ -947,16 +1018,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.refused_data_vote_at = None;
             return;
         }
-        if self.in_vote_lease() || self.raw.store().snapshot_pending() {
+        if self.in_vote_lease() {
             return;
         }
-        self.refused_data_vote_at = None;
-        info!(
-            member = self.cfg.id,
-            "a data member could not be elected (this witness's log is longer, or it was in lease): standing to hand over to it"
-        );
-        if let Err(e) = self.raw.campaign() {
-            debug!(member = self.cfg.id, error = %e, "campaign refused");
+        if self.stand(
+            "a data member could not be elected (this witness's log is longer, or it was in \
+             lease); to hand over to it",
+        ) {
+            self.refused_data_vote_at = None;
         }
     }
 
@@ -1190,9 +1259,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         match notice.body {
             Some(Notice_oneof_body::blank_probe(_)) => {
-                // A blank probe from a witness that had acknowledged
-                // entries to this leader: it lost its log. (At cluster
-                // creation every member probes, holding nothing yet.)
+                // A blank probe from a member that had acknowledged entries
+                // to this leader: it lost its log. (At cluster creation
+                // every member probes, holding nothing yet, and a member
+                // that starts late probes while the others already run:
+                // neither has acknowledged anything to this leader.)
                 let acked_before = self.is_leader()
                     && self
                         .raw
@@ -1200,16 +1271,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         .prs()
                         .get(notice.from)
                         .is_some_and(|p| p.matched > 0);
-                if Some(notice.from) == self.ha.witness
-                    && acked_before
-                    && !self.ha.witness_lost_data
-                {
-                    warn!(
-                        member = self.cfg.id,
-                        witness = notice.from,
-                        "the witness probes as a blank member: it lost its log"
-                    );
-                    self.ha.witness_lost_data = true;
+                // Later probes keep the mark (its matched index is 0 by then).
+                if acked_before || self.ha.is_lost(notice.from) {
+                    self.member_lost(notice.from, "it probes as a blank member".into());
                 }
                 let r = &self.raw.raft;
                 let mut answer = BlankAnswer::new();
@@ -1236,12 +1300,110 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 n.set_witness_report(report);
                 self.out.notices.push(n);
             }
+            Some(Notice_oneof_body::follower_report(r)) if self.is_leader() => {
+                self.confirm.on_report(notice.from, r.conf_index);
+                self.after_input();
+            }
+            Some(Notice_oneof_body::lost_data(lost))
+                if self.is_leader() && self.raw.raft.prs().get(notice.from).is_some() =>
+            {
+                let why = format!(
+                    "its log ends at {}, below the commit index {} it had acknowledged",
+                    lost.last_index, lost.commit
+                );
+                self.member_lost(notice.from, why);
+            }
             Some(Notice_oneof_body::witness_report(r)) if Some(notice.from) == self.ha.witness => {
                 self.witness_log =
                     Some((r.log_bytes, r.last_index.saturating_sub(r.first_index) + 1));
             }
             _ => {}
         }
+    }
+
+    /// Member `id` lost synced state it had acknowledged to this leader:
+    /// it counts for no commit from now on (`Ha::member_lost`).
+    fn member_lost(&mut self, id: u64, why: String) {
+        let mode = self.ha.mode;
+        if !self
+            .ha
+            .member_lost(&mut self.raw, id, why.clone(), self.ticks)
+        {
+            return;
+        }
+        warn!(
+            member = self.cfg.id,
+            lost = id,
+            why = %why,
+            "a member lost its data: it counts for no commit until replaced"
+        );
+        if self.ha.mode != mode {
+            info!(member = self.cfg.id, mode = ?self.ha.mode, "replication mode changed");
+            self.out
+                .events
+                .push(Event::ModeChanged { mode: self.ha.mode });
+        }
+        self.after_input();
+    }
+
+    /// Lifts the marks of members that sent no evidence of a loss for two
+    /// election timeouts (see `lost.rs`).
+    fn expire_lost_marks(&mut self) {
+        let quiet = 2 * self.cfg.election_tick as u64;
+        for id in self.ha.lost.expire(self.ticks, quiet) {
+            info!(
+                member = self.cfg.id,
+                id, "no more evidence that member {id} lost its data: its messages count again"
+            );
+        }
+    }
+
+    /// A follower tells its leader what the leader needs of it beside
+    /// raft's answers (`FollowerReport`): when it changed, when the leader
+    /// changed, and when `periodic`.
+    fn report_to_leader(&mut self, periodic: bool) {
+        let leader = self.raw.raft.leader_id;
+        if leader == 0 || leader == self.cfg.id {
+            return;
+        }
+        if let Some(conf_index) = self.confirm.report_due(leader, periodic) {
+            let mut report = FollowerReport::new();
+            report.conf_index = conf_index;
+            let mut n = Notice::new();
+            n.from = self.cfg.id;
+            n.to = leader;
+            n.set_follower_report(report);
+            self.out.notices.push(n);
+        }
+    }
+
+    /// Why the applied configuration is not yet held by every voter (a
+    /// joint configuration not left yet, or voters that have not reported
+    /// it durable), on the leader; `None` once it is.
+    fn unconfirmed(&self) -> Option<String> {
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        if !cs.voters_outgoing.is_empty() {
+            return Some("the joint configuration is not left yet".into());
+        }
+        let missing = self
+            .confirm
+            .missing(self.cfg.id, &cs.voters, self.meta.conf_index);
+        (!missing.is_empty()).then(|| {
+            format!(
+                "members {missing:?} do not hold the configuration of index {} yet",
+                self.meta.conf_index
+            )
+        })
+    }
+
+    /// Answers this leader's applied membership changes once every voter
+    /// holds the configuration (see `confirm`).
+    fn release_confirmed_changes(&mut self) {
+        if !self.confirm.holding() || !self.is_leader() || self.unconfirmed().is_some() {
+            return;
+        }
+        let done = self.confirm.release();
+        self.out.completions.extend(done);
     }
 
     /// The active tells the witness up to where both data members have
@@ -1361,12 +1523,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             } else {
                 None
             },
-            waiting_for: self
-                .lost_data
-                .clone()
-                .or_else(|| self.ha.waiting_for.clone())
-                .or_else(|| self.ha.degrade_blocked.clone())
-                .or_else(|| self.why_no_leader()),
+            waiting_for: self.waiting_for(),
             passive_lag_bytes: if r.state == StateRole::Leader {
                 self.ha
                     .passive(&self.raw)
@@ -1384,6 +1541,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 None
             },
         }
+    }
+
+    /// Why this member waits, every reason it knows, most basic first.
+    fn waiting_for(&self) -> Option<String> {
+        let reasons: Vec<String> = [
+            self.lost_data.clone(),
+            self.ha.waiting_for.clone(),
+            self.ha.lost.note_for_status(self.ha.witness),
+            self.why_no_leader(),
+            self.why_not_standing(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Why there is no active, once a member has known no leader for an
@@ -1495,6 +1667,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if role != self.last_role || term != self.last_term {
             if self.last_role == StateRole::Leader && role != StateRole::Leader {
                 self.fail_pending(leader);
+                for mut c in self.confirm.on_step_down() {
+                    // Applied, not confirmed: the caller asks the next
+                    // leader, which answers once every voter holds it.
+                    c.result = Err(Error::NotLeader {
+                        leader_hint: (leader != 0).then_some(leader),
+                    });
+                    self.out.completions.push(c);
+                }
                 self.ha.on_step_down();
                 self.finish_switchover(leader);
             }
@@ -1514,6 +1694,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     .push(Event::ModeChanged { mode: self.ha.mode });
             }
         }
+        self.release_confirmed_changes();
         if let Some(mode) = self.ha.update_mode(&mut self.raw, self.ticks) {
             info!(member = self.cfg.id, mode = ?mode, "replication mode changed");
             self.out.events.push(Event::ModeChanged { mode });
@@ -1687,6 +1868,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.meta.members = self.directory.iter().map(membership::to_record).collect();
             self.meta.conf_index = meta.index;
             self.meta_dirty = true;
+            self.maintenance_tail.applied_up_to(meta.index);
             self.ha.witness = self.witness_id();
             self.raw.mut_store().header_only_to = self.ha.witness;
             let view = self.raw.mut_store();
@@ -1707,6 +1889,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             write.snapshot = Some(meta);
         }
         write.entries = rd.take_entries();
+        self.maintenance_tail.appended(&write.entries);
         write.hard_state = rd.hs().cloned();
         self.defer_commit_only(&mut write);
         let hard_state_commit = write.hard_state.as_ref().map(|h| h.commit);
@@ -1754,6 +1937,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 needs_write,
                 messages: persisted_messages,
                 hard_state_commit,
+                conf_index: write.conf_state.is_some().then_some(self.meta.conf_index),
             });
             if needs_write {
                 if self.ha.write_pending_since.is_none() {
@@ -1838,6 +2022,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             needs_write: true,
             messages: Vec::new(),
             hard_state_commit: Some(hs.commit),
+            conf_index: None,
         });
         if self.ha.write_pending_since.is_none() {
             self.ha.write_pending_since = Some(self.ticks);
@@ -2078,11 +2263,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             };
             if let (Some(result), Some((member, token))) = (result, proposal_of(&e)) {
                 if member == self.cfg.id && self.pending_proposals.remove(&token).is_some() {
-                    out.completions.push(Completion {
+                    let c = Completion {
                         token,
                         index: e.index,
                         result,
-                    });
+                    };
+                    if e.get_entry_type() == EntryType::EntryNormal || c.result.is_err() {
+                        out.completions.push(c);
+                    } else {
+                        // A membership change is done once every voter
+                        // holds it (`confirm`).
+                        self.confirm.hold(c);
+                    }
                 }
             }
         }
@@ -2123,6 +2315,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         };
         let members: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().collect();
         self.directory.retain(|d| members.contains(&d.id));
+        let in_either_half: Vec<u64> = members
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .copied()
+            .collect();
+        self.ha.lost.retain_members(&in_either_half);
         self.meta.members = self.directory.iter().map(membership::to_record).collect();
         self.meta.conf_index = e.index;
         // Written with the conf state, in the same log write.
@@ -2215,7 +2414,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         learners.sort_unstable();
         let prs = self.raw.raft.prs();
         let matched = |id: u64| prs.get(id).map_or(0, |p| p.matched);
-        let steps = membership::check(
+        let checked = membership::check(
             change,
             &membership::ConfView {
                 leader: self.cfg.id,
@@ -2225,7 +2424,20 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 last_index: self.raw.raft.raft_log.last_index(),
                 matched: &matched,
             },
-        )?;
+        );
+        let steps = match checked {
+            // "Already done": a caller takes it as done, which it is only
+            // once every voter holds the configuration.
+            Err(Error::Membership { reason }) if membership::reasons::is_done(&reason) => {
+                return Err(match self.unconfirmed() {
+                    Some(why) => Error::Busy {
+                        reason: format!("{reason}, but {why}; try again"),
+                    },
+                    None => Error::Membership { reason },
+                });
+            }
+            other => other?,
+        };
         let single = |step: &membership::Step| {
             let mut cc = ConfChangeSingle::default();
             let (kind, id) = match *step {
@@ -2359,6 +2571,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             if let Some(c) = h.hard_state_commit {
                 self.persisted_commit = self.persisted_commit.max(c);
             }
+            if let Some(i) = h.conf_index {
+                self.confirm.on_persisted(i);
+            }
             self.out.messages.extend(h.messages);
         }
         if released > 0 {
@@ -2370,6 +2585,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.raw.mut_store().persisted(released);
             self.raw.on_persist_ready(released);
             self.advance_raft_applied();
+            self.report_to_leader(false);
             self.after_input();
         }
     }

@@ -41,32 +41,77 @@ const INTERNAL_TOKEN: u64 = 0;
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Whether maintenance mode forbids this member to stand.
     pub(crate) fn suppressed(&self) -> bool {
-        self.meta.maintenance && self.meta.maintenance_allowed != self.cfg.id
+        self.maintenance()
+            .is_some_and(|(allowed, _)| allowed != self.cfg.id)
     }
 
-    /// Maintenance mode as this member knows it: `Some((allowed member,
-    /// since_ms))` while on.
-    pub fn maintenance(&self) -> Option<(u64, u64)> {
-        self.meta.maintenance.then_some((
-            self.meta.maintenance_allowed,
-            self.meta.maintenance_since_ms,
+    /// Why this member does not stand while no member leads: maintenance
+    /// mode allows another member only.
+    pub(crate) fn why_not_standing(&self) -> Option<String> {
+        let (allowed, _) = self.maintenance()?;
+        let leader = self.raw.raft.leader_id;
+        let election = self.cfg.election_tick as u64;
+        let leader_heard = leader != 0
+            && (leader == self.cfg.id
+                || self
+                    .last_heard
+                    .get(&leader)
+                    .is_some_and(|t| self.ticks.saturating_sub(*t) <= election));
+        if allowed == self.cfg.id || leader_heard {
+            return None;
+        }
+        Some(format!(
+            "maintenance mode is on here: only member {allowed} may stand; if it cannot \
+             come back, turn maintenance off (`maintenance off`, or `maintenance off --local` \
+             on each member when no member is active)"
         ))
     }
 
-    /// Reads the persisted metadata and replays maintenance entries the
-    /// log holds beyond it (their metadata write may have been lost).
+    /// Whether maintenance mode, as this member acts on it, forbids
+    /// `member` to stand.
+    fn suppressed_for(&self, member: u64) -> bool {
+        self.maintenance()
+            .is_some_and(|(allowed, _)| allowed != member)
+    }
+
+    /// Maintenance mode as this member acts on it: `Some((allowed member,
+    /// since_ms))` while on. The newest setting in its log decides,
+    /// applied or not (see `maintenance.rs`), unless maintenance was
+    /// turned off locally after it was appended.
+    pub fn maintenance(&self) -> Option<(u64, u64)> {
+        let floor = self.meta.maintenance_index.max(self.meta.local_off_index);
+        let appended = (!self.ha.breaks.maintenance_applied_only)
+            .then(|| self.maintenance_tail.newest_above(floor))
+            .flatten();
+        match appended {
+            Some(s) => s.on.then_some((s.allowed, s.stamp_ms)),
+            None => self.meta.maintenance.then_some((
+                self.meta.maintenance_allowed,
+                self.meta.maintenance_since_ms,
+            )),
+        }
+    }
+
+    /// Reads the persisted metadata, replays maintenance entries the log
+    /// holds beyond it up to the commit index (their metadata write may
+    /// have been lost), and notes those above it (appended, not known
+    /// committed).
     pub(crate) fn load_meta(&mut self) -> Result<()> {
         let store = self.raw.store().store();
         self.meta = store.member_meta()?;
         let from = (self.meta.maintenance_index + 1).max(store.first_index()?);
-        let to = self.raw.raft.raft_log.committed.min(store.last_index()?);
-        if from <= to {
-            let entries = store.entries(from, to + 1, None).map_err(|e| {
-                Error::storage("log", format!("cannot read entries {from}..={to}: {e}"))
+        let last = store.last_index()?;
+        let committed = self.raw.raft.raft_log.committed.min(last);
+        if from <= last {
+            let entries = store.entries(from, last + 1, None).map_err(|e| {
+                Error::storage("log", format!("cannot read entries {from}..={last}: {e}"))
             })?;
-            for e in &entries {
+            let (applied, tail): (Vec<Entry>, Vec<Entry>) =
+                entries.into_iter().partition(|e| e.index <= committed);
+            for e in &applied {
                 self.apply_if_maintenance(e);
             }
+            self.maintenance_tail.appended(&tail);
         }
         Ok(())
     }
@@ -84,13 +129,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Applies a committed maintenance entry.
+    /// Applies a committed maintenance entry. One appended before a local
+    /// off does not turn maintenance back on here (the operator turned it
+    /// off after it); the replicated state still records it, so a leader
+    /// commits the replicated off.
     pub(crate) fn apply_maintenance(&mut self, index: u64, on: bool, allowed: u64, stamp_ms: u64) {
+        self.maintenance_tail.applied_up_to(index);
         if index <= self.meta.maintenance_index {
             return;
         }
         info!(member = self.cfg.id, on, allowed, index, "maintenance mode");
-        self.meta.maintenance = on;
+        self.meta.maintenance = on && index > self.meta.local_off_index;
         self.meta.replicated_on = on;
         self.meta.maintenance_allowed = if on { allowed } else { 0 };
         self.meta.maintenance_since_ms = if on { stamp_ms } else { 0 };
@@ -121,11 +170,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// (works without a leader, on the witness too); the next leader
     /// commits the replicated off.
     pub fn maintenance_off_local(&mut self) {
-        if !self.meta.maintenance {
+        if self.maintenance().is_none() {
             return;
         }
         warn!(member = self.cfg.id, "maintenance turned off locally");
         self.meta.maintenance = false;
+        // Settings already in the log, applied later, stay off here.
+        self.meta.local_off_index = self.raw.raft.raft_log.last_index();
         self.meta_dirty = true;
         self.out.events.push(crate::Event::MaintenanceChanged {
             on: false,
@@ -173,7 +224,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         index: u64,
     ) {
         if self.suppressed()
-            && from == self.meta.maintenance_allowed
+            && self
+                .maintenance()
+                .is_some_and(|(allowed, _)| from == allowed)
             && matches!(
                 msg_type,
                 MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
@@ -208,13 +261,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     ));
                 }
             }
-            if self.stand_for_allowed && self.raw.raft.state == StateRole::Follower {
+            if self.stand_for_allowed
+                && self.raw.raft.state == StateRole::Follower
+                && self.stand("to bring the allowed member up to date")
+            {
                 self.stand_for_allowed = false;
-                info!(
-                    member = self.cfg.id,
-                    "standing to bring the allowed member up to date"
-                );
-                let _ = self.raw.campaign();
             }
             return;
         }
@@ -237,15 +288,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // of maintenance counts once it has applied what was committed
         // before its term: a switchover target may be elected before it
         // applies the maintenance off that came just before.
+        let allowed = self.maintenance().map_or(0, |(allowed, _)| allowed);
         if self.suppressed() && !self.is_witness() && self.applied_own_term() {
-            let allowed = self.meta.maintenance_allowed;
             let first = self.raw.raft.raft_log.first_index();
-            let ready = self
-                .raw
-                .raft
-                .prs()
-                .get(allowed)
-                .is_some_and(|p| p.recent_active && p.next_idx >= first);
+            let ready = !self.ha.is_lost(allowed)
+                && self
+                    .raw
+                    .raft
+                    .prs()
+                    .get(allowed)
+                    .is_some_and(|p| p.recent_active && p.next_idx >= first);
             if ready && self.raw.raft.lead_transferee != Some(allowed) {
                 self.raw.transfer_leader(allowed);
             }
@@ -287,6 +339,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             ));
             return;
         };
+        if self.ha.is_lost(target) {
+            self.out.switchovers.push((
+                token,
+                Err(Error::Busy {
+                    reason: format!(
+                        "refused: the passive {target} lost its data; replace it (members replace)"
+                    ),
+                }),
+            ));
+            return;
+        }
         let commit = self.raw.raft.raft_log.committed;
         let matched = self
             .raw
@@ -314,7 +377,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         body.term = self.raw.raft.term;
         n.set_switchover(body);
         self.out.notices.push(n);
-        if self.meta.maintenance && self.meta.maintenance_allowed != target {
+        if self.suppressed_for(target) {
             // During maintenance the new active must be the allowed one.
             let payload = Payload::Maintenance {
                 on: true,
@@ -362,7 +425,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .prs()
             .get(target)
             .is_some_and(|p| p.matched >= last);
-        let maintenance_ok = !self.meta.maintenance || self.meta.maintenance_allowed == target;
+        let maintenance_ok = !self.suppressed_for(target);
         if caught_up && maintenance_ok && self.raw.raft.lead_transferee.is_none() {
             self.raw.transfer_leader(target);
         }

@@ -33,17 +33,23 @@ pub enum Break {
     /// A leader holds the active role without its fenced lease. Caught by:
     /// one active (and lease reads: linearizability).
     SkipFence,
+    /// A member decides whether it may stand from the maintenance setting
+    /// it applied only, not the newest one in its log: an active that dies
+    /// right after `maintenance off` was answered leaves followers that
+    /// still hold "only the dead member may stand". Caught by: liveness.
+    MaintenanceAppliedOnly,
 }
 
 impl Break {
     /// Every break, in a fixed order.
-    pub const ALL: [Break; 6] = [
+    pub const ALL: [Break; 7] = [
         Break::AckBeforeSync,
         Break::LyingDisk,
         Break::WitnessStaysLeader,
         Break::WitnessLowPriority,
         Break::WipedMemberVotes,
         Break::SkipFence,
+        Break::MaintenanceAppliedOnly,
     ];
 
     /// The properties whose checkers must catch this break (any one of
@@ -55,6 +61,7 @@ impl Break {
             Break::WitnessLowPriority => &[Property::Liveness, Property::WitnessLead],
             Break::WipedMemberVotes => &[Property::Rpo, Property::Linearizable],
             Break::SkipFence => &[Property::OneActive, Property::Linearizable],
+            Break::MaintenanceAppliedOnly => &[Property::Liveness],
         }
     }
 
@@ -67,6 +74,7 @@ impl Break {
             Break::WitnessLowPriority => "witness-low-priority",
             Break::WipedMemberVotes => "wiped-member-votes",
             Break::SkipFence => "skip-fence",
+            Break::MaintenanceAppliedOnly => "maintenance-applied-only",
         }
     }
 }
@@ -102,4 +110,5 @@ pub(crate) struct Breaks {
     /// refusal with term 0), another reason the design leaves priority
     /// alone.
     pub(crate) low_priority_witness: bool,
+    pub(crate) maintenance_applied_only: bool,
 }

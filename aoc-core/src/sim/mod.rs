@@ -42,6 +42,7 @@
 mod audit;
 mod breaks;
 pub mod check;
+mod operator;
 mod replace;
 mod run;
 mod schedule;
@@ -666,6 +667,7 @@ impl Cluster {
             witness_stays_leader: self.opts.breaks.contains(&Break::WitnessStaysLeader),
             skip_fence: self.opts.breaks.contains(&Break::SkipFence),
             low_priority_witness: self.opts.breaks.contains(&Break::WitnessLowPriority),
+            maintenance_applied_only: self.opts.breaks.contains(&Break::MaintenanceAppliedOnly),
         };
         match opened {
             Ok(mut r) => {

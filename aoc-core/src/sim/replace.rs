@@ -198,11 +198,12 @@ impl Replacement {
                 self.propose(c, MembershipChange::AddLearner(member))
             }
             Step::Promote => {
+                // Done only on the leader's word: it answers a promotion
+                // (or one asked again) once every voter holds it, so that
+                // losing any member afterwards leaves voters that all run
+                // the new configuration (`replica/confirm.rs`). A member
+                // applying it is not enough.
                 let id = self.report.added?;
-                if c.configuration().voters.contains(&id) {
-                    self.advance(c, Step::Done);
-                    return None;
-                }
                 self.propose(c, MembershipChange::Promote(id))
             }
             Step::Done => None,

@@ -18,6 +18,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use super::check::{check_history, liveness, rpo, settled, Property, Verdict};
+use super::operator::Operator;
 use super::replace::{ReplaceReport, Replacement};
 use super::schedule::{self, Episode};
 use super::workload::{Workload, WorkloadStats};
@@ -156,6 +157,7 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
     actions.sort();
     let mut next_action = 0;
     let mut begun = BTreeMap::new();
+    let mut op = Operator::default();
     let mut availability = liveness::Availability::default();
     while c.now_us() < duration_us {
         while let Some(&(at, starts, i)) = actions.get(next_action) {
@@ -164,19 +166,20 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
             }
             let Episode { fault, .. } = &episodes[i];
             if starts {
-                begun.insert(i, schedule::begin(&mut c, fault));
+                begun.insert(i, schedule::begin(&mut c, &mut op, fault));
             } else if let Some(b) = begun.remove(&i) {
-                schedule::end(&mut c, &b, &base);
+                schedule::end(&mut c, &mut op, &b, &base);
             }
             next_action += 1;
         }
         for b in begun.values_mut() {
             b.poll(&mut c);
         }
+        op.poll(&mut c);
         if let Some(v) = replacement.as_mut().and_then(|r| r.poll(&mut c)) {
             violations.push(v);
         }
-        let calm = begun.values().all(|b| b.is_calm());
+        let calm = begun.values().all(|b| b.is_calm()) && !op.window_open();
         if let Some(v) = availability.observe(&c, calm) {
             violations.push(v);
         }
@@ -184,7 +187,9 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
         c.run_for(STEP_US);
     }
 
-    // The heal: every fault ends.
+    // The heal: every fault ends; the operator ends a maintenance window
+    // still open, as the runbook says (through the cluster, or locally
+    // when no member is active), and does nothing more.
     c.note("heal");
     c.set_net(NetFaults::default());
     c.heal();
@@ -192,9 +197,14 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
         c.stall_disk(id, false);
         c.restart(id);
     }
-    schedule::maintenance_off_everywhere(&mut c);
     let heal_us = c.now_us();
-    let recovery_us = match liveness::await_service(&mut c, LIVENESS_BOUND_US) {
+    op.turn_off(&mut c, None);
+    while op.window_open() && c.now_us() < heal_us + LIVENESS_BOUND_US {
+        c.run_for(STEP_US);
+        op.poll(&mut c);
+    }
+    let left_us = (heal_us + LIVENESS_BOUND_US).saturating_sub(c.now_us());
+    let recovery_us = match liveness::await_service(&mut c, left_us) {
         Ok(us) => Some(us),
         Err(v) => {
             violations.push(v);

@@ -5,8 +5,8 @@
 //! directory is wiped per run, and only the witness's (a wiped data member
 //! needs a membership change to be replaced), and none in a run that loses
 //! a member for good (`replace.rs`: two lost disks are more than the
-//! design survives); maintenance mode is turned off when its episode ends
-//! and again at the heal.
+//! design survives). Maintenance windows are opened and closed by the
+//! operator (`operator.rs`), as the runbook says and no further.
 //!
 //! Faults name the initial members; once a member is lost and replaced,
 //! a fault aimed at it hits its replacement (`Cluster::current_id`).
@@ -14,6 +14,7 @@
 use rand::rngs::SmallRng;
 use rand::Rng;
 
+use super::operator::Operator;
 use super::{Cluster, NetFaults};
 
 /// Whom a fault hits: a member, or whoever holds a role when the fault
@@ -55,8 +56,17 @@ pub(crate) enum Fault {
     OneWay(u64, u64),
     /// Ask the active for a planned switchover.
     Switchover,
-    /// Turn maintenance mode on (off at the end).
+    /// The operator turns maintenance mode on (off at the end).
     Maintenance,
+    /// The operator turns maintenance on, and off at the end; the active
+    /// is killed `after_us` after `maintenance off` is answered (0: at
+    /// once, before the others can have learned that it committed), and
+    /// restarted `down_us` later.
+    MaintenanceOffThenCrash { after_us: u64, down_us: u64 },
+    /// Ask the active for a planned switchover and kill it `after_us`
+    /// later, whether or not the switchover finished; restart it at the
+    /// end.
+    SwitchoverThenCrash { after_us: u64 },
     /// Heavier message loss, duplication and delay.
     Lossy(NetFaults),
     /// Kill the next member to become active (other than the one active
@@ -168,7 +178,30 @@ fn combination(
     let d1 = rng.gen_range(1_000_000..4_000_000);
     let d2 = rng.gen_range(1_000_000..5_000_000);
     let mut out = Vec::new();
-    if rng.gen_bool(0.5) {
+    let kind = rng.gen_range(0..100);
+    if kind >= 70 {
+        // A planned operation right before a crash of the active.
+        let after_us = if rng.gen_bool(0.5) {
+            0
+        } else {
+            rng.gen_range(0..300_000)
+        };
+        let fault = if kind >= 85 {
+            // Down longer than the availability bound (`liveness.rs`):
+            // the others must fail over without it.
+            Fault::MaintenanceOffThenCrash {
+                after_us,
+                down_us: rng.gen_range(11_000_000..16_000_000),
+            }
+        } else {
+            Fault::SwitchoverThenCrash { after_us }
+        };
+        out.push(Episode {
+            start_us: t,
+            end_us: t + d1,
+            fault,
+        });
+    } else if kind < 35 {
         // Failover to a lagging passive: the passive misses writes (the
         // active runs degraded with the witness), returns, and the active
         // dies as it does; sometimes the witness is wiped then too. Only
@@ -225,11 +258,23 @@ pub(crate) struct Begun {
     fault: Fault,
     /// `CrashNextActive`: the active when it began, and whom it killed.
     armed: Option<(Option<u64>, Option<u64>)>,
+    /// `SwitchoverThenCrash`: when to kill whom, and whom it killed.
+    crash_at: Option<(u64, u64)>,
+    crashed: Option<u64>,
 }
 
 impl Begun {
-    /// Acts on what happened since it began (`CrashNextActive`).
+    /// Acts on what happened since it began (`CrashNextActive`,
+    /// `SwitchoverThenCrash`).
     pub(crate) fn poll(&mut self, c: &mut Cluster) {
+        if let Some((at, id)) = self.crash_at {
+            if c.now_us() >= at {
+                c.note(format!("fault: the switching active {id} is killed"));
+                c.crash(id);
+                self.crash_at = None;
+                self.crashed = Some(id);
+            }
+        }
         let Some((first, None)) = self.armed else {
             return;
         };
@@ -241,17 +286,18 @@ impl Begun {
     }
 
     /// Whether the cluster must stay available while this runs (see
-    /// `liveness.rs`): not during heavy loss, maintenance or a switchover.
+    /// `liveness.rs`): not during heavy loss or a switchover (maintenance
+    /// windows are the operator's: `Operator::window_open`).
     pub(crate) fn is_calm(&self) -> bool {
         !matches!(
             self.fault,
-            Fault::Lossy(_) | Fault::Maintenance | Fault::Switchover
+            Fault::Lossy(_) | Fault::Switchover | Fault::SwitchoverThenCrash { .. }
         )
     }
 }
 
 /// Starts an episode's fault; what it hit is needed to end it.
-pub(crate) fn begin(c: &mut Cluster, fault: &Fault) -> Begun {
+pub(crate) fn begin(c: &mut Cluster, op: &mut Operator, fault: &Fault) -> Begun {
     let fault = match fault {
         Fault::Crash(t) => Fault::Crash(t.resolve(c).map_or(*t, Target::Member)),
         Fault::StallDisk(t) => Fault::StallDisk(t.resolve(c).map_or(*t, Target::Member)),
@@ -261,6 +307,7 @@ pub(crate) fn begin(c: &mut Cluster, fault: &Fault) -> Begun {
     };
     c.note(format!("fault begins: {fault:?}"));
     let armed = (fault == Fault::CrashNextActive).then_some((c.active(), None));
+    let mut crash_at = None;
     match &fault {
         Fault::Crash(Target::Member(id)) => c.crash(*id),
         Fault::StallDisk(Target::Member(id)) => c.stall_disk(*id, true),
@@ -277,22 +324,32 @@ pub(crate) fn begin(c: &mut Cluster, fault: &Fault) -> Begun {
                 c.switchover(a);
             }
         }
-        Fault::Maintenance => {
+        Fault::Maintenance | Fault::MaintenanceOffThenCrash { .. } => op.turn_on(c),
+        Fault::SwitchoverThenCrash { after_us } => {
             if let Some(a) = c.active() {
-                c.set_maintenance(a, true);
+                c.switchover(a);
+                crash_at = Some((c.now_us() + after_us, a));
             }
         }
         Fault::Lossy(net) => c.set_net(net.clone()),
         // A role nobody held: nothing was hit.
         Fault::Crash(_) | Fault::StallDisk(_) | Fault::Isolate(_) | Fault::CrashNextActive => {}
     }
-    Begun { fault, armed }
+    Begun {
+        fault,
+        armed,
+        crash_at,
+        crashed: None,
+    }
 }
 
 /// Ends an episode's fault (`base` is the run's network).
-pub(crate) fn end(c: &mut Cluster, begun: &Begun, base: &NetFaults) {
+pub(crate) fn end(c: &mut Cluster, op: &mut Operator, begun: &Begun, base: &NetFaults) {
     let fault = &begun.fault;
     if let Some((_, Some(killed))) = begun.armed {
+        c.restart(killed);
+    }
+    if let Some(killed) = begun.crashed {
         c.restart(killed);
     }
     c.note(format!("fault ends: {fault:?}"));
@@ -309,20 +366,15 @@ pub(crate) fn end(c: &mut Cluster, begun: &Begun, base: &NetFaults) {
             }
         }
         Fault::OneWay(from, to) => c.set_link(*from, *to, true),
-        Fault::Maintenance => match c.active() {
-            Some(a) => {
-                c.set_maintenance(a, false);
-            }
-            None => maintenance_off_everywhere(c),
-        },
+        Fault::Maintenance => op.turn_off(c, None),
+        Fault::MaintenanceOffThenCrash { after_us, down_us } => {
+            op.turn_off(c, Some((*after_us, *down_us)))
+        }
         Fault::Lossy(_) => c.set_net(base.clone()),
-        Fault::Crash(_) | Fault::StallDisk(_) | Fault::Isolate(_) | Fault::CrashNextActive => {}
-    }
-}
-
-/// The local form of maintenance off, on every member.
-pub(crate) fn maintenance_off_everywhere(c: &mut Cluster) {
-    for id in c.member_ids() {
-        c.maintenance_off_local(id);
+        Fault::Crash(_)
+        | Fault::StallDisk(_)
+        | Fault::Isolate(_)
+        | Fault::CrashNextActive
+        | Fault::SwitchoverThenCrash { .. } => {}
     }
 }

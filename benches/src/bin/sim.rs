@@ -40,7 +40,7 @@ struct Args {
     seconds: u64,
     /// Run with a deliberate protocol break (repeatable): ack-before-sync,
     /// lying-disk, witness-stays-leader, witness-low-priority,
-    /// wiped-member-votes, skip-fence.
+    /// wiped-member-votes, skip-fence, maintenance-applied-only.
     #[arg(long = "break", value_name = "NAME")]
     breaks: Vec<Break>,
     /// For every break, run seeds until its checker reports it; fails if a

@@ -60,7 +60,8 @@ pub const AVAILABILITY_BOUND_TICKS: u64 = 100;
 /// Availability under a single failure, during the faulty phase: whenever
 /// two voters of the current configuration, one of them a data member, are
 /// up (not blank), their disks running and the links between them up both
-/// ways, on a calm network and outside maintenance mode, some data member
+/// ways, on a calm network and outside a maintenance window (as the
+/// operator knows it), some data member
 /// must be active within
 /// [`AVAILABILITY_BOUND_TICKS`]. This is what a stuck election (two members
 /// refusing each other's votes forever) breaks, and a heal would hide.
@@ -71,8 +72,9 @@ pub(crate) struct Availability {
 }
 
 impl Availability {
-    /// Looks at the cluster now; `calm`: no lossy network, maintenance or
-    /// switchover episode is running. Returns a report once per outage.
+    /// Looks at the cluster now; `calm`: no lossy network or switchover
+    /// episode is running and no maintenance window is open. Returns a
+    /// report once per outage.
     pub(crate) fn observe(&mut self, c: &Cluster, calm: bool) -> Option<String> {
         if c.active().is_some() || !calm || !c.working_pair() {
             self.since_us = None;
@@ -111,15 +113,15 @@ impl Availability {
 }
 
 impl Cluster {
-    /// Whether a member is up, holds a log, runs its disk and is outside
-    /// maintenance mode.
+    /// Whether a member is up, holds a log and runs its disk. Whether
+    /// maintenance mode is on is the operator's knowledge, not the
+    /// members' (`Operator::window_open`): once `maintenance off` was
+    /// answered, a member still holding "maintenance on" is a member that
+    /// cannot stand, which is what this check is for.
     fn working(&self, id: u64) -> bool {
-        self.members.get(&id).is_some_and(|m| {
-            !m.disk_stalled
-                && m.replica
-                    .as_ref()
-                    .is_some_and(|r| r.status().maintenance.is_none())
-        })
+        self.members
+            .get(&id)
+            .is_some_and(|m| !m.disk_stalled && m.replica.is_some())
     }
 
     /// Two working voters (of the current configuration), one a data
