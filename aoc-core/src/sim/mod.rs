@@ -46,6 +46,7 @@ mod operator;
 mod replace;
 mod run;
 mod schedule;
+mod swarm;
 mod workload;
 
 use std::cmp::Reverse;
@@ -60,7 +61,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::bootstrap::{Bootstrap, Decision};
-use crate::proto::Notice;
+use crate::proto::{Notice, Notice_oneof_body};
 use crate::state::{KvStateMachine, MemKv, StateMachine};
 use crate::storage::{LogStore, LogWrite, MemLogStore};
 use crate::transport::{split_snapshot, Reassembler};
@@ -1106,10 +1107,13 @@ impl Cluster {
                     "{} notice {}->{} {:?}",
                     self.now_us, n.from, n.to, n.body
                 ));
+                // Only a blank probe tells the receiver of a wipe: a notice
+                // the member sent before it was wiped may arrive after.
+                let probe = matches!(n.body, Some(Notice_oneof_body::blank_probe(_)));
                 if let Some((_, known_by)) = self
                     .members
                     .get_mut(&n.from)
-                    .filter(|m| m.blank.is_some())
+                    .filter(|m| probe && m.blank.is_some())
                     .and_then(|m| m.wiped.as_mut())
                 {
                     known_by.insert(to);

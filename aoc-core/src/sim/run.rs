@@ -21,6 +21,7 @@ use super::check::{check_history, liveness, rpo, settled, Property, Verdict};
 use super::operator::Operator;
 use super::replace::{ReplaceReport, Replacement};
 use super::schedule::{self, Episode};
+use super::swarm::Knobs;
 use super::workload::{Workload, WorkloadStats};
 use super::{Break, Cluster, NetFaults, Outcome, SimOptions};
 
@@ -61,6 +62,10 @@ pub struct RunOptions {
     /// (see `replace.rs`). Off by default: a seed's run is then the same
     /// as without the option.
     pub replace: bool,
+    /// Swarm mode: the seed also draws the schedule's knobs (which faults
+    /// and how often, their lengths and overlaps, the network, the clock
+    /// skew: see `swarm.rs`) instead of the defaults.
+    pub swarm: bool,
 }
 
 impl RunOptions {
@@ -77,6 +82,7 @@ impl RunOptions {
             budget_steps: 2_000_000,
             tick_skew_per_mille: 20,
             replace: false,
+            swarm: false,
         }
     }
 }
@@ -123,21 +129,40 @@ impl RunReport {
 /// Runs one seed (see the module docs).
 pub fn run_seed(opts: &RunOptions) -> RunReport {
     let mut rng = SmallRng::seed_from_u64(opts.seed ^ 0x5EED_A0C0);
+    let knobs = if opts.swarm {
+        Knobs::draw(&mut SmallRng::seed_from_u64(opts.seed ^ 0x5A4A_4D00))
+    } else {
+        Knobs::default()
+    };
     let base = if opts.faults {
-        schedule::base_net(&mut rng)
+        schedule::base_net(&mut rng, &knobs)
     } else {
         NetFaults::default()
     };
     let mut sim = SimOptions::ha(opts.seed);
     sim.net = base.clone();
     sim.breaks = opts.breaks.clone();
-    sim.tick_skew_per_mille = opts.tick_skew_per_mille;
+    sim.tick_skew_per_mille = if opts.swarm {
+        knobs.tick_skew_per_mille
+    } else {
+        opts.tick_skew_per_mille
+    };
     let mut c = Cluster::new(sim);
+    if opts.swarm {
+        c.note(format!("swarm knobs {knobs:?}"));
+    }
     let duration_us = opts.seconds * 1_000_000;
     let episodes = if opts.faults {
         let voters = c.options().voters.clone();
         let witness = c.options().witness;
-        schedule::draw(&mut rng, duration_us, &voters, witness, !opts.replace)
+        schedule::draw(
+            &mut rng,
+            &knobs,
+            duration_us,
+            &voters,
+            witness,
+            !opts.replace,
+        )
     } else {
         Vec::new()
     };

@@ -15,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 
 use super::operator::Operator;
+use super::swarm::{kind, Knobs};
 use super::{Cluster, NetFaults};
 
 /// Whom a fault hits: a member, or whoever holds a role when the fault
@@ -83,20 +84,21 @@ pub(crate) struct Episode {
 }
 
 /// The network conditions of a whole run (faults add to them).
-pub(crate) fn base_net(rng: &mut SmallRng) -> NetFaults {
+pub(crate) fn base_net(rng: &mut SmallRng, knobs: &Knobs) -> NetFaults {
     NetFaults {
-        drop_per_mille: rng.gen_range(0..=20),
-        duplicate_per_mille: rng.gen_range(0..=20),
+        drop_per_mille: rng.gen_range(0..=knobs.base_drop_per_mille),
+        duplicate_per_mille: rng.gen_range(0..=knobs.base_duplicate_per_mille),
         min_delay_us: 50,
-        max_delay_us: rng.gen_range(500..=10_000),
+        max_delay_us: rng.gen_range(knobs.base_max_delay_us.0..=knobs.base_max_delay_us.1),
     }
 }
 
 /// Draws the episodes of a run lasting `duration_us` on members
-/// `voters`, whose witness is `witness`; `wipes`: whether the witness's
-/// directory may be wiped.
+/// `voters`, whose witness is `witness`, with `knobs`; `wipes`: whether
+/// the witness's directory may be wiped.
 pub(crate) fn draw(
     rng: &mut SmallRng,
+    knobs: &Knobs,
     duration_us: u64,
     voters: &[u64],
     witness: Option<u64>,
@@ -109,7 +111,7 @@ pub(crate) fn draw(
     let pick = |rng: &mut SmallRng| voters[rng.gen_range(0..voters.len())];
     let member = |rng: &mut SmallRng| Target::Member(pick(rng));
     while t < duration_us {
-        if rng.gen_range(0..100) < 20 {
+        if rng.gen_range(0..100) < knobs.combination_per_cent {
             // A known-dangerous combination of the same faults.
             let (episodes, end) = combination(rng, t, &mut wiped, witness.is_some());
             out.extend(
@@ -124,16 +126,15 @@ pub(crate) fn draw(
             t = end + rng.gen_range(500_000..2_000_000);
             continue;
         }
-        let length = rng.gen_range(200_000..4_000_000);
-        let fault = match rng.gen_range(0..100) {
-            0..=21 => Fault::Crash(member(rng)),
-            22..=33 => Fault::StallDisk(member(rng)),
-            34..=37 if !wiped && witness.is_some() => {
+        let length = rng.gen_range(knobs.length_us.0..knobs.length_us.1);
+        let fault = match knobs.pick(rng) {
+            kind::STALL_DISK => Fault::StallDisk(member(rng)),
+            kind::WIPE_WITNESS if !wiped && witness.is_some() => {
                 wiped = true;
                 Fault::WipeWitness
             }
-            38..=53 => Fault::Isolate(member(rng)),
-            54..=67 => {
+            kind::ISOLATE => Fault::Isolate(member(rng)),
+            kind::ONE_WAY => {
                 let from = pick(rng);
                 let mut to = pick(rng);
                 while to == from {
@@ -141,14 +142,15 @@ pub(crate) fn draw(
                 }
                 Fault::OneWay(from, to)
             }
-            68..=77 => Fault::Switchover,
-            78..=87 => Fault::Maintenance,
-            88..=99 => Fault::Lossy(NetFaults {
+            kind::SWITCHOVER => Fault::Switchover,
+            kind::MAINTENANCE => Fault::Maintenance,
+            kind::LOSSY => Fault::Lossy(NetFaults {
                 drop_per_mille: rng.gen_range(50..=300),
                 duplicate_per_mille: rng.gen_range(0..=100),
                 min_delay_us: 100,
                 max_delay_us: rng.gen_range(5_000..=200_000),
             }),
+            // A crash, or a wipe that is not allowed (any more).
             _ => Fault::Crash(member(rng)),
         };
         out.push(Episode {
@@ -157,10 +159,10 @@ pub(crate) fn draw(
             fault,
         });
         // Sometimes the next fault starts before this one ends.
-        let gap = if rng.gen_bool(0.3) {
+        let gap = if rng.gen_range(0..100) < knobs.overlap_per_cent {
             rng.gen_range(0..length)
         } else {
-            length + rng.gen_range(100_000..2_000_000)
+            length + rng.gen_range(knobs.gap_us.0..knobs.gap_us.1)
         };
         t += gap;
     }

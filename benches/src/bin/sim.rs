@@ -6,13 +6,14 @@
 //! cargo run --release -p benches --bin sim -- --seed 42 --trace
 //! cargo run --release -p benches --bin sim -- --prove-checkers --seeds 500
 //! cargo run --release -p benches --bin sim -- --replace --seeds 200
+//! cargo run --release -p benches --bin sim -- --swarm --minutes 30   # fresh seeds for 30 minutes
 //! ```
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aoc_core::sim::{run_seed, Break, RunOptions, RunReport};
 use clap::Parser;
@@ -54,6 +55,16 @@ struct Args {
     /// changes (remove, add a learner, promote) under the same faults.
     #[arg(long)]
     replace: bool,
+    /// Swarm mode: each seed also draws its own fault mix and rates (which
+    /// faults, how often, how long, how many overlap, the network, the
+    /// clock skew) instead of the defaults.
+    #[arg(long)]
+    swarm: bool,
+    /// Run fresh seeds for this many minutes of wall-clock time, from a
+    /// first seed drawn from the clock (printed, with the range run, so
+    /// every seed can be replayed); --seeds is ignored.
+    #[arg(long, value_name = "N")]
+    minutes: Option<u64>,
 }
 
 fn options(args: &Args, seed: u64, breaks: BTreeSet<Break>) -> RunOptions {
@@ -61,6 +72,7 @@ fn options(args: &Args, seed: u64, breaks: BTreeSet<Break>) -> RunOptions {
         seconds: args.seconds,
         breaks,
         replace: args.replace,
+        swarm: args.swarm,
         ..RunOptions::new(seed)
     }
 }
@@ -72,6 +84,9 @@ fn replay(args: &Args, seed: u64, breaks: &BTreeSet<Break>) -> String {
     );
     if args.replace {
         cmd.push_str(" --replace");
+    }
+    if args.swarm {
+        cmd.push_str(" --swarm");
     }
     for b in breaks {
         cmd.push_str(&format!(" --break {b}"));
@@ -241,18 +256,53 @@ fn prove_checkers(args: &Args) -> ExitCode {
     }
 }
 
+/// Runs fresh seeds for `minutes` of wall-clock time, in batches, from a
+/// first seed drawn from the clock; reports like a run of that many seeds.
+fn run_for_minutes(args: &Args, minutes: u64, breaks: &BTreeSet<Break>) -> Vec<RunReport> {
+    let first = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000_000);
+    println!("fresh seeds from {first} for {minutes} minutes");
+    let until = Instant::now() + Duration::from_secs(minutes * 60);
+    let batch = 64 * args.threads.unwrap_or(2).max(1) as u64;
+    let mut next = first;
+    let mut reports = Vec::new();
+    while Instant::now() < until {
+        let seeds: Vec<u64> = (next..next + batch).collect();
+        next += batch;
+        let mut done = run_many(args, seeds, breaks, |_| false);
+        // Keep the failures whole and the rest small.
+        for r in &mut done {
+            if r.passed() {
+                r.violations.clear();
+            }
+        }
+        reports.extend(done);
+    }
+    println!(
+        "ran seeds {first} to {} (replay one with --seed S{}{})",
+        next - 1,
+        if args.replace { " --replace" } else { "" },
+        if args.swarm { " --swarm" } else { "" }
+    );
+    reports
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.prove_checkers {
         return prove_checkers(&args);
     }
     let breaks: BTreeSet<Break> = args.breaks.iter().copied().collect();
-    let seeds: Vec<u64> = match args.seed {
-        Some(s) => vec![s],
-        None => (args.first_seed..args.first_seed + args.seeds).collect(),
-    };
     let started = Instant::now();
-    let reports = run_many(&args, seeds, &breaks, |_| false);
+    let reports = match (args.seed, args.minutes) {
+        (Some(s), _) => run_many(&args, vec![s], &breaks, |_| false),
+        (None, Some(minutes)) => run_for_minutes(&args, minutes, &breaks),
+        (None, None) => {
+            let seeds = (args.first_seed..args.first_seed + args.seeds).collect();
+            run_many(&args, seeds, &breaks, |_| false)
+        }
+    };
     let mut failed = 0;
     for r in &reports {
         if args.trace {

@@ -4,7 +4,8 @@
 //! nothing; it may lead only to bring a data member up to date and hand it
 //! leadership. Once a data member it can complete (up, connected both
 //! ways, disk running, log reaching the witness's first index) exists, the
-//! witness must stop leading within [`WITNESS_LEAD_BOUND_TICKS`] ticks.
+//! witness must stop leading within [`WITNESS_LEAD_BOUND_TICKS`] ticks, on
+//! a network that loses less than [`WITNESS_LEAD_MAX_LOSS_PER_MILLE`].
 
 use super::Property;
 use crate::sim::Cluster;
@@ -14,6 +15,13 @@ use crate::storage::LogStore;
 /// complete is reachable: a catch-up of a few round trips plus a
 /// `MsgTimeoutNow` election, with room for lost messages.
 pub const WITNESS_LEAD_BOUND_TICKS: u64 = 30;
+
+/// The bound holds on a network that loses fewer messages than this (per
+/// mille), as the availability bound holds outside heavy-loss episodes
+/// (`liveness.rs`): a catch-up probes once per heartbeat answer, and at a
+/// quarter of messages lost, several answers and appends in a row can go
+/// (seen: 3 s with swarm knobs at 27% loss).
+pub const WITNESS_LEAD_MAX_LOSS_PER_MILLE: u32 = 50;
 
 /// Since when the witness has led with a data member it could hand over to.
 #[derive(Debug, Default)]
@@ -47,7 +55,7 @@ impl Cluster {
                 .iter()
                 .any(|d| *d != w && !self.is_witness(*d) && self.can_take_over(w, *d, first))
         });
-        if !could_hand_over {
+        if !could_hand_over || self.opts.net.drop_per_mille >= WITNESS_LEAD_MAX_LOSS_PER_MILLE {
             self.witness_lead = WitnessLead::default();
             return;
         }
