@@ -245,6 +245,7 @@ impl NodeBuilder {
         let (log_tx, log_rx) = channel::unbounded();
         let shared = Arc::new(Shared {
             status: RwLock::new(initial_status),
+            lease_end: Mutex::new(None),
             subscribers: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         });
@@ -291,6 +292,8 @@ impl NodeBuilder {
                     next_token: 1,
                     shared: raft_shared,
                     started: Instant::now(),
+                    tick,
+                    ticks_done: 0,
                 };
                 driver.run(inputs)
             })
@@ -485,6 +488,10 @@ impl<L: LogStore> LogStore for ArcLog<L> {
 
 struct Shared {
     status: RwLock<Status>,
+    /// When the lease of the published status ends (its `active` holds
+    /// until then at most): a raft thread that stops publishing (hung, or
+    /// stopped) is not reported active past it.
+    lease_end: Mutex<Option<Instant>>,
     subscribers: Mutex<Vec<Sender<Event>>>,
     failure: Mutex<Option<Error>>,
 }
@@ -836,8 +843,33 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// The latest status (updated by the raft thread after every step).
+    /// Never active once the node has failed (it then says why), nor past
+    /// the end of the lease it last published: a raft thread that stalls
+    /// stops holding the role in the status when its lease ends.
     pub fn status(&self) -> Status {
-        self.shared.status.read().clone()
+        let mut st = self.shared.status.read().clone();
+        if let Some(e) = self.failure() {
+            // The last status a failed node published is not its state.
+            st.active = false;
+            st.leader = None;
+            st.role = crate::Role::Follower;
+            st.waiting_for = Some(format!("the node stopped: {e}"));
+        } else if st.active
+            && self
+                .shared
+                .lease_end
+                .lock()
+                .is_none_or(|end| Instant::now() >= end)
+        {
+            // Its raft thread published nothing since the lease ended.
+            st.active = false;
+            st.waiting_for = Some(
+                "the raft thread has not renewed the lease in time (a stalled thread or \
+                 process)"
+                    .into(),
+            );
+        }
+        st
     }
 
     /// Why the node stopped, if it failed.
@@ -852,13 +884,28 @@ impl<S: StateMachine> Node<S> {
         rx
     }
 
-    /// Stops the node and waits for its threads. Requests in flight fail
-    /// with [`Error::Stopped`].
+    /// Stops the node and waits for its threads, five seconds at most (a
+    /// thread that does not stop by then is left running). Requests in
+    /// flight fail with [`Error::Stopped`].
     pub fn shutdown(&self) {
-        let _ = self.req_tx.send(Request::Stop);
+        // Not `send`: with the raft thread gone and the queue full it
+        // would wait for good.
+        let _ = self.req_tx.send_timeout(Request::Stop, SHUTDOWN_WAIT);
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        let until = Instant::now() + SHUTDOWN_WAIT;
         for t in threads {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                warn!(
+                    member = self.id,
+                    thread = t.thread().name().unwrap_or("?"),
+                    "a node thread did not stop in time; leaving it"
+                );
+            }
         }
     }
 }
@@ -917,9 +964,57 @@ struct Driver<L: LogStore, S: StateMachine> {
     next_token: u64,
     shared: Arc<Shared>,
     started: Instant,
+    /// The tick's length, and how many ticks the replica was given.
+    tick: Duration,
+    ticks_done: u64,
 }
 
+/// How long [`Node::shutdown`] waits for the node's threads.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// At most this many ticks are given at once after a stall: far more than
+/// any lease or election timeout, after which more change nothing.
+const MAX_CATCH_UP_TICKS: u64 = 1_000;
+
 impl<L: LogStore, S: StateMachine> Driver<L, S> {
+    /// Ticks the replica up to one tick per tick of wall-clock time since
+    /// the start, so ticks missed in a stall (a paused process, a slow thread) count:
+    /// the lease is measured in the member's ticks, and the ticker drops
+    /// the ticks nobody received (it sends the next one a tick after it is
+    /// taken). Without them a leader that was stopped would count its lease
+    /// from where it stopped.
+    ///
+    /// Called before every input, not only when the ticker fires: after a
+    /// stall the first input may be a message, and the status published
+    /// after it must already count the missed ticks.
+    fn tick_to_now(&mut self, epoch_ms: u64) {
+        let due = (self.started.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
+        let behind = due.saturating_sub(self.ticks_done);
+        for _ in 0..behind.min(MAX_CATCH_UP_TICKS) {
+            let now_ms = epoch_ms + self.started.elapsed().as_millis() as u64;
+            self.replica.tick(now_ms);
+        }
+        self.ticks_done = self.ticks_done.max(due);
+    }
+
+    /// Publishes the replica's status, and until when its lease holds.
+    /// The lease end is taken at the wall-clock time of the tick it ends
+    /// at (the replica's ticks are the ticks given so far), so a status
+    /// published after a stall, before the missed ticks were given, does
+    /// not report a lease that already ended.
+    fn publish_status(&self) {
+        let st = self.replica.status();
+        let end_tick = self.ticks_done + st.lease_ticks_left.unwrap_or(0);
+        let lease_end = st.active.then(|| {
+            self.started
+                + self
+                    .tick
+                    .saturating_mul(end_tick.min(u32::MAX as u64) as u32)
+        });
+        *self.shared.lease_end.lock() = lease_end;
+        *self.shared.status.write() = st;
+    }
+
     fn run(mut self, inputs: Inputs<S>) {
         let st = self.replica.status();
         self.tell_transport(&st.voters, &st.learners, &st.members);
@@ -946,11 +1041,9 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             } else {
                 Duration::from_secs(3600)
             };
+            self.tick_to_now(epoch_ms);
             channel::select! {
-                recv(ticker) -> _ => {
-                    let now_ms = epoch_ms + self.started.elapsed().as_millis() as u64;
-                    self.replica.tick(now_ms);
-                }
+                recv(ticker) -> _ => self.tick_to_now(epoch_ms),
                 recv(messages) -> m => match m {
                     Ok(m) => {
                         self.replica.step(m);
@@ -995,10 +1088,20 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.fail(e);
                 break;
             }
-            *self.shared.status.write() = self.replica.status();
+            self.publish_status();
         }
         self.stop_all();
         info!(member = id, "raft thread stopped");
+        if self.shared.failure.lock().is_some() {
+            // A store that failed may never close: sled 0.34 flushes when
+            // its last handle drops and, after an I/O error, waits for a
+            // buffer that never becomes stable (seen with a full disk:
+            // the thread, and every join on it, hung for good). Everything
+            // acknowledged is in the synced log; the state machine is
+            // rebuilt from it at the next start.
+            let Driver { replica, .. } = self;
+            std::mem::forget(replica);
+        }
     }
 
     fn token(&mut self) -> u64 {
@@ -1069,7 +1172,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             if !rd.completions.is_empty() || !rd.switchovers.is_empty() {
                 // A caller told its write (or switchover) is done must find
                 // it in the status: publish it before the answers go out.
-                *self.shared.status.write() = self.replica.status();
+                self.publish_status();
             }
             self.carry_out(rd);
         }

@@ -283,3 +283,38 @@ fn switchover_under_writes() {
     h.assert_has(a, &acked);
     h.shutdown();
 }
+
+/// The active's raft thread stalls for 1.5 s (a read callback that blocks
+/// it; a paused process or a stuck thread looks the same): the passive
+/// takes over, and the two are never reported active at once. The stalled
+/// member stops reporting the role when its lease ends (its last published
+/// status said until when), and when it resumes, the ticks it missed count
+/// (its lease is measured in its own ticks, and the ticker drops the ticks
+/// nobody took), so it does not hold the role again for the rest of a
+/// lease it no longer has.
+#[test]
+fn a_stalled_active_is_never_reported_active_beside_the_new_one() {
+    for round in 0..3 {
+        let mut h = Ha::new();
+        let (a, p) = h.wait_sync();
+        let stalled = h.node(a).clone();
+        let stall = std::thread::spawn(move || {
+            stalled.read(|_| std::thread::sleep(Duration::from_millis(1500)))
+        });
+        let start = Instant::now();
+        let mut both = None;
+        let mut taken_over = false;
+        while start.elapsed() < Duration::from_secs(3) {
+            let (sa, sp) = (h.node(a).status(), h.node(p).status());
+            if sa.active && sp.active && both.is_none() {
+                both = Some(start.elapsed());
+            }
+            taken_over |= sp.active;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = stall.join();
+        assert_eq!(both, None, "round {round}: members {a} and {p} both active");
+        assert!(taken_over, "round {round}: the passive took over");
+        h.shutdown();
+    }
+}

@@ -318,7 +318,7 @@ fn main() -> ExitCode {
                     config.display()
                 ),
             )),
-            Ok(cfg) => aoc_node::run::run(cfg).map_err(|e| (1, e)),
+            Ok(cfg) => aoc_node::run::run(cfg).map_err(|e| (e.code, e.message)),
         },
         Command::Recover {
             config,

@@ -20,7 +20,7 @@ use aoc_core::transport::tls::TlsIdentity;
 use aoc_core::{Mode, Node};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, MemberRole};
 use crate::health::{self, Metrics};
@@ -35,8 +35,35 @@ pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{what}: {addr:?} resolves to no address"))
 }
 
-/// Runs the member described by `cfg` until SIGTERM or SIGINT.
-pub fn run(cfg: Config) -> Result<(), String> {
+/// The exit status of a member whose node failed (a storage error it
+/// cannot continue from): a supervisor restarts it, and the other data
+/// member takes over meanwhile.
+pub const EXIT_NODE_FAILED: u8 = 4;
+
+/// How a run ended in error: the exit status and the one-line reason.
+#[derive(Debug)]
+pub struct RunError {
+    /// The process's exit status (1, or [`EXIT_NODE_FAILED`]).
+    pub code: u8,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl From<String> for RunError {
+    fn from(message: String) -> Self {
+        RunError { code: 1, message }
+    }
+}
+
+impl From<&str> for RunError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+/// Runs the member described by `cfg` until SIGTERM or SIGINT, or until
+/// its node fails ([`EXIT_NODE_FAILED`]).
+pub fn run(cfg: Config) -> Result<(), RunError> {
     let tls = match (&cfg.tls, cfg.allow_plain_tcp) {
         (Some(_), true) => {
             return Err(
@@ -107,7 +134,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 .map_err(|e| format!("http_addr: cannot listen on {http}: {e}"))?;
             serve_admin(&cfg.data_dir, node.clone())?;
             info!(member = cfg.member_id, "witness running");
-            wait_for_signal()?;
+            let failed = wait_for_stop(&node)?;
+            stop_within(stop_bound(&cfg), None);
+            if let Some(e) = failed {
+                exit_failed(&node_failed(&cfg, &e, None));
+            }
             info!("stopping");
             health.shutdown();
             node.shutdown();
@@ -143,19 +174,23 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 metrics.clone(),
             )
             .map_err(|e| format!("http_addr: cannot listen on {http}: {e}"))?;
-            if let Some(m) = &cfg.management_ip {
-                let ip = MgmtIp::new(m.clone());
+            let ip = cfg.management_ip.as_ref().map(|m| MgmtIp::new(m.clone()));
+            if let Some(ip) = &ip {
                 // An address a crash may have left behind goes first.
                 if let Err(e) = ip.demote() {
                     warn!(error = %e, "clearing the management IP at start");
                 }
-                mgmt_ip::follow(node.events(), ip)
+                mgmt_ip::follow(node.events(), ip.clone())
                     .map_err(|e| format!("cannot start the management IP thread: {e}"))?;
             }
             count_failovers(&node, metrics);
             serve_admin(&cfg.data_dir, node.clone())?;
             info!(member = cfg.member_id, api = %api, "data member running");
-            wait_for_signal()?;
+            let failed = wait_for_stop(&node)?;
+            stop_within(stop_bound(&cfg), ip.clone());
+            if let Some(e) = failed {
+                exit_failed(&node_failed(&cfg, &e, ip.as_ref()));
+            }
             info!("stopping");
             hand_over_if_active(&node);
             server.shutdown();
@@ -288,13 +323,89 @@ pub fn admin_command(data_dir: &std::path::Path, command: &str) -> Result<String
     }
 }
 
-fn wait_for_signal() -> Result<(), String> {
+/// How often the main thread looks for a failed node.
+const FAILURE_POLL: Duration = Duration::from_millis(100);
+
+/// Waits for SIGTERM or SIGINT, or for the node to fail: `Some(reason)`
+/// then.
+fn wait_for_stop<S: aoc_core::state::StateMachine>(
+    node: &Node<S>,
+) -> Result<Option<String>, String> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot handle signals: {e}"))?;
-    if let Some(sig) = signals.forever().next() {
-        info!(signal = sig, "signal received");
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            info!(signal = sig, "signal received");
+            return Ok(None);
+        }
+        if let Some(e) = node.failure() {
+            return Ok(Some(e.to_string()));
+        }
+        std::thread::sleep(FAILURE_POLL);
     }
-    Ok(())
+}
+
+/// The longest a stop may take: a hand-over (the switchover timeout), then
+/// every thread (a few seconds each at most).
+fn stop_bound(cfg: &Config) -> Duration {
+    Duration::from_millis(cfg.timeouts.switchover_timeout_ms) + Duration::from_secs(10)
+}
+
+/// Ends the process once `bound` has passed, whatever it is waiting for
+/// (a hand-over to a passive that never answers, a store that never
+/// closes), releasing the management IP first.
+fn stop_within(bound: Duration, ip: Option<MgmtIp>) {
+    let _ = std::thread::Builder::new()
+        .name("aoc-stop-bound".into())
+        .spawn(move || {
+            std::thread::sleep(bound);
+            error!(
+                bound_ms = bound.as_millis() as u64,
+                "stopping took longer than its bound; exiting now"
+            );
+            if let Some(ip) = ip {
+                if let Err(e) = ip.demote() {
+                    error!(error = %e, "management IP: not every step succeeded");
+                }
+            }
+            std::process::exit(1);
+        });
+}
+
+/// Ends the process now with `e`'s status and one line on stderr, without
+/// waiting for any thread (see [`node_failed`]).
+fn exit_failed(e: &RunError) -> ! {
+    let program = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "aoc-node".into());
+    error!("{}", e.message);
+    eprintln!("{program}: {}", e.message);
+    std::process::exit(i32::from(e.code));
+}
+
+/// The node failed: the management IP and the demote hook go first, then
+/// the process ends with [`EXIT_NODE_FAILED`] (its threads are not waited
+/// for: a store that failed may never close, and everything acknowledged
+/// is in the synced log).
+fn node_failed(cfg: &Config, reason: &str, ip: Option<&MgmtIp>) -> RunError {
+    if let Some(ip) = ip {
+        if let Err(e) = ip.demote() {
+            error!(error = %e, "management IP: not every step succeeded");
+        }
+    }
+    RunError {
+        code: EXIT_NODE_FAILED,
+        message: format!(
+            "member {} stopped: {reason}; exiting with status {EXIT_NODE_FAILED} so that a \
+             supervisor restarts it once the cause is fixed",
+            cfg.member_id
+        ),
+    }
 }
 
 /// An active with a caught-up passive hands over before it stops, so a

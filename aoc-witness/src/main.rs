@@ -3,7 +3,8 @@
 //! safe, and hands leadership to a data member whenever it has to lead.
 //!
 //! `aoc-witness run --config FILE`. Exit codes: 0 on a clean stop, 1 on a
-//! failure, 2 on a bad configuration or command line.
+//! failure, 2 on a bad configuration or command line, 4 when the node
+//! failed while running (a storage error: restart it once fixed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,8 +46,8 @@ fn main() -> ExitCode {
         Ok(cfg) => match aoc_node::run::run(cfg) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("aoc-witness: {e}");
-                ExitCode::FAILURE
+                eprintln!("aoc-witness: {}", e.message);
+                ExitCode::from(e.code)
             }
         },
     }

@@ -384,6 +384,11 @@ impl Ha {
         self.lease_until = 0;
     }
 
+    /// Ticks left in the lease at `tick` (0 when it has ended).
+    pub(crate) fn lease_left(&self, tick: u64) -> u64 {
+        self.lease_until.saturating_sub(tick)
+    }
+
     /// Whether this member holds the active role at `tick`.
     pub(crate) fn is_active<T: Storage>(&self, raw: &RawNode<T>, tick: u64) -> bool {
         raw.raft.state == StateRole::Leader

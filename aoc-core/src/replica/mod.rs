@@ -256,6 +256,9 @@ pub struct Status {
     pub progress: Vec<PeerProgress>,
     /// Whether this member holds the active role (leader inside its lease).
     pub active: bool,
+    /// While active: the ticks left before the lease ends unless renewed
+    /// (a driver that stops publishing must not report the role past it).
+    pub lease_ticks_left: Option<u64>,
     /// The replication mode (meaningful on the active).
     pub mode: Mode,
     /// Whether this member is the witness.
@@ -305,6 +308,7 @@ impl Status {
             sessions: 0,
             progress: Vec::new(),
             active: false,
+            lease_ticks_left: None,
             mode: Mode::Majority,
             witness: false,
             witness_id: None,
@@ -1512,6 +1516,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             sessions: self.sessions.len(),
             progress,
             active: self.active_now(),
+            lease_ticks_left: self.active_now().then(|| self.ha.lease_left(self.ticks)),
             mode: self.ha.mode,
             witness: self.sm.is_witness(),
             witness_id: self.ha.witness,

@@ -58,3 +58,5 @@ pub fn wait_listening(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+pub mod procs;
