@@ -173,7 +173,11 @@ impl ReplicaConfig {
             election_tick: self.election_tick,
             heartbeat_tick: self.heartbeat_tick,
             min_election_tick: self.min_election_tick,
-            max_election_tick: self.max_election_tick,
+            // The replica draws every timeout itself (from its seeded
+            // generator), above this range's usual half when this member
+            // gives way for its disk (`Replica::defers_for_disk`); raft-rs
+            // asserts that a timeout lies within its configured range.
+            max_election_tick: 2 * self.max_election_tick - self.min_election_tick,
             applied,
             max_size_per_msg: self.max_size_per_msg_bytes,
             max_inflight_msgs: self.max_inflight_msgs,

@@ -104,6 +104,23 @@ pub enum Error {
         /// Why, and what to do.
         reason: String,
     },
+    /// A write refused while a data member's disk is below its reserve
+    /// (the NOSPACE alarm): nothing was applied. Reads, deletes and
+    /// backups are still served; the alarm clears once the member has
+    /// space again (or by `alarm disarm`).
+    #[error(
+        "database space exceeded: member {member} has {free_bytes} bytes free, below its \
+         reserve of {reserve_bytes} bytes; delete data or grow its file system (reads and \
+         deletes are still served)"
+    )]
+    NoSpace {
+        /// The member whose disk is low.
+        member: u64,
+        /// Its free bytes when it raised the alarm.
+        free_bytes: u64,
+        /// Its reserve.
+        reserve_bytes: u64,
+    },
     /// raft-rs refused an operation (for example a proposal while a leader
     /// transfer is in progress). Retry later.
     #[error("raft: {0}")]

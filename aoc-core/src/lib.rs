@@ -87,6 +87,6 @@ pub use config::ReplicaConfig;
 pub use error::{Error, Result};
 pub use node::{Applied, Node, NodeBuilder, SNAPSHOT_READ_TIMEOUT};
 pub use replica::{
-    Completion, Event, Member, MemberRole, MembershipChange, Mode, PeerProgress, ProposalResult,
-    Ready, Replica, Role, StateSnapshot, Status, CATCH_UP_MARGIN_ENTRIES,
+    Alarm, Completion, DiskReport, Event, Member, MemberRole, MembershipChange, Mode, PeerProgress,
+    ProposalResult, Ready, Replica, Role, StateSnapshot, Status, CATCH_UP_MARGIN_ENTRIES,
 };

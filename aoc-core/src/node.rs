@@ -115,6 +115,10 @@ enum Request<S> {
         reply: Reply<Applied>,
     },
     MaintenanceOffLocal,
+    Disk(crate::DiskReport),
+    DisarmAlarms {
+        reply: Reply<Applied>,
+    },
     Unreachable(u64),
     Reachable(u64),
     SnapshotOutcome(u64, bool),
@@ -295,7 +299,24 @@ impl NodeBuilder {
                     tick,
                     ticks_done: 0,
                 };
-                driver.run(inputs)
+                let failure = driver.shared.clone();
+                // A panic (an assertion of the replica's or raft-rs's) stops
+                // the node like a failed store: the embedding program sees
+                // it in `Node::failure` (aoc-node then exits) instead of a
+                // node that answers nothing.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    driver.run(inputs)
+                }));
+                if let Err(panic) = ran {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "a panic".into());
+                    error!(member = id, panic = %what, "the raft thread panicked; the node stopped");
+                    *failure.failure.lock() =
+                        Some(Error::Raft(format!("the raft thread panicked: {what}")));
+                }
             })
             .map_err(|e| Error::storage("thread", format!("cannot start the raft thread: {e}")))?;
         Ok(Node {
@@ -428,9 +449,9 @@ fn refuse_blank<S>(r: Request<S>, decision: &Decision) {
         Request::Switchover(reply) => {
             let _ = reply.send(Err(e));
         }
-        Request::Maintenance { reply, .. } | Request::Membership { reply, .. } => {
-            reply.send(Err(e))
-        }
+        Request::Maintenance { reply, .. }
+        | Request::Membership { reply, .. }
+        | Request::DisarmAlarms { reply } => reply.send(Err(e)),
         Request::Snapshot { reply, .. } => {
             let _ = reply.send(Err(e));
         }
@@ -803,6 +824,28 @@ impl<S: StateMachine> Node<S> {
         .map(|_| ())
     }
 
+    /// The latest measurement of this member's disk (the driver of the
+    /// data directory measures it, every second or so): below its reserve,
+    /// this member's NOSPACE alarm is raised through the leader (see
+    /// [`crate::Error::NoSpace`]).
+    pub fn report_disk(&self, report: crate::DiskReport) {
+        let _ = self.req_tx.try_send(Request::Disk(report));
+    }
+
+    /// Clears every NOSPACE alarm (asked of the leader); a disk still low
+    /// raises its alarm again at its next report.
+    pub fn disarm_alarms(&self) -> Result<()> {
+        let (tx, rx) = channel::bounded(1);
+        self.request(
+            Request::DisarmAlarms {
+                reply: Reply::Channel(tx),
+            },
+            &rx,
+            "alarm disarm",
+        )
+        .map(|_| ())
+    }
+
     /// Turns maintenance mode off on this member alone, at once and
     /// durably; works with no leader (the next leader commits the
     /// replicated off). An operator can always end a maintenance window in
@@ -1148,6 +1191,12 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.replica.change_membership(t, change);
             }
             Request::MaintenanceOffLocal => self.replica.maintenance_off_local(),
+            Request::Disk(report) => self.replica.report_disk(report),
+            Request::DisarmAlarms { reply } => {
+                let t = self.token();
+                self.proposals.insert(t, reply);
+                self.replica.disarm_alarms(t);
+            }
             Request::Unreachable(to) => self.replica.report_unreachable(to),
             Request::Reachable(to) => self.replica.report_reachable(to),
             Request::SnapshotOutcome(to, delivered) => self.replica.report_snapshot(to, delivered),

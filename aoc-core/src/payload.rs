@@ -25,6 +25,15 @@ pub(crate) enum Payload {
         allowed: u64,
         stamp_ms: u64,
     },
+    /// A data member's NOSPACE alarm raised (with its free bytes and
+    /// reserve) or cleared; `member` 0 clears every alarm.
+    Alarm {
+        member: u64,
+        on: bool,
+        free_bytes: u64,
+        reserve_bytes: u64,
+        stamp_ms: u64,
+    },
 }
 
 impl Payload {
@@ -59,6 +68,20 @@ impl Payload {
                 p.set_maintenance_allowed(*allowed);
                 p.set_stamp_ms(*stamp_ms);
             }
+            Payload::Alarm {
+                member,
+                on,
+                free_bytes,
+                reserve_bytes,
+                stamp_ms,
+            } => {
+                p.set_kind(EntryKind::ALARM);
+                p.set_alarm_member(*member);
+                p.set_alarm_on(*on);
+                p.set_alarm_free_bytes(*free_bytes);
+                p.set_alarm_reserve_bytes(*reserve_bytes);
+                p.set_stamp_ms(*stamp_ms);
+            }
         }
         // Writing a message into a Vec cannot fail.
         p.write_to_bytes().unwrap_or_default()
@@ -83,6 +106,13 @@ impl Payload {
             EntryKind::MAINTENANCE => Payload::Maintenance {
                 on: p.get_maintenance_on(),
                 allowed: p.get_maintenance_allowed(),
+                stamp_ms: p.get_stamp_ms(),
+            },
+            EntryKind::ALARM => Payload::Alarm {
+                member: p.get_alarm_member(),
+                on: p.get_alarm_on(),
+                free_bytes: p.get_alarm_free_bytes(),
+                reserve_bytes: p.get_alarm_reserve_bytes(),
                 stamp_ms: p.get_stamp_ms(),
             },
         })
@@ -129,6 +159,13 @@ mod tests {
             Payload::Maintenance {
                 on: true,
                 allowed: 2,
+                stamp_ms: 9,
+            },
+            Payload::Alarm {
+                member: 2,
+                on: true,
+                free_bytes: 1 << 20,
+                reserve_bytes: 1 << 28,
                 stamp_ms: 9,
             },
         ] {

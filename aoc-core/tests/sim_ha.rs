@@ -1042,3 +1042,59 @@ fn a_passive_with_a_rolled_back_disk_tells_the_active() {
         );
     }
 }
+
+/// The NOSPACE alarm: the active's free space falls below its reserve. It
+/// raises its alarm through the log, so writes that take space are
+/// refused with `NoSpace` (naming it) on whichever member is active, while
+/// deletes go on; and it hands the active role to the passive, whose disk
+/// has room. When its disk has room again the alarm clears and writes
+/// resume, nothing acknowledged lost.
+#[test]
+fn a_low_disk_refuses_writes_and_moves_the_active_role() {
+    for seed in 0..6 {
+        let (mut c, active, passive) = start(seed);
+        let mut w = Writer::new();
+        w.run(&mut c, SECOND_US);
+        c.set_disk_low(active, true);
+        let raised = c.run_until(3 * SECOND_US, |c| {
+            c.active() == Some(passive) && c.status(passive).is_some_and(|s| s.alarms.len() == 1)
+        });
+        assert!(
+            raised,
+            "seed {seed}: alarm in effect and the role moved: {:?}",
+            c.status(passive)
+        );
+        let t = c.propose(passive, KvCommand::put("big", "v").encode(), None);
+        c.run_until(SECOND_US, |c| c.outcome(t).is_some());
+        assert!(
+            matches!(
+                c.outcome(t),
+                Some(Outcome::Proposal {
+                    result: Err(aoc_core::Error::NoSpace { member, .. }),
+                    ..
+                }) if *member == active
+            ),
+            "seed {seed}: {:?}",
+            c.outcome(t)
+        );
+        let t = c.propose(passive, KvCommand::delete("w0").encode(), None);
+        c.run_until(SECOND_US, |c| c.outcome(t).is_some());
+        assert!(
+            matches!(c.outcome(t), Some(Outcome::Proposal { result: Ok(_), .. })),
+            "seed {seed}: a delete is served: {:?}",
+            c.outcome(t)
+        );
+        c.set_disk_low(active, false);
+        let cleared = c.run_until(3 * SECOND_US, |c| {
+            c.active()
+                .and_then(|a| c.status(a))
+                .is_some_and(|s| s.alarms.is_empty())
+        });
+        assert!(cleared, "seed {seed}: the alarm cleared");
+        let before = w.acked(&c).len();
+        w.run(&mut c, SECOND_US);
+        assert!(w.acked(&c).len() > before, "seed {seed}: writes resumed");
+        let v = c.violations();
+        assert!(v.is_empty(), "seed {seed}: {v:#?}");
+    }
+}

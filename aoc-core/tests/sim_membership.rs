@@ -444,3 +444,37 @@ fn a_learner_votes_for_a_candidate_that_lists_it_as_a_voter() {
         assert!(c.violations().is_empty(), "{:?}", c.violations());
     }
 }
+
+/// A removed member's NOSPACE alarm goes with it: nobody would ever clear
+/// it, and writes would be refused for good (the verification runner with
+/// `--replace`, seed 196: a data member lost with its alarm in effect).
+#[test]
+fn a_removed_members_alarm_goes_with_it() {
+    for seed in 0..3 {
+        let mut c = Cluster::new(SimOptions::ha(seed));
+        assert!(c.run_until(20_000_000, |c| c
+            .active()
+            .and_then(|a| c.status(a))
+            .is_some_and(|s| s.mode == Mode::Sync)));
+        let active = c.active().expect("active");
+        let passive = if active == 1 { 2 } else { 1 };
+        c.set_disk_low(passive, true);
+        assert!(c.run_until(3_000_000, |c| c
+            .status(active)
+            .is_some_and(|s| s.alarms.iter().any(|a| a.member == passive))));
+        c.lose(passive);
+        propose_until_applied(&mut c, MembershipChange::Remove(passive));
+        assert!(
+            c.status(active).is_some_and(|s| s.alarms.is_empty()),
+            "seed {seed}: {:?}",
+            c.status(active).map(|s| s.alarms)
+        );
+        let t = c.propose(active, KvCommand::put("k", "v").encode(), None);
+        c.run_until(2_000_000, |c| c.outcome(t).is_some());
+        assert!(
+            matches!(c.outcome(t), Some(Outcome::Proposal { result: Ok(_), .. })),
+            "seed {seed}: {:?}",
+            c.outcome(t)
+        );
+    }
+}

@@ -29,6 +29,11 @@
 //! sync_timeout_ms = 1000
 //! switchover_timeout_ms = 3000
 //!
+//! [storage]                          # optional
+//! nospace_alarm = true               # refuse writes before the disk is full
+//! reserve_mb = 1024                  # NOSPACE alarm below this much free space
+//!                                    # (default: 256 MiB + state + log sizes)
+//!
 //! [management_ip]                    # optional, data members only
 //! address = "10.0.0.10/24"
 //! interface = "eth0"
@@ -193,6 +198,31 @@ impl Default for Timeouts {
     }
 }
 
+/// The data directory's space (`[storage]`). Every key is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Watch the data directory's free space and raise the NOSPACE alarm
+    /// below the reserve (default true). Off, a full disk fails the member
+    /// (it exits with status 4) instead of refusing writes beforehand.
+    pub nospace_alarm: bool,
+    /// Free space (MiB) below which this member raises its NOSPACE alarm
+    /// and writes that take space are refused cluster-wide (reads, deletes
+    /// and backups go on). Default: 256 MiB plus the sizes of the state
+    /// and the log, which leaves room for a snapshot install (a second
+    /// copy of the state), the log's rewrite and compaction.
+    pub reserve_mb: Option<u64>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            nospace_alarm: true,
+            reserve_mb: None,
+        }
+    }
+}
+
 /// The floating management IP and the commands run when this member takes
 /// or loses the active role (`[management_ip]`, data members only). See
 /// [`crate::mgmt_ip`].
@@ -253,6 +283,9 @@ pub struct Config {
     /// Raft timing.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// The data directory's space.
+    #[serde(default)]
+    pub storage: Storage,
     /// The floating management IP and its hooks, if any.
     #[serde(default)]
     pub management_ip: Option<ManagementIpConfig>,
@@ -406,6 +439,12 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty".into());
+        }
+        if self.storage.reserve_mb == Some(0) {
+            return bad(
+                "storage.reserve_mb",
+                "0 would let the disk fill up before writes are refused; give at least 1".into(),
+            );
         }
         check_addr(&self.ha_addr, false).or_else(|p| bad("ha_addr", p))?;
         match (self.role, &self.api_addr) {

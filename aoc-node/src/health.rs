@@ -172,6 +172,36 @@ impl Metrics {
         );
         sample(
             o,
+            "aoc_disk_free_bytes",
+            "gauge",
+            "Free bytes on the data directory's file system, as last measured.",
+            status.disk.map(|(d, _)| d.free_bytes),
+        );
+        sample(
+            o,
+            "aoc_disk_reserve_bytes",
+            "gauge",
+            "Free bytes below which this member raises its NOSPACE alarm.",
+            status.disk.map(|(d, _)| d.reserve_bytes),
+        );
+        sample(
+            o,
+            "aoc_disk_low",
+            "gauge",
+            "1 while this member's disk is below its reserve.",
+            status.disk.map(|(_, low)| u64::from(low)),
+        );
+        header(
+            o,
+            "aoc_nospace_alarm",
+            "gauge",
+            "1 per data member whose NOSPACE alarm is in effect (writes that take space are refused).",
+        );
+        for a in &status.alarms {
+            let _ = writeln!(o, "aoc_nospace_alarm{{member=\"{}\"}} 1", a.member);
+        }
+        sample(
+            o,
             "aoc_failovers_total",
             "counter",
             "Failovers in which this member took the active role.",

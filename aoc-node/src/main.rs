@@ -129,6 +129,15 @@ enum Command {
         #[arg(long, value_name = "DATA_DIR", conflicts_with = "endpoints")]
         local: Option<PathBuf>,
     },
+    /// The NOSPACE alarms: `list` them (from the active), or `disarm` them
+    /// all (a disk still below its reserve raises its alarm again).
+    Alarm {
+        /// `list` or `disarm`.
+        op: AlarmOp,
+        /// Client API addresses of the data members (host:port,...).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+    },
     /// Generate the cluster's CA and certificates for mutual TLS: DIR/ca.pem
     /// and ca.key (reused when present, to add members later),
     /// member-ID.pem/.key and client-NAME.pem/.key. Existing certificate
@@ -256,6 +265,12 @@ enum OnOff {
     Off,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AlarmOp {
+    List,
+    Disarm,
+}
+
 /// `aoc-node recover`: prints the survey; exit status 0 once promoted, 3
 /// when the report was printed and nothing changed (no
 /// --accept-data-loss).
@@ -373,6 +388,7 @@ fn main() -> ExitCode {
         } => aoc_node::run::admin_command(&dir, "maintenance-off")
             .map(|answer| println!("{answer}"))
             .map_err(|e| (1, e)),
+        Command::Alarm { op, endpoints } => alarm(op, &endpoints, &opts),
         Command::Maintenance { local: Some(_), .. } => Err((
             2,
             "--local: only `maintenance off` has a local form; turn it on through the active"
@@ -397,6 +413,49 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), (u8, String)>;
+
+/// `aoc-node alarm list|disarm`.
+fn alarm(op: AlarmOp, list: &[String], opts: &ClientOptions) -> CliResult {
+    let mut c = connect(list, opts)?;
+    match op {
+        AlarmOp::Disarm => {
+            c.disarm_alarms().map_err(|e| (1, e.to_string()))?;
+            println!(
+                "every NOSPACE alarm cleared (a disk still below its reserve raises its own again)"
+            );
+        }
+        AlarmOp::List => {
+            let all = c.status_all();
+            let active = all
+                .iter()
+                .filter_map(|(_, st)| st.as_ref().ok())
+                .find(|m| m.status.active)
+                .ok_or((
+                    1,
+                    "no member is active: the alarms are read from the active".to_string(),
+                ))?;
+            if active.status.alarms.is_empty() {
+                println!("no alarm");
+            }
+            for a in &active.status.alarms {
+                println!("{}", alarm_line(a));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One NOSPACE alarm, for an operator.
+fn alarm_line(a: &aoc_core::Alarm) -> String {
+    format!(
+        "NOSPACE on member {}: {} MiB free, below its reserve of {} MiB, since {} ms; \
+         writes that take space are refused (reads, deletes and backups go on)",
+        a.member,
+        a.free_bytes >> 20,
+        a.reserve_bytes >> 20,
+        a.since_ms
+    )
+}
 
 /// `restore`: a bad or non-standalone configuration exits 2, a refused
 /// backup or data directory 1.
@@ -613,6 +672,7 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
                     "passive_lag_entries": s.passive_lag_entries, "passive_lag_bytes": s.passive_lag_bytes,
                     "maintenance": s.maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
                     "waiting_for": s.waiting_for,
+                    "disk": s.disk.map(|(d, low)| serde_json::json!({"free_bytes": d.free_bytes, "reserve_bytes": d.reserve_bytes, "low": low})),
                 }),
                 None => serde_json::json!({"id": null, "endpoint": ep.to_string(), "role": "down", "error": errors.get(ep)}),
             });
@@ -630,6 +690,9 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
             "learners": learners,
             "members": arr,
             "maintenance": maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
+            "alarms": active.as_ref().map(|a| a.status.alarms.iter().map(|a| serde_json::json!({
+                "member": a.member, "free_bytes": a.free_bytes, "reserve_bytes": a.reserve_bytes, "since_ms": a.since_ms,
+            })).collect::<Vec<_>>()).unwrap_or_default(),
             "last_failover": last_failover.map(|(id, (at, took))| serde_json::json!({"to": id, "at_ms": at, "took_ms": took})),
         });
         println!("{out}");
@@ -640,6 +703,13 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
         }
         if let Some((id, (at, took))) = last_failover {
             println!("last failover: to member {id} at {at} ms, {took} ms after its last contact with the previous active");
+        }
+        let alarms = active
+            .as_ref()
+            .map(|a| a.status.alarms.clone())
+            .unwrap_or_default();
+        for a in &alarms {
+            println!("alarm: {}", alarm_line(a));
         }
         if let Some((allowed, since)) = maintenance {
             println!("maintenance: on (failover suspended; only member {allowed} may stand; since {since} ms)");
@@ -664,6 +734,15 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
                             "passive lag {l} entries, {} bytes",
                             s.passive_lag_bytes.unwrap_or(0)
                         ));
+                    }
+                    if let Some((d, low)) = s.disk {
+                        if low {
+                            notes.push(format!(
+                                "disk below its reserve: {} MiB free of a {} MiB reserve",
+                                d.free_bytes >> 20,
+                                d.reserve_bytes >> 20
+                            ));
+                        }
                     }
                     if let Some(w) = &s.waiting_for {
                         notes.push(w.clone());

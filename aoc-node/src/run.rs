@@ -133,6 +133,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             let health = health::serve(http, Arc::new(move || status_node.status()), metrics)
                 .map_err(|e| format!("http_addr: cannot listen on {http}: {e}"))?;
             serve_admin(&cfg.data_dir, node.clone())?;
+            if cfg.storage.nospace_alarm {
+                crate::disk::watch(node.clone(), cfg.data_dir.clone(), cfg.storage.reserve_mb)
+                    .map_err(|e| format!("cannot start the disk thread: {e}"))?;
+            }
             info!(member = cfg.member_id, "witness running");
             let failed = wait_for_stop(&node)?;
             stop_within(stop_bound(&cfg), None);
@@ -185,6 +189,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             }
             count_failovers(&node, metrics);
             serve_admin(&cfg.data_dir, node.clone())?;
+            if cfg.storage.nospace_alarm {
+                crate::disk::watch(node.clone(), cfg.data_dir.clone(), cfg.storage.reserve_mb)
+                    .map_err(|e| format!("cannot start the disk thread: {e}"))?;
+            }
             info!(member = cfg.member_id, api = %api, "data member running");
             let failed = wait_for_stop(&node)?;
             stop_within(stop_bound(&cfg), ip.clone());

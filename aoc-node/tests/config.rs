@@ -656,3 +656,20 @@ fn allow_plain_tcp_is_a_bool() {
         "allow_plain_tcp",
     );
 }
+
+#[test]
+fn storage_reserve_of_zero_and_unknown_keys() {
+    let line = fails(
+        &format!("{HA}\n[storage]\nreserve_mb = 0\n"),
+        "storage.reserve_mb",
+    );
+    assert!(line.contains("at least 1"), "{line}");
+    fails(
+        &format!("{HA}\n[storage]\nreserve = 5\n"),
+        "storage.reserve",
+    );
+    fails(
+        &format!("{HA}\n[storage]\nnospace_alarm = \"yes\"\n"),
+        "storage.nospace_alarm",
+    );
+}

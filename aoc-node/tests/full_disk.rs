@@ -38,7 +38,7 @@ fn a_member_whose_disk_fills_exits_and_comes_back_with_everything() {
             &large.path.join("data"),
             &witness_dir,
         ],
-        |_| String::new(),
+        |_| "[storage]\nnospace_alarm = false\n".into(),
     );
     c.start_all();
     c.wait_active("member 1 active in sync mode", |id, m| {
@@ -106,4 +106,88 @@ fn a_member_whose_disk_fills_exits_and_comes_back_with_everything() {
         );
     }
     eprintln!("{} acknowledged writes, all read back", acked.len());
+}
+
+/// The NOSPACE alarm: both data members on 48 MiB file systems with a
+/// 16 MiB reserve. Writes of 64 KiB values go on until they are refused
+/// with the documented error, which names the member and its free space;
+/// neither disk is ever full and neither member exits; reads and deletes
+/// are served meanwhile; once the file systems grow, writes resume without
+/// any restart, and nothing acknowledged is lost.
+#[test]
+fn the_alarm_refuses_writes_before_the_disk_fills_and_clears_with_space() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (Some(d1), Some(d2)) = (
+        SmallDisk::mount(root.path(), "d1", 48),
+        SmallDisk::mount(root.path(), "d2", 48),
+    ) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let witness_dir = root.path().join("witness");
+    let mut c = Procs::new(
+        [&d1.path.join("data"), &d2.path.join("data"), &witness_dir],
+        |_| "[storage]\nreserve_mb = 16\n".into(),
+    );
+    c.start_all();
+    c.wait_active("an active in sync mode", |_, m| m == Mode::Sync);
+    let mut client = Client::connect(c.endpoints(), ClientOptions::default()).expect("client");
+    let mut acked = Vec::new();
+    let refusal = loop {
+        let key = format!("k{}", acked.len());
+        match client.put(key.clone(), value()) {
+            Ok(_) => acked.push(key),
+            Err(e @ aoc_core::Error::NoSpace { .. }) => break e,
+            Err(e) => panic!("write {key}: {e} ({} acknowledged)", acked.len()),
+        }
+        assert!(acked.len() < 2000, "no alarm after {} writes", acked.len());
+    };
+    let text = refusal.to_string();
+    assert!(
+        text.contains("database space exceeded: member") && text.contains("bytes free"),
+        "{text}"
+    );
+    for (id, disk) in [(1, &d1), (2, &d2)] {
+        assert!(
+            c.exited(id).is_none(),
+            "member {id} exited: {}",
+            c.log_of(id)
+        );
+        assert!(disk.free_bytes() > 1 << 20, "member {id}'s disk kept room");
+        assert!(
+            !c.log_of(id).contains("No space left on device"),
+            "member {id} met ENOSPC: {}",
+            c.log_of(id)
+        );
+    }
+    // Reads and deletes go on.
+    assert!(client.get(acked[0].clone()).expect("a read").is_some());
+    client
+        .delete(acked[0].clone())
+        .expect("a delete under the alarm");
+    acked.remove(0);
+    // Space comes back: the alarm clears and writes resume, no restart.
+    d1.resize(160);
+    d2.resize(160);
+    let start = Instant::now();
+    loop {
+        match client.put("after", b"v".to_vec()) {
+            Ok(_) => break,
+            Err(aoc_core::Error::NoSpace { .. }) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("writes did not resume: {e}"),
+        }
+    }
+    eprintln!(
+        "writes resumed {:?} after the disks grew; {} writes acknowledged before the alarm",
+        start.elapsed(),
+        acked.len()
+    );
+    for key in &acked {
+        assert!(
+            client.get(key.clone()).expect("a read").is_some(),
+            "acknowledged {key} lost"
+        );
+    }
 }

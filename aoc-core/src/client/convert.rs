@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 
 use crate::proto::client as pb;
 use crate::state::KvResponse;
-use crate::{Error, Member, MemberRole, MembershipChange, Mode, PeerProgress, Role, Status};
+use crate::{
+    Alarm, DiskReport, Error, Member, MemberRole, MembershipChange, Mode, PeerProgress, Role,
+    Status,
+};
 
 /// The API error for `e`; a `NotLeader` hint carries the leader's client
 /// address when `peers_api` knows it.
@@ -75,6 +78,16 @@ pub(crate) fn error_to_proto(e: &Error, peers_api: &BTreeMap<u64, SocketAddr>) -
             out.set_kind(pb::ErrorKind::MEMBERSHIP);
             out.set_message(reason.clone());
         }
+        Error::NoSpace {
+            member,
+            free_bytes,
+            reserve_bytes,
+        } => {
+            out.set_kind(pb::ErrorKind::NO_SPACE);
+            out.set_leader_id(*member);
+            out.set_size(*free_bytes);
+            out.set_limit(*reserve_bytes);
+        }
         Error::Raft(reason) => {
             out.set_kind(pb::ErrorKind::OTHER);
             out.set_message(reason.clone());
@@ -117,6 +130,11 @@ pub(crate) fn error_from_proto(e: &pb::ApiError) -> Error {
             reason: message,
         },
         pb::ErrorKind::MEMBERSHIP => Error::Membership { reason: message },
+        pb::ErrorKind::NO_SPACE => Error::NoSpace {
+            member: e.get_leader_id(),
+            free_bytes: e.get_size(),
+            reserve_bytes: e.get_limit(),
+        },
         pb::ErrorKind::OTHER => Error::Raft(message),
     }
 }
@@ -253,6 +271,20 @@ pub(crate) fn status_to_proto(
         i.set_ha_addr(m.ha_addr.clone());
         out.mut_members().push(i);
     }
+    for a in &s.alarms {
+        let mut i = pb::AlarmInfo::new();
+        i.set_member(a.member);
+        i.set_free_bytes(a.free_bytes);
+        i.set_reserve_bytes(a.reserve_bytes);
+        i.set_since_ms(a.since_ms);
+        out.mut_alarms().push(i);
+    }
+    if let Some((d, low)) = s.disk {
+        out.set_has_disk(true);
+        out.set_disk_free_bytes(d.free_bytes);
+        out.set_disk_reserve_bytes(d.reserve_bytes);
+        out.set_disk_low(low);
+    }
     for p in &s.progress {
         let mut q = pb::PeerProgress::new();
         q.set_id(p.id);
@@ -311,6 +343,25 @@ pub(crate) fn status_from_proto(m: &pb::MemberStatus) -> Status {
     s.last_failover_ms = m
         .get_has_last_failover()
         .then_some((m.get_last_failover_at_ms(), m.get_last_failover_took_ms()));
+    s.alarms = m
+        .get_alarms()
+        .iter()
+        .map(|a| Alarm {
+            member: a.get_member(),
+            free_bytes: a.get_free_bytes(),
+            reserve_bytes: a.get_reserve_bytes(),
+            since_ms: a.get_since_ms(),
+        })
+        .collect();
+    s.disk = m.get_has_disk().then(|| {
+        (
+            DiskReport {
+                free_bytes: m.get_disk_free_bytes(),
+                reserve_bytes: m.get_disk_reserve_bytes(),
+            },
+            m.get_disk_low(),
+        )
+    });
     s.progress = m
         .get_progress()
         .iter()

@@ -130,9 +130,11 @@ fn start<S: KvStateMachine>(ctx: &Ctx<S>, body: Req, tell: Tell) -> Refusable<Di
             &node.status(),
             &ctx.peers_api,
         ))))),
-        body @ (Req::switchover(_) | Req::maintenance(_) | Req::membership(_) | Req::backup(_)) => {
-            Ok(Dispatch::Blocking(body))
-        }
+        body @ (Req::switchover(_)
+        | Req::maintenance(_)
+        | Req::membership(_)
+        | Req::backup(_)
+        | Req::alarm_disarm(_)) => Ok(Dispatch::Blocking(body)),
     }
 }
 
@@ -246,6 +248,10 @@ pub(super) fn answer_blocking<S: KvStateMachine>(
             .map(|()| Resp::done(pb::Done::new())),
         Req::membership(m) => node
             .change_membership(super::convert::membership_from_proto(&m))
+            .map_err(api)
+            .map(|()| Resp::done(pb::Done::new())),
+        Req::alarm_disarm(_) => node
+            .disarm_alarms()
             .map_err(api)
             .map(|()| Resp::done(pb::Done::new())),
         Req::backup(b) => backup_chunk(ctx, &b, held),

@@ -469,6 +469,18 @@ impl Client {
         }
     }
 
+    /// Clears every NOSPACE alarm (etcd's `alarm disarm`); a data member
+    /// whose disk is still below its reserve raises its alarm again at its
+    /// next measurement.
+    pub fn disarm_alarms(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.opts.deadline;
+        let body = Req::alarm_disarm(pb::AlarmDisarmRequest::new());
+        match self.call(deadline, "alarm disarm", body, Retry::Always)? {
+            Resp::done(_) => Ok(()),
+            other => Err(unexpected("alarm disarm", &other)),
+        }
+    }
+
     /// Applies one membership change on the active (see
     /// [`MembershipChange`]): returns once the active applied it. Not
     /// retried once sent; [`Client::status_all`] shows the members.

@@ -30,8 +30,6 @@ pub(crate) struct Confirmations {
     reported: BTreeMap<u64, u64>,
     /// This leader's applied changes, answered once confirmed.
     held: Vec<Completion>,
-    /// (leader, index) of this member's last report.
-    last_report: Option<(u64, u64)>,
 }
 
 impl Confirmations {
@@ -93,15 +91,9 @@ impl Confirmations {
         std::mem::take(&mut self.held)
     }
 
-    /// The index to report to `leader` now, if a report is due: the
-    /// index or the leader changed, or `periodic`.
-    pub(crate) fn report_due(&mut self, leader: u64, periodic: bool) -> Option<u64> {
-        let now = (leader, self.persisted);
-        if self.last_report == Some(now) && !periodic {
-            return None;
-        }
-        self.last_report = Some(now);
-        Some(self.persisted)
+    /// The index of the configuration durable in this member's store.
+    pub(crate) fn persisted(&self) -> u64 {
+        self.persisted
     }
 }
 
@@ -122,16 +114,5 @@ mod tests {
         assert!(c.missing(1, &[1, 2, 4], 7).is_empty());
         c.on_step_down();
         assert_eq!(c.missing(1, &[1, 2, 4], 7), vec![2, 4]);
-    }
-
-    #[test]
-    fn a_report_is_due_when_it_says_something_new() {
-        let mut c = Confirmations::new(4);
-        assert_eq!(c.report_due(1, false), Some(4));
-        assert_eq!(c.report_due(1, false), None);
-        assert_eq!(c.report_due(1, true), Some(4));
-        assert_eq!(c.report_due(2, false), Some(4));
-        c.on_persisted(6);
-        assert_eq!(c.report_due(2, false), Some(6));
     }
 }

@@ -76,6 +76,14 @@ impl<S: StateMachine> Machine<S> {
 
     /// Whether a peer's snapshot could be restored (see
     /// [`StateMachine::check_snapshot`]); the witness takes metadata only.
+    /// Whether `command` only frees space (the witness runs no command).
+    pub(crate) fn frees_space(&self, command: &[u8]) -> bool {
+        match self {
+            Machine::Data(s) => s.frees_space(command),
+            Machine::Witness { .. } => false,
+        }
+    }
+
     pub(crate) fn check_snapshot(&self, index: u64, data: &[u8]) -> Result<()> {
         match self {
             Machine::Data(s) => s.check_snapshot(index, data),

@@ -22,6 +22,7 @@
 //! entry is applied, and raft-rs hands out entries to apply only once they
 //! are committed (persisted by a quorum) and persisted locally.
 
+mod alarm;
 mod confirm;
 mod filter;
 mod ha;
@@ -55,6 +56,7 @@ use crate::proto::{
 use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
+pub use alarm::{Alarm, DiskReport};
 pub use ha::Mode;
 use machine::Machine;
 pub(crate) use membership::reasons as membership_reasons;
@@ -287,6 +289,11 @@ pub struct Status {
     /// Why this member waits, when it does (a witness leader that cannot
     /// hand over).
     pub waiting_for: Option<String>,
+    /// The NOSPACE alarms in effect (writes that take space are refused).
+    pub alarms: Vec<Alarm>,
+    /// This member's disk as its driver last measured it, and whether it
+    /// is below its reserve.
+    pub disk: Option<(DiskReport, bool)>,
 }
 
 impl Status {
@@ -319,6 +326,8 @@ impl Status {
             last_failover_ms: None,
             witness_log: None,
             waiting_for: Some(waiting_for),
+            alarms: Vec::new(),
+            disk: None,
         }
     }
 }
@@ -432,6 +441,13 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Who holds the configuration; membership changes answered once
     /// every voter does (see `confirm`).
     confirm: confirm::Confirmations,
+    /// This member's disk (see `alarm`).
+    disk: alarm::DiskWatch,
+    /// On the leader: the members' disks as they reported them.
+    disk_reports: alarm::DiskReports,
+    /// The last report sent to a leader, and to which (see
+    /// `report_to_leader`).
+    last_report: Option<(u64, FollowerReport)>,
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -628,6 +644,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             leaderless_since: Some(0),
             directory: Vec::new(),
             confirm: confirm::Confirmations::default(),
+            disk: alarm::DiskWatch::default(),
+            disk_reports: alarm::DiskReports::default(),
+            last_report: None,
         };
         r.log_bytes = r.raw.store().store().size_bytes();
         r.load_meta()?;
@@ -719,6 +738,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.tell_witness();
         self.report_to_leader(self.ticks.is_multiple_of(self.cfg.election_tick as u64));
         self.expire_lost_marks();
+        self.drive_alarms();
         self.snapshot_for_new_learners();
         if self.ticks.is_multiple_of(self.cfg.election_tick as u64) {
             self.log_bytes = self.raw.store().store().size_bytes();
@@ -1037,6 +1057,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// under `token` once the entry is applied (or at once on refusal).
     /// `session` is (client id, sequence) for exactly-once writes.
     pub fn propose(&mut self, token: u64, command: Vec<u8>, session: Option<(u64, u64)>) {
+        if let Some(e) = self.no_space_refusal(&command) {
+            self.refuse(token, e);
+            return;
+        }
         let payload = Payload::Command {
             session,
             stamp_ms: self.now_ms,
@@ -1306,6 +1330,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             Some(Notice_oneof_body::follower_report(r)) if self.is_leader() => {
                 self.confirm.on_report(notice.from, r.conf_index);
+                if r.disk_known {
+                    let d = DiskReport {
+                        free_bytes: r.free_bytes,
+                        reserve_bytes: r.reserve_bytes,
+                    };
+                    self.disk_reports.on_report(notice.from, r.disk_low, d);
+                    self.drive_alarms();
+                }
                 self.after_input();
             }
             Some(Notice_oneof_body::lost_data(lost))
@@ -1370,15 +1402,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if leader == 0 || leader == self.cfg.id {
             return;
         }
-        if let Some(conf_index) = self.confirm.report_due(leader, periodic) {
-            let mut report = FollowerReport::new();
-            report.conf_index = conf_index;
-            let mut n = Notice::new();
-            n.from = self.cfg.id;
-            n.to = leader;
-            n.set_follower_report(report);
-            self.out.notices.push(n);
+        let mut report = FollowerReport::new();
+        report.conf_index = self.confirm.persisted();
+        if let Some(d) = self.disk.last() {
+            report.disk_known = true;
+            report.free_bytes = d.free_bytes;
+            report.reserve_bytes = d.reserve_bytes;
+            report.disk_low = self.disk.low();
         }
+        let same = self
+            .last_report
+            .as_ref()
+            .is_some_and(|(to, last)| *to == leader && *last == report);
+        if same && !periodic {
+            return;
+        }
+        self.last_report = Some((leader, report.clone()));
+        let mut n = Notice::new();
+        n.from = self.cfg.id;
+        n.to = leader;
+        n.set_follower_report(report);
+        self.out.notices.push(n);
     }
 
     /// Why the applied configuration is not yet held by every voter (a
@@ -1545,6 +1589,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             } else {
                 None
             },
+            alarms: self.alarms(),
+            disk: self.disk.last().map(|d| (d, self.disk.low())),
         }
     }
 
@@ -1656,15 +1702,22 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// thread-local one, which would make simulations irreproducible), and
     /// reacts to role changes.
     fn after_input(&mut self) {
+        // A data member whose disk is below its reserve stands after the
+        // others (`defers_for_disk`), so a data member with room wins
+        // first when both can.
+        let (lo, hi) = (self.cfg.min_election_tick, self.cfg.max_election_tick);
+        let (lo, hi) = if self.defers_for_disk() {
+            (hi, 2 * hi - lo)
+        } else {
+            (lo, hi)
+        };
         let r = &mut self.raw.raft;
         if r.term != self.last_term
             || r.state != self.last_role
             || r.election_elapsed == 0
             || r.randomized_election_timeout() != self.last_timeout
         {
-            let t = self
-                .rng
-                .gen_range(self.cfg.min_election_tick..self.cfg.max_election_tick);
+            let t = self.rng.gen_range(lo..hi);
             r.set_randomized_election_timeout(t);
             self.last_timeout = t;
         }
@@ -1672,6 +1725,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if role != self.last_role || term != self.last_term {
             if self.last_role == StateRole::Leader && role != StateRole::Leader {
                 self.fail_pending(leader);
+                self.disk_reports.clear();
                 for mut c in self.confirm.on_step_down() {
                     // Applied, not confirmed: the caller asks the next
                     // leader, which answers once every voter holds it.
@@ -2158,6 +2212,24 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                             self.apply_maintenance(e.index, on, allowed, stamp_ms);
                             (Step::Done(Ok(Vec::new())), Vec::new())
                         }
+                        Ok(Payload::Alarm {
+                            member,
+                            on,
+                            free_bytes,
+                            reserve_bytes,
+                            stamp_ms,
+                        }) => {
+                            self.apply_alarm(
+                                Alarm {
+                                    member,
+                                    free_bytes,
+                                    reserve_bytes,
+                                    since_ms: stamp_ms,
+                                },
+                                on,
+                            );
+                            (Step::Done(Ok(Vec::new())), Vec::new())
+                        }
                         Ok(Payload::RegisterClient { stamp_ms }) => {
                             batch_expired.extend(self.sessions.expire(stamp_ms));
                             batch_expired.extend(self.sessions.register(e.index, stamp_ms));
@@ -2327,6 +2399,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .copied()
             .collect();
         self.ha.lost.retain_members(&in_either_half);
+        // A removed member's alarm goes with it (nobody would clear it).
+        self.meta
+            .alarms
+            .retain(|a| in_either_half.contains(&a.member));
         self.meta.members = self.directory.iter().map(membership::to_record).collect();
         self.meta.conf_index = e.index;
         // Written with the conf state, in the same log write.

@@ -36,7 +36,7 @@ use crate::storage::LogStore;
 use crate::{Error, Mode, Result};
 
 /// Token of proposals the replica makes itself (never completed).
-const INTERNAL_TOKEN: u64 = 0;
+pub(crate) const INTERNAL_TOKEN: u64 = 0;
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Whether maintenance mode forbids this member to stand.
@@ -119,13 +119,28 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Applies `e` if it is a maintenance entry (the witness decodes
     /// nothing else).
     pub(crate) fn apply_if_maintenance(&mut self, e: &Entry) {
-        if let Ok(Payload::Maintenance {
-            on,
-            allowed,
-            stamp_ms,
-        }) = Payload::decode(&e.data)
-        {
-            self.apply_maintenance(e.index, on, allowed, stamp_ms);
+        match Payload::decode(&e.data) {
+            Ok(Payload::Maintenance {
+                on,
+                allowed,
+                stamp_ms,
+            }) => self.apply_maintenance(e.index, on, allowed, stamp_ms),
+            Ok(Payload::Alarm {
+                member,
+                on,
+                free_bytes,
+                reserve_bytes,
+                stamp_ms,
+            }) => self.apply_alarm(
+                crate::Alarm {
+                    member,
+                    free_bytes,
+                    reserve_bytes,
+                    since_ms: stamp_ms,
+                },
+                on,
+            ),
+            _ => {}
         }
     }
 
@@ -186,7 +201,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Proposes an entry the replica needs (maintenance), bypassing the
     /// client rules (the witness may propose these).
-    fn propose_internal(&mut self, token: u64, payload: Payload) {
+    pub(crate) fn propose_internal(&mut self, token: u64, payload: Payload) {
         match self
             .raw
             .propose(encode_context(self.cfg.id, token), payload.encode())

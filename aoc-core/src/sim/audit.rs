@@ -77,6 +77,10 @@ impl StateMachine for AuditKv {
         self.inner.check_snapshot(index, data)
     }
 
+    fn frees_space(&self, command: &[u8]) -> bool {
+        self.inner.frees_space(command)
+    }
+
     fn sync(&mut self) -> Result<u64> {
         self.inner.sync()
     }

@@ -257,6 +257,12 @@ pub(crate) struct Member {
     /// The write the disk is doing.
     in_progress: Option<LogWrite>,
     disk_stalled: bool,
+    /// Writes and syncs fail (ENOSPC), reads work: the member fails at
+    /// its next write and does not start again until there is room.
+    disk_full: bool,
+    /// Free space below the reserve: the member reports it (the NOSPACE
+    /// alarm) from its start on.
+    disk_low: bool,
     /// Pending reads: token -> key.
     reads: BTreeMap<u64, Vec<u8>>,
     /// Snapshot streams being received.
@@ -307,6 +313,8 @@ impl Member {
             queue: VecDeque::new(),
             in_progress: None,
             disk_stalled: false,
+            disk_full: false,
+            disk_low: false,
             reads: BTreeMap::new(),
             chunks: Reassembler::new(u64::MAX),
             blank: None,
@@ -673,6 +681,12 @@ impl Cluster {
         match opened {
             Ok(mut r) => {
                 r.set_breaks(breaks);
+                if m.disk_low {
+                    r.report_disk(crate::DiskReport {
+                        free_bytes: 16 << 20,
+                        reserve_bytes: 64 << 20,
+                    });
+                }
                 m.replica = Some(r);
             }
             Err(e) => {
@@ -783,7 +797,7 @@ impl Cluster {
             return;
         };
         if let Some(w) = m.in_progress.take() {
-            if keep_in_progress && !m.disk_stalled {
+            if keep_in_progress && !m.disk_stalled && !m.disk_full {
                 // In-memory writes cannot fail.
                 let _ = m.durable.write(&w);
             }
@@ -801,15 +815,62 @@ impl Cluster {
         self.trace.push(format!("{} crash {id}", self.now_us));
     }
 
-    /// Restarts a crashed member on its disk (not one lost for good).
+    /// Restarts a crashed member on its disk (not one lost for good, nor
+    /// one whose disk is full: its supervisor's restarts fail at the first
+    /// write until there is room).
     pub fn restart(&mut self, id: u64) {
         if self
             .members
             .get(&id)
-            .is_some_and(|m| m.replica.is_none() && m.blank.is_none())
+            .is_some_and(|m| m.replica.is_none() && m.blank.is_none() && !m.disk_full)
         {
             self.start(id);
         }
+    }
+
+    /// Fills member `id`'s disk (writes fail: it fails at its next write
+    /// and stays down), or makes room again (it starts).
+    pub fn fill_disk(&mut self, id: u64, full: bool) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.disk_full = full;
+        }
+        self.trace.push(format!(
+            "{} disk of {id} {}",
+            self.now_us,
+            if full { "full" } else { "has room again" }
+        ));
+        if full {
+            self.kick_disk(id);
+        } else {
+            self.restart(id);
+        }
+    }
+
+    /// Makes member `id`'s free space fall below its reserve (it raises
+    /// its NOSPACE alarm), or rise above it again.
+    pub fn set_disk_low(&mut self, id: u64, low: bool) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.disk_low = low;
+        }
+        self.trace
+            .push(format!("{} disk of {id} low {low}", self.now_us));
+        self.report_disk(id);
+    }
+
+    /// Member `id`'s driver measures its disk.
+    fn report_disk(&mut self, id: u64) {
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
+        let reserve_bytes = 64 << 20;
+        let free_bytes = if m.disk_low { 16 << 20 } else { 1 << 30 };
+        if let Some(r) = m.replica.as_mut() {
+            r.report_disk(crate::DiskReport {
+                free_bytes,
+                reserve_bytes,
+            });
+        }
+        self.drain(id);
     }
 
     /// Whether member `id` is running.
@@ -1249,6 +1310,14 @@ impl Cluster {
             return;
         };
         if m.disk_stalled || m.replica.is_none() {
+            return;
+        }
+        if m.disk_full && (m.in_progress.is_some() || !m.queue.is_empty()) {
+            // The write fails with ENOSPC: the node stops and its process
+            // exits (what aoc-node does), losing what was not synced.
+            self.trace
+                .push(format!("{} disk full: member {id} fails", self.now_us));
+            self.crash(id);
             return;
         }
         if m.in_progress.is_some() {

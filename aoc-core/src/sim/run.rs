@@ -220,6 +220,8 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
     c.heal();
     for id in c.member_ids() {
         c.stall_disk(id, false);
+        c.fill_disk(id, false);
+        c.set_disk_low(id, false);
         c.restart(id);
     }
     let heal_us = c.now_us();

@@ -70,6 +70,12 @@ pub(crate) enum Fault {
     SwitchoverThenCrash { after_us: u64 },
     /// Heavier message loss, duplication and delay.
     Lossy(NetFaults),
+    /// The member's disk is full: writes fail (ENOSPC), so it fails at its
+    /// next write and stays down; it starts again at the end.
+    FullDisk(Target),
+    /// The member's free space is below its reserve: its NOSPACE alarm
+    /// refuses the writes that take space until the end.
+    LowDisk(Target),
     /// Kill the next member to become active (other than the one active
     /// when this begins) the moment it does; restart it at the end.
     CrashNextActive,
@@ -144,6 +150,8 @@ pub(crate) fn draw(
             }
             kind::SWITCHOVER => Fault::Switchover,
             kind::MAINTENANCE => Fault::Maintenance,
+            kind::FULL_DISK => Fault::FullDisk(member(rng)),
+            kind::LOW_DISK => Fault::LowDisk(member(rng)),
             kind::LOSSY => Fault::Lossy(NetFaults {
                 drop_per_mille: rng.gen_range(50..=300),
                 duplicate_per_mille: rng.gen_range(0..=100),
@@ -304,6 +312,8 @@ pub(crate) fn begin(c: &mut Cluster, op: &mut Operator, fault: &Fault) -> Begun 
         Fault::Crash(t) => Fault::Crash(t.resolve(c).map_or(*t, Target::Member)),
         Fault::StallDisk(t) => Fault::StallDisk(t.resolve(c).map_or(*t, Target::Member)),
         Fault::Isolate(t) => Fault::Isolate(t.resolve(c).map_or(*t, Target::Member)),
+        Fault::FullDisk(t) => Fault::FullDisk(t.resolve(c).map_or(*t, Target::Member)),
+        Fault::LowDisk(t) => Fault::LowDisk(t.resolve(c).map_or(*t, Target::Member)),
         Fault::OneWay(from, to) => Fault::OneWay(c.current_id(*from), c.current_id(*to)),
         f => f.clone(),
     };
@@ -326,6 +336,8 @@ pub(crate) fn begin(c: &mut Cluster, op: &mut Operator, fault: &Fault) -> Begun 
                 c.switchover(a);
             }
         }
+        Fault::FullDisk(Target::Member(id)) => c.fill_disk(*id, true),
+        Fault::LowDisk(Target::Member(id)) => c.set_disk_low(*id, true),
         Fault::Maintenance | Fault::MaintenanceOffThenCrash { .. } => op.turn_on(c),
         Fault::SwitchoverThenCrash { after_us } => {
             if let Some(a) = c.active() {
@@ -335,7 +347,12 @@ pub(crate) fn begin(c: &mut Cluster, op: &mut Operator, fault: &Fault) -> Begun 
         }
         Fault::Lossy(net) => c.set_net(net.clone()),
         // A role nobody held: nothing was hit.
-        Fault::Crash(_) | Fault::StallDisk(_) | Fault::Isolate(_) | Fault::CrashNextActive => {}
+        Fault::Crash(_)
+        | Fault::StallDisk(_)
+        | Fault::Isolate(_)
+        | Fault::FullDisk(_)
+        | Fault::LowDisk(_)
+        | Fault::CrashNextActive => {}
     }
     Begun {
         fault,
@@ -368,6 +385,8 @@ pub(crate) fn end(c: &mut Cluster, op: &mut Operator, begun: &Begun, base: &NetF
             }
         }
         Fault::OneWay(from, to) => c.set_link(*from, *to, true),
+        Fault::FullDisk(Target::Member(id)) => c.fill_disk(*id, false),
+        Fault::LowDisk(Target::Member(id)) => c.set_disk_low(*id, false),
         Fault::Maintenance => op.turn_off(c, None),
         Fault::MaintenanceOffThenCrash { after_us, down_us } => {
             op.turn_off(c, Some((*after_us, *down_us)))
@@ -376,6 +395,8 @@ pub(crate) fn end(c: &mut Cluster, op: &mut Operator, begun: &Begun, base: &NetF
         Fault::Crash(_)
         | Fault::StallDisk(_)
         | Fault::Isolate(_)
+        | Fault::FullDisk(_)
+        | Fault::LowDisk(_)
         | Fault::CrashNextActive
         | Fault::SwitchoverThenCrash { .. } => {}
     }

@@ -54,6 +54,17 @@ pub enum KvCommand {
 }
 
 impl KvCommand {
+    /// Whether the encoded command only removes (a delete, or a
+    /// compare-and-swap to absent): see [`crate::state::StateMachine::frees_space`].
+    /// Bytes that do not decode take no space either (they are refused at
+    /// apply), but are not let through: `false`.
+    pub fn frees_space(bytes: &[u8]) -> bool {
+        matches!(
+            KvCommand::decode(bytes),
+            Ok(KvCommand::Delete { .. } | KvCommand::Cas { new: None, .. })
+        )
+    }
+
     /// A command that sets `key` to `value`.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
         KvCommand::Put {

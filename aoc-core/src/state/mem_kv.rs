@@ -142,6 +142,10 @@ impl StateMachine for MemKv {
         Ok(())
     }
 
+    fn frees_space(&self, command: &[u8]) -> bool {
+        super::KvCommand::frees_space(command)
+    }
+
     fn sync(&mut self) -> Result<u64> {
         self.undo.clear();
         Ok(self.applied_index)

@@ -135,6 +135,15 @@ pub trait StateMachine: Send + 'static {
     /// Makes every applied batch durable (a real sync) and returns the
     /// applied index that is now durable.
     fn sync(&mut self) -> Result<u64>;
+
+    /// Whether `command` only frees space (a delete): such commands are
+    /// still taken while a data member's disk is below its reserve (the
+    /// NOSPACE alarm, [`crate::Error::NoSpace`]), so an operator can make
+    /// room without an outage. The default: any command may take space.
+    fn frees_space(&self, command: &[u8]) -> bool {
+        let _ = command;
+        false
+    }
 }
 
 /// A snapshot being read (see [`StateMachine::start_snapshot`]).

@@ -494,6 +494,10 @@ impl StateMachine for SledKv {
         Ok(())
     }
 
+    fn frees_space(&self, command: &[u8]) -> bool {
+        super::KvCommand::frees_space(command)
+    }
+
     fn sync(&mut self) -> Result<u64> {
         // `&mut self`: no batch is applied meanwhile, so everything up to
         // this index is covered by the flush and the fsyncs below.
