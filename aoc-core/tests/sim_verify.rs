@@ -83,7 +83,7 @@ fn a_wiped_member_that_votes_is_caught() {
 
 #[test]
 fn standing_on_the_applied_maintenance_setting_only_is_caught() {
-    caught(Break::MaintenanceAppliedOnly, 20);
+    caught(Break::MaintenanceAppliedOnly, 40);
 }
 
 #[test]
