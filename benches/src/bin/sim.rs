@@ -267,6 +267,8 @@ fn run_for_minutes(args: &Args, minutes: u64, breaks: &BTreeSet<Break>) -> Vec<R
     let batch = 64 * args.threads.unwrap_or(2).max(1) as u64;
     let mut next = first;
     let mut reports = Vec::new();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
     while Instant::now() < until {
         let seeds: Vec<u64> = (next..next + batch).collect();
         next += batch;
@@ -275,9 +277,21 @@ fn run_for_minutes(args: &Args, minutes: u64, breaks: &BTreeSet<Break>) -> Vec<R
         for r in &mut done {
             if r.passed() {
                 r.violations.clear();
+            } else {
+                println!("seed {} FAILED: {:?}", r.seed, r.violations.first());
             }
         }
         reports.extend(done);
+        if last_progress.elapsed() >= Duration::from_secs(60) {
+            last_progress = Instant::now();
+            let failed = reports.iter().filter(|r| !r.passed()).count();
+            println!(
+                "progress: {} seeds ({first} to {}), {failed} failed, {:.0} s",
+                reports.len(),
+                next - 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     println!(
         "ran seeds {first} to {} (replay one with --seed S{}{})",
