@@ -72,6 +72,7 @@ pub mod bootstrap;
 pub mod client;
 mod config;
 mod error;
+pub mod fencing;
 pub mod logging;
 mod node;
 mod payload;

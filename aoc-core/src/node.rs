@@ -894,6 +894,8 @@ impl<S: StateMachine> Node<S> {
         if let Some(e) = self.failure() {
             // The last status a failed node published is not its state.
             st.active = false;
+            st.fencing_token = None;
+            st.lease_ticks_left = None;
             st.leader = None;
             st.role = crate::Role::Follower;
             st.waiting_for = Some(format!("the node stopped: {e}"));
@@ -906,6 +908,8 @@ impl<S: StateMachine> Node<S> {
         {
             // Its raft thread published nothing since the lease ended.
             st.active = false;
+            st.fencing_token = None;
+            st.lease_ticks_left = None;
             st.waiting_for = Some(
                 "the raft thread has not renewed the lease in time (a stalled thread or \
                  process)"
@@ -913,6 +917,25 @@ impl<S: StateMachine> Node<S> {
             );
         }
         st
+    }
+
+    /// While this member is the active: its fencing token, to stamp the
+    /// commands the platform sends outside the cluster with (see
+    /// [`crate::fencing`]). `None` when not active, as [`Node::status`]
+    /// says.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.status().fencing_token
+    }
+
+    /// While this member is the active: the instant its lease ends unless
+    /// it is renewed first (every heartbeat interval while all is well).
+    /// A supervisor that must fence the member's host when the member
+    /// hangs acts before it (`aoc-node`'s guard).
+    pub fn active_until(&self) -> Option<Instant> {
+        if !self.status().active {
+            return None;
+        }
+        *self.shared.lease_end.lock()
     }
 
     /// Why the node stopped, if it failed.

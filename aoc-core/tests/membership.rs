@@ -418,7 +418,22 @@ fn a_dead_witness_is_replaced() {
         let st = c.node(active).status();
         st.voters == vec![1, 2, 5] && st.mode == Mode::Sync
     });
+    // The active kept its role through the changes; a later active, in
+    // the new configuration, holds a greater fencing token.
+    let token = c.node(active).fencing_token().expect("a fencing token");
     let passive = if active == 1 { 2 } else { 1 };
+    c.node(active)
+        .switchover()
+        .expect("a switchover to the passive");
+    c.wait("the passive active", Duration::from_secs(10), |c| {
+        c.node(passive).status().active
+    });
+    let after = c.node(passive).fencing_token().expect("a fencing token");
+    assert!(after > token, "{after} after {token}");
+    let (active, passive) = (passive, active);
+    c.wait("sync mode again", Duration::from_secs(10), |c| {
+        c.node(active).status().mode == Mode::Sync
+    });
     c.kill(passive);
     c.wait("degraded mode on witness 5", Duration::from_secs(10), |c| {
         c.node(active).status().mode == Mode::Degraded

@@ -318,3 +318,65 @@ fn a_stalled_active_is_never_reported_active_beside_the_new_one() {
         h.shutdown();
     }
 }
+
+/// Fencing tokens on the threaded node: each new active holds a strictly
+/// greater token than the one before, across a switchover, a failover
+/// and a restart of every member, and the verifier a managed cluster's
+/// agent keeps refuses the deposed active's token once it has seen the
+/// new one.
+#[test]
+fn the_fencing_token_grows_with_every_change_of_active() {
+    use aoc_core::fencing::FencingVerifier;
+    let mut h = Ha::new();
+    let mut agent = FencingVerifier::new();
+    let token_of = |h: &Ha, who: u64| {
+        h.node(who)
+            .fencing_token()
+            .expect("the active holds a fencing token")
+    };
+    let (a, p) = h.wait_sync();
+    let mut last = token_of(&h, a);
+    agent.check(last).expect("the first active's token");
+    assert_eq!(h.node(p).fencing_token(), None, "only the active has one");
+
+    // Switchover.
+    h.node(a).switchover().expect("switchover");
+    h.wait("the new active", Duration::from_secs(5), |h| {
+        h.active() == Some(p)
+    });
+    let t = token_of(&h, p);
+    assert!(t > last, "switchover: {t} after {last}");
+    agent.check(t).expect("the new active's token");
+    let deposed = agent
+        .check(last)
+        .expect_err("the old active's token is refused");
+    assert_eq!((deposed.token, deposed.highest), (last, t));
+    last = t;
+
+    // Failover.
+    h.wait("sync mode", Duration::from_secs(5), |h| {
+        h.node(p).status().mode == Mode::Sync
+    });
+    h.kill(p);
+    h.wait("a failover", Duration::from_secs(10), |h| {
+        h.active() == Some(a)
+    });
+    let t = token_of(&h, a);
+    assert!(t > last, "failover: {t} after {last}");
+    last = t;
+
+    // Every member restarted.
+    h.start(p);
+    h.wait_sync();
+    for id in 1..=3 {
+        h.kill(id);
+    }
+    for id in 1..=3 {
+        h.start(id);
+    }
+    let (now, _) = h.wait_sync();
+    let t = token_of(&h, now);
+    assert!(t > last, "restart of every member: {t} after {last}");
+    agent.check(t).expect("the latest active's token");
+    h.shutdown();
+}

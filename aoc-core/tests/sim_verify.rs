@@ -119,3 +119,25 @@ fn swarm_seeds_that_failed_on_a_checker_pass() {
         assert!(r.passed(), "seed {seed}: {:#?}", r.violations);
     }
 }
+
+/// `--replace` seeds the volume runs found (each failed before its fix):
+/// - 704662482271, 704662483802: a data member's NOSPACE alarm, proposed
+///   while its removal was in flight, was applied after the removal: no
+///   one would ever clear it and every write was refused; an alarm for a
+///   member no longer in the configuration is now ignored;
+/// - 704662482357, 704662483701: the allowed member of a maintenance
+///   window was lost for good and the witness was down when the operator
+///   turned maintenance off locally on the others; it came back still
+///   applying "only the lost member may stand", with a longer log than
+///   the data member: the simulated operator now does what the runbook
+///   says for each member, including one that comes back later.
+#[test]
+fn replace_seeds_the_volume_runs_found_pass() {
+    for seed in [704662482271, 704662483802, 704662482357, 704662483701] {
+        let r = run_seed(&RunOptions {
+            replace: true,
+            ..RunOptions::new(seed)
+        });
+        assert!(r.passed(), "seed {seed}: {:#?}", r.violations);
+    }
+}

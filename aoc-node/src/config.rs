@@ -34,6 +34,12 @@
 //! reserve_mb = 1024                  # NOSPACE alarm below this much free space
 //!                                    # (default: 256 MiB + state + log sizes)
 //!
+//! [guard]                            # optional, data members only
+//! enabled = true                     # run the member under the guard
+//! restart = true                     # restart it after it exits or is fenced
+//! reaction_ms = 50                   # at most half of heartbeat_tick x tick_ms
+//! max_backoff_ms = 30000
+//!
 //! [management_ip]                    # optional, data members only
 //! address = "10.0.0.10/24"
 //! interface = "eth0"
@@ -223,6 +229,38 @@ impl Default for Storage {
     }
 }
 
+/// The guard (`[guard]`, data members only): the process that runs the
+/// member and fences its host when the member dies or hangs (see
+/// [`crate::guard`]). Every key is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Guard {
+    /// Run the member under the guard (default true).
+    pub enabled: bool,
+    /// Restart the member after it exited or was fenced (default true;
+    /// false: the guard exits with the member's status).
+    pub restart: bool,
+    /// The most time the guard may take to act (kill the member, remove
+    /// the management IP) before the lease ends, in ms (default 50). It
+    /// must fit in half the time between the lease's end and the earliest
+    /// another member can be active (`heartbeat_tick` ticks).
+    pub reaction_ms: u64,
+    /// The longest pause between restarts (default 30000); the pause
+    /// doubles from one second after each quick exit.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            enabled: true,
+            restart: true,
+            reaction_ms: 50,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
 /// The floating management IP and the commands run when this member takes
 /// or loses the active role (`[management_ip]`, data members only). See
 /// [`crate::mgmt_ip`].
@@ -286,6 +324,9 @@ pub struct Config {
     /// The data directory's space.
     #[serde(default)]
     pub storage: Storage,
+    /// The guard process (data members).
+    #[serde(default)]
+    pub guard: Guard,
     /// The floating management IP and its hooks, if any.
     #[serde(default)]
     pub management_ip: Option<ManagementIpConfig>,
@@ -548,6 +589,7 @@ impl Config {
         }
 
         self.validate_timeouts()?;
+        self.validate_guard()?;
         if let Some(m) = &self.management_ip {
             if self.role == MemberRole::Witness {
                 return bad(
@@ -561,6 +603,40 @@ impl Config {
         // checks above).
         if let Err(e) = self.replica_config().validate() {
             return bad("timeouts", e.to_string());
+        }
+        Ok(())
+    }
+
+    /// The guard must act within half of the time between the lease's
+    /// end and the earliest moment another member can be active (the other
+    /// half covers clock-rate differences, as the lease's own margin does).
+    fn validate_guard(&self) -> Result<(), (String, String)> {
+        let g = &self.guard;
+        if !g.enabled {
+            return Ok(());
+        }
+        let slack_ms = self
+            .timeouts
+            .heartbeat_tick
+            .saturating_mul(self.timeouts.tick_ms);
+        if g.reaction_ms == 0 || g.reaction_ms.saturating_mul(2) > slack_ms {
+            return Err((
+                "guard.reaction_ms".into(),
+                format!(
+                    "{} ms does not fit: the lease ends {slack_ms} ms (heartbeat_tick x \
+                     tick_ms) before another member can be active, and the guard may use at \
+                     most half of it ({} ms); lower reaction_ms or raise heartbeat_tick or \
+                     tick_ms",
+                    g.reaction_ms,
+                    slack_ms / 2
+                ),
+            ));
+        }
+        if g.max_backoff_ms < 1000 {
+            return Err((
+                "guard.max_backoff_ms".into(),
+                format!("{} ms is below the first pause (1000 ms)", g.max_backoff_ms),
+            ));
         }
         Ok(())
     }

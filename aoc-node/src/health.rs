@@ -52,6 +52,10 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     failovers: AtomicU64,
+    /// What the guard did before this member started: restarts, and kills
+    /// at a lease's end.
+    guard_restarts: AtomicU64,
+    guard_fenced: AtomicU64,
     /// Proposals per bucket of [`LATENCY_BUCKETS`], plus one for `+Inf`
     /// (not cumulative; `/metrics` adds them up).
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
@@ -83,6 +87,13 @@ impl Metrics {
     /// member without a planned switchover).
     pub fn failover(&self) {
         self.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the guard passed this member: how often it restarted a member,
+    /// and how often it killed one whose lease ended without a renewal.
+    pub fn guard_counts(&self, restarts: u64, fenced: u64) {
+        self.guard_restarts.store(restarts, Ordering::Relaxed);
+        self.guard_fenced.store(fenced, Ordering::Relaxed);
     }
 
     /// Failovers counted so far.
@@ -208,6 +219,21 @@ impl Metrics {
             Some(self.failovers()),
         );
 
+        sample(
+            o,
+            "aoc_guard_restarts_total",
+            "counter",
+            "Times the guard restarted this member (it exited or was fenced).",
+            Some(self.guard_restarts.load(Ordering::Relaxed)),
+        );
+        sample(
+            o,
+            "aoc_guard_fenced_total",
+            "counter",
+            "Times the guard killed this member because its lease ended without a renewal.",
+            Some(self.guard_fenced.load(Ordering::Relaxed)),
+        );
+
         let name = "aoc_proposal_latency_seconds";
         header(
             o,
@@ -249,27 +275,28 @@ pub fn is_ready(status: &Status) -> bool {
     !status.voters.is_empty() && (status.leader.is_some() || status.role == Role::Leader)
 }
 
-/// The `/health` answer: (HTTP status, one line).
+/// The `/health` answer: (HTTP status, one line of JSON). 200 on the
+/// active, with its fencing token (the platform stamps its commands with
+/// it: see `aoc_core::fencing`); 503 elsewhere, with the role and the
+/// leader this member knows.
 fn health(status: &Status) -> (u16, String) {
-    if status.active {
-        return (
-            200,
-            format!("active: member {}, term {}", status.id, status.term),
-        );
-    }
-    let what = if status.witness {
+    let role = if status.active {
+        "active"
+    } else if status.witness {
         "witness"
     } else {
         "not active"
     };
-    let mut line = format!("{what}: member {}, role {:?}", status.id, status.role);
-    match status.leader {
-        Some(l) if l != status.id => {
-            let _ = write!(line, ", leader {l}");
-        }
-        _ => {}
-    }
-    (503, line)
+    let body = serde_json::json!({
+        "active": status.active,
+        "role": role,
+        "member": status.id,
+        "raft_role": format!("{:?}", status.role),
+        "term": status.term,
+        "leader": status.leader,
+        "fencing_token": status.fencing_token,
+    });
+    (if status.active { 200 } else { 503 }, body.to_string())
 }
 
 /// The `/ready` answer: (HTTP status, one line).
@@ -407,7 +434,7 @@ fn answer(rq: tiny_http::Request, status: &StatusSource, metrics: &Metrics) {
         Method::Get | Method::Head => match path.as_str() {
             "/health" => {
                 let (c, line) = health(&status());
-                (c, line + "\n", text_plain)
+                (c, line + "\n", "application/json")
             }
             "/ready" => {
                 let (c, line) = ready(&status());

@@ -53,6 +53,7 @@ pub mod backup;
 pub mod certs;
 pub mod config;
 pub mod disk;
+pub mod guard;
 pub mod health;
 pub mod identity;
 pub mod lock;

@@ -333,6 +333,11 @@ fn main() -> ExitCode {
                     config.display()
                 ),
             )),
+            Ok(cfg)
+                if cfg.guard.enabled && std::env::var_os(aoc_node::guard::CHILD_ENV).is_none() =>
+            {
+                aoc_node::guard::run(&config, &cfg).map_err(|e| (e.code, e.message))
+            }
             Ok(cfg) => aoc_node::run::run(cfg).map_err(|e| (e.code, e.message)),
         },
         Command::Recover {
@@ -668,6 +673,7 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
             arr.push(match st {
                 Some(s) => serde_json::json!({
                     "id": s.id, "endpoint": ep.to_string(), "role": role_name(s), "term": s.term,
+                    "fencing_token": s.fencing_token,
                     "commit": s.commit, "applied": s.applied, "leader": s.leader,
                     "passive_lag_entries": s.passive_lag_entries, "passive_lag_bytes": s.passive_lag_bytes,
                     "maintenance": s.maintenance.map(|(a, since)| serde_json::json!({"allowed": a, "since_ms": since})),
@@ -729,6 +735,9 @@ fn status(list: &[String], json: bool, opts: &ClientOptions) -> CliResult {
             match st {
                 Some(s) => {
                     let mut notes = Vec::new();
+                    if let Some(t) = s.fencing_token {
+                        notes.push(format!("fencing token {t}"));
+                    }
                     if let Some(l) = s.passive_lag_entries {
                         notes.push(format!(
                             "passive lag {l} entries, {} bytes",

@@ -28,7 +28,9 @@
 //!
 //! Hooks get the environment variables `AOC_MGMT_EVENT` (`promote` or
 //! `demote`), `AOC_MGMT_ADDRESS` and `AOC_MGMT_INTERFACE` (empty when not
-//! configured).
+//! configured); under the guard (`crate::guard`) also `AOC_MEMBER_ID`,
+//! `AOC_OLD_ROLE`, `AOC_NEW_ROLE` and, on promote, `AOC_FENCING_TOKEN`
+//! (see [`HookEnv`]).
 //!
 //! [`follow`] runs the two on the node's `ActiveChanged` events. A member
 //! that starts should call [`MgmtIp::demote`] once before following, to
@@ -103,27 +105,12 @@ impl MgmtIp {
     /// This member became the active: promote hook, add the address,
     /// announce it. Returns every failure, `; `-separated.
     pub fn promote(&self) -> Result<(), String> {
-        info!(address = ?self.cfg.address, "management IP: promote");
         let mut errors = Vec::new();
-        if let Some(hook) = &self.cfg.promote_hook {
-            if let Err(e) = self.run_hook("promote", hook) {
-                errors.push(e);
-            }
+        if let Err(e) = self.promote_hook(&HookEnv::default()) {
+            errors.push(e);
         }
-        if let (Some(addr), Some(iface)) = (&self.cfg.address, &self.cfg.interface) {
-            match self.run(&self.ip_bin, &["addr", "add", addr, "dev", iface]) {
-                Ok(f) if f.success => {
-                    info!(address = %addr, interface = %iface, "management IP added")
-                }
-                Ok(f) if already(&f.stderr, true) => {
-                    info!(address = %addr, interface = %iface, "management IP was already present")
-                }
-                Ok(f) => errors.push(self.failed("ip addr add", &f)),
-                Err(e) => errors.push(self.spawn_failed("ip addr add", &e)),
-            }
-            if self.cfg.arping {
-                self.announce(addr, iface);
-            }
+        if let Err(e) = self.add_address() {
+            errors.push(e);
         }
         done(errors)
     }
@@ -131,31 +118,80 @@ impl MgmtIp {
     /// This member stopped being the active: remove the address first,
     /// then run the demote hook. Returns every failure, `; `-separated.
     pub fn demote(&self) -> Result<(), String> {
-        info!(address = ?self.cfg.address, "management IP: demote");
         let mut errors = Vec::new();
-        if let (Some(addr), Some(iface)) = (&self.cfg.address, &self.cfg.interface) {
-            match self.run(&self.ip_bin, &["addr", "del", addr, "dev", iface]) {
-                Ok(f) if f.success => {
-                    info!(address = %addr, interface = %iface, "management IP removed")
-                }
-                Ok(f) if already(&f.stderr, false) => {
-                    debug!(address = %addr, interface = %iface, "management IP was not present")
-                }
-                Ok(f) => errors.push(self.failed("ip addr del", &f)),
-                Err(e) => errors.push(self.spawn_failed("ip addr del", &e)),
-            }
+        if let Err(e) = self.remove_address() {
+            errors.push(e);
         }
-        if let Some(hook) = &self.cfg.demote_hook {
-            if let Err(e) = self.run_hook("demote", hook) {
-                errors.push(e);
-            }
+        if let Err(e) = self.demote_hook(&HookEnv::default()) {
+            errors.push(e);
         }
         done(errors)
     }
 
-    fn run_hook(&self, event: &str, hook: &str) -> Result<(), String> {
+    /// Runs the promote hook, if one is configured.
+    pub fn promote_hook(&self, env: &HookEnv) -> Result<(), String> {
+        match &self.cfg.promote_hook {
+            Some(hook) => self.run_hook("promote", hook, env),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the demote hook, if one is configured.
+    pub fn demote_hook(&self, env: &HookEnv) -> Result<(), String> {
+        match &self.cfg.demote_hook {
+            Some(hook) => self.run_hook("demote", hook, env),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds the address (and announces it), if one is configured.
+    pub fn add_address(&self) -> Result<(), String> {
+        let (Some(addr), Some(iface)) = (&self.cfg.address, &self.cfg.interface) else {
+            return Ok(());
+        };
+        info!(address = %addr, "management IP: add");
+        let result = match self.run(&self.ip_bin, &["addr", "add", addr, "dev", iface]) {
+            Ok(f) if f.success => {
+                info!(address = %addr, interface = %iface, "management IP added");
+                Ok(())
+            }
+            Ok(f) if already(&f.stderr, true) => {
+                info!(address = %addr, interface = %iface, "management IP was already present");
+                Ok(())
+            }
+            Ok(f) => Err(self.failed("ip addr add", &f)),
+            Err(e) => Err(self.spawn_failed("ip addr add", &e)),
+        };
+        if self.cfg.arping {
+            self.announce(addr, iface);
+        }
+        result
+    }
+
+    /// Removes the address, if one is configured (one already gone is
+    /// not an error).
+    pub fn remove_address(&self) -> Result<(), String> {
+        let (Some(addr), Some(iface)) = (&self.cfg.address, &self.cfg.interface) else {
+            return Ok(());
+        };
+        info!(address = %addr, "management IP: remove");
+        match self.run(&self.ip_bin, &["addr", "del", addr, "dev", iface]) {
+            Ok(f) if f.success => {
+                info!(address = %addr, interface = %iface, "management IP removed");
+                Ok(())
+            }
+            Ok(f) if already(&f.stderr, false) => {
+                debug!(address = %addr, interface = %iface, "management IP was not present");
+                Ok(())
+            }
+            Ok(f) => Err(self.failed("ip addr del", &f)),
+            Err(e) => Err(self.spawn_failed("ip addr del", &e)),
+        }
+    }
+
+    fn run_hook(&self, event: &str, hook: &str, env: &HookEnv) -> Result<(), String> {
         let what = format!("{event} hook");
-        match self.run_with("sh", &["-c", hook], event) {
+        match self.run_with("sh", &["-c", hook], event, env) {
             Ok(f) if f.success => {
                 info!(hook = %hook, "{what} succeeded");
                 Ok(())
@@ -214,12 +250,18 @@ impl MgmtIp {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> std::io::Result<Finished> {
-        self.run_with(program, args, "")
+        self.run_with(program, args, "", &HookEnv::default())
     }
 
     /// Runs `program args` (inside the namespace, if any) and waits for it,
     /// at most the command timeout.
-    fn run_with(&self, program: &str, args: &[&str], event: &str) -> std::io::Result<Finished> {
+    fn run_with(
+        &self,
+        program: &str,
+        args: &[&str],
+        event: &str,
+        env: &HookEnv,
+    ) -> std::io::Result<Finished> {
         let mut cmd = match &self.cfg.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -238,12 +280,47 @@ impl MgmtIp {
                 "AOC_MGMT_INTERFACE",
                 self.cfg.interface.as_deref().unwrap_or(""),
             )
+            .envs(env.vars())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         debug!(command = ?cmd, "management IP: running");
         let child = cmd.spawn()?;
         wait(child, self.timeout)
+    }
+}
+
+/// What a hook is told beside the event and the address: the member, the
+/// transition's roles, and the fencing token when there is one (empty
+/// values are left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookEnv {
+    /// This member's id.
+    pub member: Option<u64>,
+    /// The role before and after the transition (`active`, `passive`).
+    pub old_role: Option<String>,
+    /// The role after it.
+    pub new_role: Option<String>,
+    /// The active's fencing token (on promote).
+    pub fencing_token: Option<u64>,
+}
+
+impl HookEnv {
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(m) = self.member {
+            v.push(("AOC_MEMBER_ID", m.to_string()));
+        }
+        if let Some(r) = &self.old_role {
+            v.push(("AOC_OLD_ROLE", r.clone()));
+        }
+        if let Some(r) = &self.new_role {
+            v.push(("AOC_NEW_ROLE", r.clone()));
+        }
+        if let Some(t) = self.fencing_token {
+            v.push(("AOC_FENCING_TOKEN", t.to_string()));
+        }
+        v
     }
 }
 

@@ -178,7 +178,23 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 metrics.clone(),
             )
             .map_err(|e| format!("http_addr: cannot listen on {http}: {e}"))?;
-            let ip = cfg.management_ip.as_ref().map(|m| MgmtIp::new(m.clone()));
+            // Under the guard, the guard owns the management IP and the
+            // hooks: this member reports its lease to it instead.
+            let guarded = std::env::var_os(crate::guard::CHILD_ENV).is_some();
+            if guarded {
+                crate::guard::die_with_guard()?;
+                crate::guard::report_to_guard(node.clone())
+                    .map_err(|e| format!("cannot start the guard report thread: {e}"))?;
+                metrics.guard_counts(
+                    env_count(crate::guard::RESTARTS_ENV),
+                    env_count(crate::guard::FENCED_ENV),
+                );
+            }
+            let ip = cfg
+                .management_ip
+                .as_ref()
+                .filter(|_| !guarded)
+                .map(|m| MgmtIp::new(m.clone()));
             if let Some(ip) = &ip {
                 // An address a crash may have left behind goes first.
                 if let Err(e) = ip.demote() {
@@ -329,6 +345,14 @@ pub fn admin_command(data_dir: &std::path::Path, command: &str) -> Result<String
     } else {
         Err(answer)
     }
+}
+
+/// A count the guard passed in the environment (0 when absent).
+fn env_count(name: &str) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// How often the main thread looks for a failed node.

@@ -175,7 +175,7 @@ fn replica_config_matches_aoc_core_with_default_timeouts() {
 fn timeouts_reach_the_replica_config() {
     let text = format!(
         "{HA}\n[timeouts]\ntick_ms = 20\nelection_tick = 20\nheartbeat_tick = 4\n\
-         sync_timeout_ms = 500\nswitchover_timeout_ms = 2000\n"
+         sync_timeout_ms = 500\nswitchover_timeout_ms = 2000\n[guard]\nreaction_ms = 40\n"
     );
     let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.tick(), Duration::from_millis(20));

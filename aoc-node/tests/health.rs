@@ -46,6 +46,7 @@ fn leader_status() -> Status {
     s.last_index = 121;
     s.voters = vec![1, 2, 3];
     s.active = true;
+    s.fencing_token = Some(7);
     s.mode = Mode::Sync;
     s.passive_lag_entries = Some(3);
     s.passive_lag_bytes = Some(4096);
@@ -72,7 +73,9 @@ fn health_follows_active() {
     let (code, body) = get(addr, "/health");
     assert_eq!(code, 200, "{body}");
     assert_eq!(body.lines().count(), 1, "{body:?}");
-    assert!(body.starts_with("active"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).expect("one JSON object");
+    assert_eq!(v["active"], true, "{body}");
+    assert_eq!(v["fencing_token"], 7, "{body}");
 
     // The lease ended: still leader for raft, but no longer the active.
     status.lock().expect("lock").active = false;
@@ -88,7 +91,12 @@ fn health_follows_active() {
     }
     let (code, body) = get(addr, "/health");
     assert_eq!(code, 503);
-    assert!(body.contains("leader 2"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).expect("one JSON object");
+    assert_eq!(
+        (v["active"].clone(), v["leader"].clone()),
+        (false.into(), 2.into()),
+        "{body}"
+    );
 
     status.lock().expect("lock").active = true;
     assert_eq!(get(addr, "/health").0, 200);

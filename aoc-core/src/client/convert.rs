@@ -230,6 +230,7 @@ pub(crate) fn status_to_proto(
     out.set_voters(s.voters.clone());
     out.set_sessions(s.sessions as u64);
     out.set_active(s.active);
+    out.set_fencing_token(s.fencing_token.unwrap_or(0));
     out.set_mode(mode_to_proto(s.mode));
     out.set_witness(s.witness);
     if let Some(id) = s.witness_id {
@@ -323,6 +324,7 @@ pub(crate) fn status_from_proto(m: &pb::MemberStatus) -> Status {
         .collect();
     s.sessions = usize::try_from(m.get_sessions()).unwrap_or(usize::MAX);
     s.active = m.get_active();
+    s.fencing_token = (m.get_fencing_token() != 0).then_some(m.get_fencing_token());
     s.mode = mode_from_proto(m.get_mode());
     s.witness = m.get_witness();
     s.witness_id = m.get_has_witness_id().then_some(m.get_witness_id());

@@ -200,8 +200,23 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.propose_internal(token, payload);
     }
 
-    /// Applies an alarm entry (`member` 0 and off: every alarm clears).
+    /// Applies an alarm entry (`member` 0 and off: every alarm clears). An
+    /// alarm raised for a member that is not in the configuration any more
+    /// is ignored: the entry was proposed before its removal was applied,
+    /// and nobody would ever clear it (the verification runner with
+    /// `--replace`).
     pub(crate) fn apply_alarm(&mut self, alarm: Alarm, on: bool) {
+        let conf = self.raw.raft.prs().conf();
+        let member =
+            conf.voters().contains(alarm.member) || conf.learners().contains(&alarm.member);
+        if on && !member {
+            info!(
+                member = self.cfg.id,
+                alarmed = alarm.member,
+                "an alarm for a member no longer in the configuration: ignored"
+            );
+            return;
+        }
         let before = self.meta.alarms.len();
         self.meta
             .alarms

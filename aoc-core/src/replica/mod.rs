@@ -261,6 +261,9 @@ pub struct Status {
     /// While active: the ticks left before the lease ends unless renewed
     /// (a driver that stops publishing must not report the role past it).
     pub lease_ticks_left: Option<u64>,
+    /// While active: the fencing token to stamp the platform's commands
+    /// with (see [`crate::fencing`]): the term this member leads in.
+    pub fencing_token: Option<u64>,
     /// The replication mode (meaningful on the active).
     pub mode: Mode,
     /// Whether this member is the witness.
@@ -316,6 +319,7 @@ impl Status {
             progress: Vec::new(),
             active: false,
             lease_ticks_left: None,
+            fencing_token: None,
             mode: Mode::Majority,
             witness: false,
             witness_id: None,
@@ -1181,6 +1185,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.active_now()
     }
 
+    /// While this member is the active: its fencing token, the term it
+    /// leads in (see [`crate::fencing`]). Strictly greater for every later
+    /// active, and held by no other active.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.active_now().then_some(self.raw.raft.term)
+    }
+
     /// Where a client should go instead: the leader, or the member a
     /// witness leader is handing over to.
     fn active_hint(&self) -> Option<u64> {
@@ -1561,6 +1572,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             progress,
             active: self.active_now(),
             lease_ticks_left: self.active_now().then(|| self.ha.lease_left(self.ticks)),
+            fencing_token: self.fencing_token(),
             mode: self.ha.mode,
             witness: self.sm.is_witness(),
             witness_id: self.ha.witness,

@@ -365,6 +365,8 @@ pub struct Cluster {
     events_seen: Vec<(u64, Event)>,
     /// The members seen active at once (one report per overlap).
     overlap: Option<Vec<u64>>,
+    /// The fencing tokens of the actives so far.
+    tokens: check::one_active::Tokens,
     witness_lead: WitnessLead,
     /// Every configuration a member applied, by index (one entry per
     /// distinct configuration, at the lowest index seen).
@@ -394,6 +396,7 @@ impl Cluster {
             violations: Arc::new(Mutex::new(Vec::new())),
             events_seen: Vec::new(),
             overlap: None,
+            tokens: Default::default(),
             witness_lead: WitnessLead::default(),
             confs: Vec::new(),
             successors: BTreeMap::new(),

@@ -16,7 +16,8 @@ use super::{Cluster, Outcome};
 const ANSWER_TIMEOUT_US: u64 = 2_000_000;
 /// With no active for this long while ending a window, the operator turns
 /// maintenance off locally on every running member (the runbook's
-/// "otherwise").
+/// "otherwise"), and on any member that comes back still saying it is on,
+/// until a member is active.
 const NO_ACTIVE_US: u64 = 3_000_000;
 
 /// Where the maintenance window is, as the operator knows it.
@@ -34,6 +35,11 @@ enum Window {
         pending: Option<(u64, u64)>,
         no_active_since: Option<u64>,
     },
+    /// Ended locally (no active): until a member is active, the operator
+    /// turns maintenance off locally on any member whose status still says
+    /// it is on (one that was down when the others were done, say), as the
+    /// runbook says for each member.
+    LocalOff,
 }
 
 /// What the operator does next to a run's maintenance window (see the
@@ -111,7 +117,23 @@ impl Operator {
                 pending,
                 no_active_since,
             } => self.poll_closing(c, pending, no_active_since),
+            Window::LocalOff => self.poll_local_off(c),
             Window::Closed | Window::Open => {}
+        }
+    }
+
+    fn poll_local_off(&mut self, c: &mut Cluster) {
+        if c.active().is_some() {
+            self.window = Window::Closed;
+            return;
+        }
+        for id in c.member_ids() {
+            if c.status(id).is_some_and(|s| s.maintenance.is_some()) {
+                c.note(format!(
+                    "operator: member {id} still says maintenance is on; maintenance off --local"
+                ));
+                c.maintenance_off_local(id);
+            }
         }
     }
 
@@ -159,7 +181,7 @@ impl Operator {
                     for id in c.member_ids() {
                         c.maintenance_off_local(id);
                     }
-                    self.window = Window::Closed;
+                    self.window = Window::LocalOff;
                     self.crash_plan = None;
                     return;
                 }

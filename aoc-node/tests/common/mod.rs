@@ -59,4 +59,5 @@ pub fn wait_listening(
     }
 }
 
+pub mod netns;
 pub mod procs;

@@ -18,7 +18,7 @@
 mod durable_at_ack;
 mod linearizable;
 pub(crate) mod liveness;
-mod one_active;
+pub(crate) mod one_active;
 pub(crate) mod rpo;
 pub(crate) mod settled;
 mod witness_lead;
