@@ -250,6 +250,7 @@ impl NodeBuilder {
         let shared = Arc::new(Shared {
             status: RwLock::new(initial_status),
             lease_end: Mutex::new(None),
+            published_at: Mutex::new(Instant::now()),
             subscribers: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         });
@@ -513,6 +514,9 @@ struct Shared {
     /// until then at most): a raft thread that stops publishing (hung, or
     /// stopped) is not reported active past it.
     lease_end: Mutex<Option<Instant>>,
+    /// When the raft thread last published a status (it does after every
+    /// input, ticks included).
+    published_at: Mutex<Instant>,
     subscribers: Mutex<Vec<Sender<Event>>>,
     failure: Mutex<Option<Error>>,
 }
@@ -938,6 +942,13 @@ impl<S: StateMachine> Node<S> {
         *self.shared.lease_end.lock()
     }
 
+    /// Whether the node runs and its raft thread published a status within
+    /// `within` (it does after every tick): a liveness check for a service
+    /// manager's watchdog.
+    pub fn healthy(&self, within: Duration) -> bool {
+        self.failure().is_none() && self.shared.published_at.lock().elapsed() <= within
+    }
+
     /// Why the node stopped, if it failed.
     pub fn failure(&self) -> Option<Error> {
         self.shared.failure.lock().clone()
@@ -1078,6 +1089,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                     .saturating_mul(end_tick.min(u32::MAX as u64) as u32)
         });
         *self.shared.lease_end.lock() = lease_end;
+        *self.shared.published_at.lock() = Instant::now();
         *self.shared.status.write() = st;
     }
 

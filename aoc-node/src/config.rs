@@ -39,6 +39,8 @@
 //! restart = true                     # restart it after it exits or is fenced
 //! reaction_ms = 50                   # at most half of heartbeat_tick x tick_ms
 //! max_backoff_ms = 30000
+//! watchdog = "off"                   # "off", "automatic" or "required"
+//! watchdog_device = "/dev/watchdog"
 //!
 //! [management_ip]                    # optional, data members only
 //! address = "10.0.0.10/24"
@@ -248,6 +250,24 @@ pub struct Guard {
     /// The longest pause between restarts (default 30000); the pause
     /// doubles from one second after each quick exit.
     pub max_backoff_ms: u64,
+    /// The kernel watchdog (default off): `automatic` uses it when it can
+    /// and warns otherwise, `required` refuses to start without one that
+    /// fits the lease (see [`crate::watchdog`]).
+    pub watchdog: WatchdogMode,
+    /// The watchdog device (default `/dev/watchdog`).
+    pub watchdog_device: PathBuf,
+}
+
+/// `[guard] watchdog`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchdogMode {
+    /// No watchdog.
+    Off,
+    /// The watchdog if one fits; a warning otherwise.
+    Automatic,
+    /// The watchdog, or no start.
+    Required,
 }
 
 impl Default for Guard {
@@ -257,6 +277,8 @@ impl Default for Guard {
             restart: true,
             reaction_ms: 50,
             max_backoff_ms: 30_000,
+            watchdog: WatchdogMode::Off,
+            watchdog_device: PathBuf::from("/dev/watchdog"),
         }
     }
 }
@@ -381,6 +403,11 @@ impl Config {
         })?;
         cfg.validate()
             .map_err(|(field, problem)| ConfigError::new(path, Some(field), problem))?;
+        if let Some(dir) = path.parent() {
+            if cfg.guard.watchdog_device.is_relative() {
+                cfg.guard.watchdog_device = dir.join(&cfg.guard.watchdog_device);
+            }
+        }
         if let (Some(tls), Some(dir)) = (cfg.tls.as_mut(), path.parent()) {
             for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
                 if p.is_relative() {

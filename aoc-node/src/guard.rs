@@ -300,6 +300,17 @@ pub fn run(config_path: &Path, cfg: &Config) -> Result<(), RunError> {
         }
     }
     let fence = Fence::new(ip, cfg.member_id);
+    let mut watchdog = crate::watchdog::check(cfg).map_err(|(field, problem)| RunError {
+        code: 2,
+        message: format!("{}: {field}: {problem}", config_path.display()),
+    })?;
+    if let Some(w) = &watchdog {
+        info!(
+            device = %w.path().display(),
+            timeout_ms = w.timing().timeout_ms,
+            "guard: the watchdog is armed whenever the member is the active"
+        );
+    }
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| RunError::from(format!("guard: cannot handle signals: {e}")))?;
     let reaction_ns = cfg.guard.reaction_ms.saturating_mul(1_000_000);
@@ -308,7 +319,7 @@ pub fn run(config_path: &Path, cfg: &Config) -> Result<(), RunError> {
     loop {
         let started = Instant::now();
         let child = spawn_member(config_path, &counts)?;
-        match watch(child, &fence, &mut signals, reaction_ns)? {
+        match watch(child, &fence, &mut watchdog, &mut signals, reaction_ns)? {
             Ended::Stopped(status) => {
                 fence.settle(Duration::from_secs(10));
                 info!(?status, "guard: the member stopped; exiting");
@@ -408,6 +419,7 @@ fn reports(child: &mut Child) -> Receiver<Report> {
 fn watch(
     mut child: Child,
     fence: &Arc<Fence>,
+    watchdog: &mut Option<crate::watchdog::Watchdog>,
     signals: &mut Signals,
     reaction_ns: u64,
 ) -> Result<Ended, RunError> {
@@ -415,20 +427,43 @@ fn watch(
     let pid = child.id();
     let mut lease: Option<u64> = None;
     let mut stopping = false;
+    let demote = |why: &str, watchdog: &mut Option<crate::watchdog::Watchdog>| {
+        fence.demote(why);
+        // Only once the address is gone.
+        if let Some(w) = watchdog.as_mut() {
+            w.disarm();
+        }
+    };
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Report::Active { token, until_ns }) => {
                 if lease.is_none() {
+                    if let Some(w) = watchdog.as_mut() {
+                        if let Err(e) = w.arm() {
+                            error!(error = %e, "guard: cannot arm the watchdog: fencing the member");
+                            let _ = child.kill();
+                            let status = child.wait().map_err(|e| {
+                                RunError::from(format!("guard: waiting for the member: {e}"))
+                            })?;
+                            return Ok(Ended::Exited {
+                                status,
+                                fenced: true,
+                            });
+                        }
+                    }
                     fence.promote(token);
                 }
                 lease = Some(until_ns);
             }
             Ok(Report::Passive) => {
                 if lease.take().is_some() {
-                    fence.demote("the member is no longer the active");
+                    demote("the member is no longer the active", watchdog);
                 }
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        if let (Some(until), Some(w)) = (lease, watchdog.as_mut()) {
+            w.feed(mono_ns(), until);
         }
         if let Some(until) = lease {
             if mono_ns().saturating_add(reaction_ns) >= until {
@@ -437,7 +472,7 @@ fn watch(
                     "guard: the member's lease is ending without a renewal (it hangs): killing it"
                 );
                 let _ = child.kill();
-                fence.demote("the member's lease ended without a renewal");
+                demote("the member's lease ended without a renewal", watchdog);
                 let status = child
                     .wait()
                     .map_err(|e| RunError::from(format!("guard: waiting for the member: {e}")))?;
@@ -457,7 +492,7 @@ fn watch(
             .map_err(|e| RunError::from(format!("guard: waiting for the member: {e}")))?
         {
             if lease.take().is_some() {
-                fence.demote("the member exited while active");
+                demote("the member exited while active", watchdog);
             }
             return Ok(if stopping {
                 Ended::Stopped(status)

@@ -61,5 +61,6 @@ pub mod members;
 pub mod mgmt_ip;
 pub mod recover;
 pub mod run;
+pub mod watchdog;
 
 pub use config::{load, Config, ConfigError};

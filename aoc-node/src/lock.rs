@@ -29,6 +29,7 @@ impl DataDirLock {
     /// process (or another `DataDirLock` in this process) holds it, or when
     /// it cannot be created or opened.
     pub fn acquire(dir: impl AsRef<Path>) -> Result<DataDirLock, String> {
+        const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
         let dir = dir.as_ref();
         if !dir.exists() {
             create_private_dir(dir)
@@ -47,7 +48,17 @@ impl DataDirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
-        match file.try_lock() {
+        // A predecessor that was just killed (a guard restarting its
+        // member, a supervisor restarting the process) may still hold the
+        // lock while the kernel tears it down: wait a little before
+        // calling the directory taken.
+        let mut locked = file.try_lock();
+        let until = std::time::Instant::now() + LOCK_WAIT;
+        while matches!(locked, Err(TryLockError::WouldBlock)) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            locked = file.try_lock();
+        }
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();

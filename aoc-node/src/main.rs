@@ -129,6 +129,14 @@ enum Command {
         #[arg(long, value_name = "DATA_DIR", conflicts_with = "endpoints")]
         local: Option<PathBuf>,
     },
+    /// Remove the management IP from this host and run the demote hook
+    /// (systemd's ExecStopPost: whatever happened, the address leaves with
+    /// the service).
+    ReleaseIp {
+        /// The member's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The NOSPACE alarms: `list` them (from the active), or `disarm` them
     /// all (a disk still below its reserve raises its alarm again).
     Alarm {
@@ -394,6 +402,19 @@ fn main() -> ExitCode {
             .map(|answer| println!("{answer}"))
             .map_err(|e| (1, e)),
         Command::Alarm { op, endpoints } => alarm(op, &endpoints, &opts),
+        Command::ReleaseIp { config } => match aoc_node::config::load(&config) {
+            Err(e) => Err((2, e.to_string())),
+            Ok(cfg) => match &cfg.management_ip {
+                None => {
+                    println!("no management IP configured: nothing to release");
+                    Ok(())
+                }
+                Some(m) => aoc_node::mgmt_ip::MgmtIp::new(m.clone())
+                    .demote()
+                    .map(|()| println!("management IP released"))
+                    .map_err(|e| (1, e)),
+            },
+        },
         Command::Maintenance { local: Some(_), .. } => Err((
             2,
             "--local: only `maintenance off` has a local form; turn it on through the active"

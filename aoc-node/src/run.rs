@@ -209,6 +209,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 crate::disk::watch(node.clone(), cfg.data_dir.clone(), cfg.storage.reserve_mb)
                     .map_err(|e| format!("cannot start the disk thread: {e}"))?;
             }
+            notify_systemd(node.clone());
             info!(member = cfg.member_id, api = %api, "data member running");
             let failed = wait_for_stop(&node)?;
             stop_within(stop_bound(&cfg), ip.clone());
@@ -344,6 +345,43 @@ pub fn admin_command(data_dir: &std::path::Path, command: &str) -> Result<String
         Ok(answer)
     } else {
         Err(answer)
+    }
+}
+
+/// Tells systemd the member is ready (`Type=notify`) and, when the unit
+/// sets `WatchdogSec`, keeps its watchdog fed while the node is healthy
+/// (not failed, its raft thread publishing): a member that hangs or fails
+/// is restarted by systemd even if its guard did not act. Nothing is sent
+/// outside systemd.
+fn notify_systemd<S: aoc_core::state::StateMachine>(node: Node<S>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        warn!(error = %e, "cannot tell systemd the member is ready");
+    }
+    // The unit's watchdog is the service's, whose main process is the
+    // guard: this member (NotifyAccess=all) reads the interval itself.
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let every = Duration::from_micros(usec / 2);
+    let spawned = std::thread::Builder::new()
+        .name("aoc-sd-watchdog".into())
+        .spawn(move || loop {
+            if node.failure().is_some() {
+                return;
+            }
+            if node.healthy(every) {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            std::thread::sleep(every);
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the systemd watchdog thread");
     }
 }
 

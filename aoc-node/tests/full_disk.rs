@@ -38,13 +38,18 @@ fn a_member_whose_disk_fills_exits_and_comes_back_with_everything() {
             &large.path.join("data"),
             &witness_dir,
         ],
-        |_| "[storage]\nnospace_alarm = false\n".into(),
+        // The guard would restart the member (status 4); here its exit is
+        // the thing to see.
+        |_| "[storage]\nnospace_alarm = false\n[guard]\nrestart = false\n".into(),
     );
     c.start_all();
-    c.wait_active("member 1 active in sync mode", |id, m| {
-        id == 1 && m == Mode::Sync
-    });
+    let first = c.wait_active("an active in sync mode", |_, m| m == Mode::Sync);
     let mut client = Client::connect(c.endpoints(), ClientOptions::default()).expect("client");
+    if first != 1 {
+        // The member on the small disk is to be the active.
+        client.switchover().expect("a switchover to member 1");
+        c.wait_active("member 1 active", |id, _| id == 1);
+    }
     let mut acked = Vec::new();
     let mut full_at = None;
     let mut exit = None;

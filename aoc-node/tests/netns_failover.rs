@@ -114,39 +114,105 @@ fn service_runs(dir: &Path, id: u64) -> bool {
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// What the sampler saw: the first instants at which both hosts held the
-/// address, or both ran the service.
-#[derive(Debug, Default)]
-struct Overlaps {
-    ip: Option<Duration>,
-    service: Option<Duration>,
-    samples: u64,
-}
+/// One sample of both data members' hosts: (when, address on 1, on 2,
+/// service on 1, on 2).
+type Sample = (Instant, bool, bool, bool, bool);
 
 /// Samples both data members' hosts every 10 ms until `stop`.
 fn sample(
     net: Arc<Net>,
     dir: std::path::PathBuf,
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Overlaps>>,
+    seen: Arc<Mutex<Vec<Sample>>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let start = Instant::now();
         while !stop.load(Ordering::SeqCst) {
-            let ip = net.has_mgmt_ip(1) && net.has_mgmt_ip(2);
-            let svc = service_runs(&dir, 1) && service_runs(&dir, 2);
-            if let Ok(mut s) = seen.lock() {
-                s.samples += 1;
-                if ip && s.ip.is_none() {
-                    s.ip = Some(start.elapsed());
-                }
-                if svc && s.service.is_none() {
-                    s.service = Some(start.elapsed());
-                }
+            let s = (
+                Instant::now(),
+                net.has_mgmt_ip(1),
+                net.has_mgmt_ip(2),
+                service_runs(&dir, 1),
+                service_runs(&dir, 2),
+            );
+            if let Ok(mut v) = seen.lock() {
+                v.push(s);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     })
+}
+
+/// Writes through the data members' addresses until `stop`, one at a
+/// time; the keys acknowledged and when.
+fn writer(net: Arc<Net>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(String, Instant)>> {
+    std::thread::spawn(move || {
+        let eps = "10.77.0.1:7201,10.77.0.2:7201";
+        let mut acked = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let key = format!("w{i}");
+            i += 1;
+            if net
+                .client(&["kv", "put", &key, "v", "--endpoints", eps])
+                .status
+                .success()
+            {
+                acked.push((key, Instant::now()));
+            }
+        }
+        acked
+    })
+}
+
+/// The timeline of a fault at `at` on member `old` (`new` takes over):
+/// when the old host let go of the address and the service, when the new
+/// one held them, and the longest pause between acknowledged writes
+/// around it; one line.
+fn timeline(
+    samples: &[Sample],
+    writes: &[(String, Instant)],
+    at: Instant,
+    until: Instant,
+    old: u64,
+    new: u64,
+) -> String {
+    let ip = |s: &Sample, id: u64| if id == 1 { s.1 } else { s.2 };
+    let svc = |s: &Sample, id: u64| if id == 1 { s.3 } else { s.4 };
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.0 >= at).collect();
+    let first = |f: &dyn Fn(&Sample) -> bool| {
+        after
+            .iter()
+            .find(|s| f(s))
+            .map(|s| s.0.duration_since(at).as_millis())
+    };
+    let ip_gone = first(&|s| !ip(s, old));
+    let svc_gone = first(&|s| !svc(s, old));
+    let ip_new = first(&|s| ip(s, new));
+    let svc_new = first(&|s| svc(s, new));
+    // The longest pause between consecutive acknowledgements from a
+    // second before the fault to `until` (the next fault), and where it ends: the first
+    // write the new active acknowledged (a write answered just before the
+    // fault can return just after it).
+    let window: Vec<Instant> = writes
+        .iter()
+        .map(|(_, t)| *t)
+        .filter(|t| *t + Duration::from_secs(1) >= at && *t <= until)
+        .collect();
+    let longest = window
+        .windows(2)
+        .max_by_key(|w| w[1].duration_since(w[0]))
+        .map(|w| {
+            (
+                w[1].duration_since(w[0]).as_millis(),
+                w[1].saturating_duration_since(at).as_millis(),
+            )
+        });
+    let (gap, first_write) = (longest.map(|l| l.0), longest.map(|l| l.1));
+    format!(
+        "address off the old host {ip_gone:?} ms, service {svc_gone:?} ms; address on the new \
+         host {ip_new:?} ms, service {svc_new:?} ms; first write acknowledged {first_write:?} ms; \
+         write gap {gap:?} ms"
+    )
 }
 
 /// The member process the guard of member `id` runs (the guard's child).
@@ -179,20 +245,6 @@ fn wait_sync(net: &Net) {
     panic!("no active in sync mode");
 }
 
-/// Writes `n` keys through the data members' addresses; returns those
-/// acknowledged.
-fn write_some(net: &Net, prefix: &str, n: usize) -> Vec<String> {
-    let eps = "10.77.0.1:7201,10.77.0.2:7201";
-    (0..n)
-        .map(|i| format!("{prefix}{i}"))
-        .filter(|k| {
-            net.client(&["kv", "put", k, "v", "--endpoints", eps])
-                .status
-                .success()
-        })
-        .collect()
-}
-
 #[test]
 fn the_guard_fences_a_killed_or_stopped_active() {
     let Some(mut net) = Net::new("g") else { return };
@@ -205,11 +257,12 @@ fn the_guard_fences_a_killed_or_stopped_active() {
     }
     let first =
         wait_for_ip(&net, &[1, 2], Duration::from_secs(30)).expect("an active holds the IP");
-    let mut acked = write_some(&net, "a", 5);
     let net = Arc::new(net);
     let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Overlaps::default()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
     let sampler = sample(net.clone(), shared.clone(), stop.clone(), seen.clone());
+    let writes = writer(net.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
 
     // (a) kill -9 of the active member's process.
     let other = if first == 1 { 2 } else { 1 };
@@ -223,7 +276,6 @@ fn the_guard_fences_a_killed_or_stopped_active() {
         "member {other} holds the address after the kill"
     );
     let gap_a = killed.elapsed();
-    acked.extend(write_some(&net, "b", 5));
     // The killed member is back (the guard restarted it) and caught up.
     wait_sync(&net);
 
@@ -243,15 +295,27 @@ fn the_guard_fences_a_killed_or_stopped_active() {
         Some(first),
         "member {first} holds the address while {other} is stopped"
     );
-    acked.extend(write_some(&net, "c", 5));
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.join();
-    let seen = seen.lock().expect("samples");
+    let acked = writes.join().expect("the writer");
+    let seen = seen.lock().expect("samples").clone();
+    let end = Instant::now();
     eprintln!(
-        "kill -9: address on the new host after {gap_a:?}; SIGSTOP: after {gap_b:?}; {} samples",
-        seen.samples
+        "kill -9: {}",
+        timeline(&seen, &acked, killed, stopped, first, other)
     );
+    eprintln!(
+        "SIGSTOP: {}",
+        timeline(&seen, &acked, stopped, end, other, first)
+    );
+    eprintln!(
+        "{} samples, {} writes acknowledged",
+        seen.len(),
+        acked.len()
+    );
+    let both_ip = seen.iter().find(|s| s.1 && s.2).map(|s| s.0);
+    let both_svc = seen.iter().find(|s| s.3 && s.4).map(|s| s.0);
     let logs = || {
         (1..=3)
             .map(|i| {
@@ -260,12 +324,13 @@ fn the_guard_fences_a_killed_or_stopped_active() {
             .collect::<Vec<_>>()
             .join("\n---\n")
     };
-    assert_eq!(seen.ip, None, "both hosts held the address: {}", logs());
-    assert_eq!(seen.service, None, "both hosts ran the service: {}", logs());
+    assert_eq!(both_ip, None, "both hosts held the address: {}", logs());
+    assert_eq!(both_svc, None, "both hosts ran the service: {}", logs());
     assert!(gap_a < Duration::from_secs(2), "kill -9: {gap_a:?}");
     assert!(gap_b < Duration::from_secs(2), "SIGSTOP: {gap_b:?}");
+    assert!(!acked.is_empty(), "writes were acknowledged");
     let eps = "10.77.0.1:7201,10.77.0.2:7201";
-    for k in &acked {
+    for (k, _) in &acked {
         let out = net.client(&["kv", "get", k, "--endpoints", eps]);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
