@@ -846,6 +846,29 @@ fn a_wiped_witness_gives_the_active_no_second_copy() {
     }
 }
 
+/// Proposes five writes on `active`, 10 ms apart: (token, key).
+fn propose_five(c: &mut Cluster, active: u64) -> Vec<(u64, String)> {
+    let mut pending = Vec::new();
+    for i in 0..5 {
+        let key = format!("stalled{i}");
+        let t = c.propose(active, KvCommand::put(key.clone(), "v").encode(), None);
+        pending.push((t, key));
+        c.run_for(10 * MS);
+    }
+    pending
+}
+
+/// None of `pending` was acknowledged (they rest on one disk).
+#[track_caller]
+fn assert_none_acknowledged(c: &Cluster, pending: &[(u64, String)], seed: u64) {
+    for (t, key) in pending {
+        assert!(
+            !matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })),
+            "seed {seed}: {key} acknowledged with one copy"
+        );
+    }
+}
+
 /// The passive is cut off, the active runs degraded and its disk stalls;
 /// the witness syncs entries the active has not persisted yet, and is
 /// then wiped; the active hears it probe as blank; the active's disk
@@ -876,13 +899,7 @@ fn a_witness_wiped_while_the_active_disk_stalls_gives_no_second_copy() {
         );
         // Writes wait for the active's own disk; the witness syncs them.
         c.stall_disk(active, true);
-        let mut pending = Vec::new();
-        for i in 0..5 {
-            let key = format!("stalled{i}");
-            let t = c.propose(active, KvCommand::put(key.clone(), "v").encode(), None);
-            pending.push((t, key));
-            c.run_for(10 * MS);
-        }
+        let pending = propose_five(&mut c, active);
         let witness_has = c.run_until(SECOND_US, |c| {
             c.log_store(3).is_some_and(|l| {
                 aoc_core::storage::LogStore::last_index(l).unwrap_or(0)
@@ -901,12 +918,7 @@ fn a_witness_wiped_while_the_active_disk_stalls_gives_no_second_copy() {
         c.run_for(2 * SECOND_US);
         let v = c.violations();
         assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
-        for (t, key) in &pending {
-            assert!(
-                !matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })),
-                "seed {seed}: {key} acknowledged with one copy"
-            );
-        }
+        assert_none_acknowledged(&c, &pending, seed);
         let why = c.status(active).and_then(|s| s.waiting_for);
         assert!(
             why.as_ref()
@@ -943,13 +955,7 @@ fn a_passive_wiped_while_the_active_disk_stalls_counts_for_nothing() {
         // would commit on it at once: cut the active's link to it.
         c.set_link(active, 3, false);
         c.stall_disk(active, true);
-        let mut pending = Vec::new();
-        for i in 0..5 {
-            let key = format!("stalled{i}");
-            let t = c.propose(active, KvCommand::put(key.clone(), "v").encode(), None);
-            pending.push((t, key));
-            c.run_for(10 * MS);
-        }
+        let pending = propose_five(&mut c, active);
         c.run_for(100 * MS);
         c.wipe(passive);
         c.restart(passive);
@@ -958,12 +964,7 @@ fn a_passive_wiped_while_the_active_disk_stalls_counts_for_nothing() {
         c.run_for(200 * MS);
         let v = c.violations();
         assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
-        for (t, key) in &pending {
-            assert!(
-                !matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })),
-                "seed {seed}: {key} acknowledged on one disk"
-            );
-        }
+        assert_none_acknowledged(&c, &pending, seed);
         let why = c.status(active).and_then(|s| s.waiting_for);
         assert!(
             why.as_ref()
@@ -1005,13 +1006,7 @@ fn a_passive_with_a_rolled_back_disk_tells_the_active() {
         w.run(&mut c, SECOND_US);
         c.set_link(active, 3, false);
         c.stall_disk(active, true);
-        let mut pending = Vec::new();
-        for i in 0..5 {
-            let key = format!("stalled{i}");
-            let t = c.propose(active, KvCommand::put(key.clone(), "v").encode(), None);
-            pending.push((t, key));
-            c.run_for(10 * MS);
-        }
+        let pending = propose_five(&mut c, active);
         c.run_for(50 * MS);
         c.crash(passive);
         c.restore_image(passive, &old);
@@ -1026,12 +1021,7 @@ fn a_passive_with_a_rolled_back_disk_tells_the_active() {
         let v = c.violations();
         assert!(v.is_empty(), "seed {seed} {}: {v:#?}", c.replay_hint());
         assert!(told, "seed {seed}: the passive told the active");
-        for (t, key) in &pending {
-            assert!(
-                !matches!(c.outcome(*t), Some(Outcome::Proposal { result: Ok(_), .. })),
-                "seed {seed}: {key} acknowledged on one disk"
-            );
-        }
+        assert_none_acknowledged(&c, &pending, seed);
         c.set_link(active, 3, true);
         w.run(&mut c, 3 * SECOND_US);
         let v = c.violations();

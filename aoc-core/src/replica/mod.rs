@@ -2209,37 +2209,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     // The witness runs no state machine: it only advances
                     // its applied index past commands, and applies
                     // maintenance mode.
-                    self.apply_if_maintenance(&e);
+                    self.apply_if_setting(&e);
                     decided.push((e, Step::Nothing, Vec::new()));
                 }
                 EntryType::EntryNormal => {
                     let (step, command) = match Payload::decode(&e.data) {
                         Err(err) => (Step::Done(Err(err)), Vec::new()),
                         Ok(Payload::Noop) => (Step::Nothing, Vec::new()),
-                        Ok(Payload::Maintenance {
-                            on,
-                            allowed,
-                            stamp_ms,
-                        }) => {
-                            self.apply_maintenance(e.index, on, allowed, stamp_ms);
-                            (Step::Done(Ok(Vec::new())), Vec::new())
-                        }
-                        Ok(Payload::Alarm {
-                            member,
-                            on,
-                            free_bytes,
-                            reserve_bytes,
-                            stamp_ms,
-                        }) => {
-                            self.apply_alarm(
-                                Alarm {
-                                    member,
-                                    free_bytes,
-                                    reserve_bytes,
-                                    since_ms: stamp_ms,
-                                },
-                                on,
-                            );
+                        Ok(p @ (Payload::Maintenance { .. } | Payload::Alarm { .. })) => {
+                            self.apply_setting(e.index, p);
                             (Step::Done(Ok(Vec::new())), Vec::new())
                         }
                         Ok(Payload::RegisterClient { stamp_ms }) => {

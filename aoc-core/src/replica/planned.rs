@@ -109,29 +109,37 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             let (applied, tail): (Vec<Entry>, Vec<Entry>) =
                 entries.into_iter().partition(|e| e.index <= committed);
             for e in &applied {
-                self.apply_if_maintenance(e);
+                self.apply_if_setting(e);
             }
             self.maintenance_tail.appended(&tail);
         }
         Ok(())
     }
 
-    /// Applies `e` if it is a maintenance entry (the witness decodes
-    /// nothing else).
-    pub(crate) fn apply_if_maintenance(&mut self, e: &Entry) {
-        match Payload::decode(&e.data) {
-            Ok(Payload::Maintenance {
+    /// Applies `e` if it carries a replicated setting (the witness
+    /// decodes nothing else).
+    pub(crate) fn apply_if_setting(&mut self, e: &Entry) {
+        if let Ok(p) = Payload::decode(&e.data) {
+            self.apply_setting(e.index, p);
+        }
+    }
+
+    /// Applies a replicated setting (maintenance mode, a NOSPACE alarm)
+    /// committed at `index`; other payloads are not settings.
+    pub(crate) fn apply_setting(&mut self, index: u64, p: Payload) {
+        match p {
+            Payload::Maintenance {
                 on,
                 allowed,
                 stamp_ms,
-            }) => self.apply_maintenance(e.index, on, allowed, stamp_ms),
-            Ok(Payload::Alarm {
+            } => self.apply_maintenance(index, on, allowed, stamp_ms),
+            Payload::Alarm {
                 member,
                 on,
                 free_bytes,
                 reserve_bytes,
                 stamp_ms,
-            }) => self.apply_alarm(
+            } => self.apply_alarm(
                 crate::Alarm {
                     member,
                     free_bytes,
@@ -140,7 +148,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 },
                 on,
             ),
-            _ => {}
+            Payload::Command { .. } | Payload::RegisterClient { .. } | Payload::Noop => {}
         }
     }
 
