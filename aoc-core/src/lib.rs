@@ -14,7 +14,7 @@
 //! work: messages to send, a [`storage::LogWrite`] to sync, completed
 //! proposals and reads, and [`Event`]s. It holds no thread, clock, socket
 //! or file of its own, so the same code runs under the threaded [`Node`]
-//! and under the deterministic simulation ([`sim`]).
+//! and under the deterministic simulation (the `sim` feature).
 //!
 //! **Storage is two contracts.** [`storage::LogStore`] holds the raft log
 //! (real: [`storage::EngineLogStore`] on raft-engine; simulated:
@@ -62,9 +62,10 @@
 //! **A cluster** is the same with three voters and a [`transport::Transport`];
 //! [`transport::LocalNetwork`] connects nodes in one process.
 //!
-//! **The simulation** ([`sim::Cluster`]) runs members in one thread from
-//! one seed, with a simulated clock, a faulty network and disks that lose
-//! unsynced writes on a crash; the same seed replays the same run.
+//! **The simulation** (module `sim`, built with the `sim` feature, which
+//! the binaries leave off) runs members in one thread from one seed, with
+//! a simulated clock, a faulty network and disks that lose unsynced writes
+//! on a crash; the same seed replays the same run.
 #![warn(missing_docs)]
 
 pub mod backup;
@@ -79,6 +80,7 @@ mod payload;
 pub mod proto;
 pub mod recovery;
 mod replica;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod state;
 pub mod storage;

@@ -20,26 +20,13 @@
 //!   after it processed that round, so no other member can become leader
 //!   inside the lease (the margin covers tick-rate differences).
 
-use std::collections::VecDeque;
-
 use raft::{RawNode, StateRole, Storage};
 
+use super::breaks::Breaks;
+pub use super::commit_rule::Mode;
+use super::commit_rule::{self, Conf, ModeClock, Policy, Progress};
 use super::lost::LostMembers;
 use crate::config::ReplicaConfig;
-use crate::sim::Breaks;
-
-/// The replication mode, as the leader runs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// One voter: commits on its own synced write.
-    Standalone,
-    /// No witness configured: plain raft majority among data members.
-    Majority,
-    /// Commit waits for both data members (RPO=0).
-    Sync,
-    /// Commit on the active and the witness; the passive is behind.
-    Degraded,
-}
 
 /// The first byte of a lease probe's ReadIndex context (client read
 /// tokens are 8 bytes long, probes 9).
@@ -50,10 +37,9 @@ pub(crate) struct Ha {
     election_tick: u64,
     heartbeat_tick: u64,
     sync_timeout_ticks: u64,
-    pub(crate) mode: Mode,
-    /// Majority-durable indexes still waiting for the passive, with the
-    /// tick each became majority-durable.
-    waiting: VecDeque<(u64, u64)>,
+    /// The mode, and the indexes waiting for the passive (see
+    /// `commit_rule`).
+    clock: ModeClock,
     /// The lease ends at this tick (exclusive).
     lease_until: u64,
     /// The tick of the last lease probe this term (none yet: one goes at
@@ -85,8 +71,7 @@ impl Ha {
             election_tick: cfg.election_tick as u64,
             heartbeat_tick: cfg.heartbeat_tick as u64,
             sync_timeout_ticks: cfg.sync_timeout_ticks as u64,
-            mode: Mode::Majority,
-            waiting: VecDeque::new(),
+            clock: ModeClock::new(Mode::Majority),
             lease_until: 0,
             last_probe: None,
             write_pending_since: None,
@@ -99,34 +84,26 @@ impl Ha {
         }
     }
 
-    fn voters<T: Storage>(raw: &RawNode<T>) -> Vec<u64> {
-        let mut v: Vec<u64> = raw.raft.prs().conf().voters().ids().iter().collect();
-        v.sort_unstable();
-        v
+    /// The configuration as the commit rule reads it.
+    fn conf<T: Storage>(&self, raw: &RawNode<T>) -> Conf {
+        let conf = raw.raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        Conf {
+            voters,
+            joint: !conf.to_conf_state().voters_outgoing.is_empty(),
+            witness: self.witness,
+        }
+    }
+
+    /// The mode the leader runs.
+    pub(crate) fn mode(&self) -> Mode {
+        self.clock.mode
     }
 
     /// The data members among the voters.
     pub(crate) fn data_members<T: Storage>(&self, raw: &RawNode<T>) -> Vec<u64> {
-        Self::voters(raw)
-            .into_iter()
-            .filter(|v| Some(*v) != self.witness)
-            .collect()
-    }
-
-    /// Whether the HA rules apply: two data members and the witness, and
-    /// no joint configuration (a membership change in progress: plain raft
-    /// until it is left, a moment later).
-    fn ha_group<T: Storage>(&self, raw: &RawNode<T>) -> bool {
-        let voters = Self::voters(raw);
-        self.witness.is_some_and(|w| voters.contains(&w))
-            && voters.len() == 3
-            && raw
-                .raft
-                .prs()
-                .conf()
-                .to_conf_state()
-                .voters_outgoing
-                .is_empty()
+        self.conf(raw).data_members()
     }
 
     /// The other data member, seen from a data leader.
@@ -144,50 +121,34 @@ impl Ha {
     /// restore and are 0 for new members, so this runs on every
     /// become-leader, after every membership change and snapshot restore.
     pub(crate) fn apply_policy<T: Storage>(&mut self, raw: &mut RawNode<T>) {
-        let voters = Self::voters(raw);
-        if !self.ha_group(raw) {
-            self.mode = if voters.len() == 1 {
-                Mode::Standalone
-            } else {
-                Mode::Majority
-            };
-            raw.raft.enable_group_commit(false);
-            assert!(
-                !raw.raft.group_commit(),
-                "commit policy: majority mode has group commit off"
-            );
-            return;
+        let conf = self.conf(raw);
+        let policy = commit_rule::policy(
+            &conf,
+            self.clock.mode,
+            self.witness_lost(),
+            self.breaks.ack_before_sync(),
+        );
+        self.clock.mode = policy.mode;
+        if policy.clear_waiting {
+            self.clock.waiting.clear();
         }
-        if matches!(self.mode, Mode::Standalone | Mode::Majority) {
-            // The HA group just formed (a membership change): start as a
-            // new leader does, degraded until the passive has caught up.
-            self.mode = Mode::Degraded;
-        }
-        if self.witness_lost() {
-            // A lost witness holds no second copy: commits need the
-            // passive, which is what sync mode is.
-            self.mode = Mode::Sync;
-            self.waiting.clear();
-        }
-        let data = self.data_members(raw);
-        let groups: Vec<(u64, u64)> = data
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (*d, i as u64 + 1))
-            .collect();
-        raw.raft.assign_commit_groups(&groups);
-        let sync = self.mode == Mode::Sync && !self.breaks.ack_before_sync;
-        raw.raft.enable_group_commit(sync);
-        // A half-assigned set makes every commit wait for all members; a
-        // witness in a group lets a commit skip a data member.
-        for (d, g) in &groups {
+        raw.raft.assign_commit_groups(&policy.groups);
+        raw.raft.enable_group_commit(policy.group_commit);
+        Self::check_policy(raw, &policy, self.witness);
+    }
+
+    /// Asserts that raft-rs holds `policy`: a half-assigned set makes every
+    /// commit wait for all members; a witness in a group lets a commit skip
+    /// a data member.
+    fn check_policy<T: Storage>(raw: &RawNode<T>, policy: &Policy, witness: Option<u64>) {
+        for (d, g) in &policy.groups {
             assert_eq!(
                 raw.raft.prs().get(*d).map(|p| p.commit_group_id),
                 Some(*g),
                 "commit policy: data member {d} must be in commit group {g}"
             );
         }
-        if let Some(w) = self.witness {
+        if let (Some(w), false) = (witness, policy.groups.is_empty()) {
             assert_eq!(
                 raw.raft.prs().get(w).map(|p| p.commit_group_id),
                 Some(0),
@@ -196,7 +157,7 @@ impl Ha {
         }
         assert_eq!(
             raw.raft.group_commit(),
-            sync,
+            policy.group_commit,
             "commit policy: group commit follows the mode"
         );
     }
@@ -206,8 +167,7 @@ impl Ha {
     /// that is gone; it enters sync mode as soon as the passive has caught
     /// up.
     pub(crate) fn on_become_leader<T: Storage>(&mut self, raw: &mut RawNode<T>, sync: bool) {
-        self.mode = if sync { Mode::Sync } else { Mode::Degraded };
-        self.waiting.clear();
+        self.clock = ModeClock::new(if sync { Mode::Sync } else { Mode::Degraded });
         self.lease_until = 0;
         self.last_probe = None;
         self.silenced = false;
@@ -217,7 +177,7 @@ impl Ha {
     pub(crate) fn on_step_down(&mut self) {
         self.told_witness = 0;
         self.lease_until = 0;
-        self.waiting.clear();
+        self.clock.waiting.clear();
         self.silenced = false;
         self.waiting_for = None;
     }
@@ -271,71 +231,27 @@ impl Ha {
         self.lost.contains(id)
     }
 
-    /// The highest index a plain majority has persisted.
-    fn majority_index<T: Storage>(raw: &RawNode<T>) -> u64 {
-        let mut matched: Vec<u64> = Self::voters(raw)
-            .iter()
-            .filter_map(|v| raw.raft.prs().get(*v).map(|p| p.matched))
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum = matched.len() / 2 + 1;
-        matched.get(quorum - 1).copied().unwrap_or(0)
-    }
-
     /// Mode transitions on the leader; returns the new mode if it changed.
     pub(crate) fn update_mode<T: Storage>(
         &mut self,
         raw: &mut RawNode<T>,
         tick: u64,
     ) -> Option<Mode> {
-        if raw.raft.state != StateRole::Leader
-            || !self.ha_group(raw)
-            || Some(raw.raft.id) == self.witness
-        {
+        let conf = self.conf(raw);
+        let me = raw.raft.id;
+        if !commit_rule::runs_modes(&conf, raw.raft.state == StateRole::Leader, me) {
             return None;
         }
-        let commit = raw.raft.raft_log.committed;
-        let passive_matched = self
-            .passive(raw)
-            .and_then(|p| raw.raft.prs().get(p).map(|pr| pr.matched))
-            .unwrap_or(0);
-        match self.mode {
-            Mode::Sync => {
-                let majority = Self::majority_index(raw);
-                if majority > self.waiting.back().map(|w| w.0).unwrap_or(commit)
-                    && majority > commit
-                {
-                    self.waiting.push_back((majority, tick));
-                }
-                while self.waiting.front().is_some_and(|(i, _)| *i <= commit) {
-                    self.waiting.pop_front();
-                }
-                // A lost witness counts for nothing (`member_lost`): the
-                // majority index is then the passive's, and nothing waits.
-                let expired = self.waiting.front().is_some_and(|(_, since)| {
-                    tick.saturating_sub(*since) >= self.sync_timeout_ticks
-                });
-                if expired {
-                    self.mode = Mode::Degraded;
-                    self.waiting.clear();
-                    self.apply_policy(raw);
-                    return Some(Mode::Degraded);
-                }
-                None
-            }
-            Mode::Degraded => {
-                // The passive has everything committed (not the last index:
-                // under load it always trails the tail by what is in flight).
-                if passive_matched >= commit && raw.raft.commit_to_current_term() {
-                    self.mode = Mode::Sync;
-                    self.waiting.clear();
-                    self.apply_policy(raw);
-                    return Some(Mode::Sync);
-                }
-                None
-            }
-            Mode::Standalone | Mode::Majority => None,
-        }
+        let progress = Progress::of(
+            &conf,
+            me,
+            |id| raw.raft.prs().get(id).map(|p| p.matched),
+            raw.raft.raft_log.committed,
+            raw.raft.commit_to_current_term(),
+        );
+        let changed = self.clock.step(progress, tick, self.sync_timeout_ticks)?;
+        self.apply_policy(raw);
+        Some(changed)
     }
 
     /// Sends a lease probe every heartbeat interval (a ReadIndex whose
@@ -391,10 +307,14 @@ impl Ha {
 
     /// Whether this member holds the active role at `tick`.
     pub(crate) fn is_active<T: Storage>(&self, raw: &RawNode<T>, tick: u64) -> bool {
-        raw.raft.state == StateRole::Leader
-            && Some(raw.raft.id) != self.witness
-            && raw.raft.lead_transferee.is_none()
-            && (tick < self.lease_until || self.breaks.skip_fence)
+        commit_rule::holds_active(
+            raw.raft.state == StateRole::Leader,
+            Some(raw.raft.id) == self.witness,
+            raw.raft.lead_transferee.is_some(),
+            tick,
+            self.lease_until,
+            self.breaks.skip_fence(),
+        )
     }
 
     /// A witness that leads hands leadership to the most up-to-date data
@@ -403,7 +323,7 @@ impl Ha {
     pub(crate) fn witness_hand_over<T: Storage>(&mut self, raw: &mut RawNode<T>) {
         if raw.raft.state != StateRole::Leader
             || Some(raw.raft.id) != self.witness
-            || self.breaks.witness_stays_leader
+            || self.breaks.witness_stays_leader()
         {
             self.waiting_for = None;
             return;

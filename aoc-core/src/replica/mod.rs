@@ -1,8 +1,8 @@
 //! The sans-I/O replica: raft-rs, the client table and the state machine,
 //! driven by inputs and answering with outputs.
 //!
-//! A driver (the threaded [`crate::Node`], or the simulation in
-//! [`crate::sim`]) owns the clock, the network and the disk. It feeds the
+//! A driver (the threaded [`crate::Node`], or the simulation in the `sim`
+//! module) owns the clock, the network and the disk. It feeds the
 //! replica [`Replica::tick`], [`Replica::step`], [`Replica::propose`],
 //! [`Replica::read`] and [`Replica::on_persisted`], and after each input
 //! takes a [`Ready`] and carries it out:
@@ -23,6 +23,8 @@
 //! are committed (persisted by a quorum) and persisted locally.
 
 mod alarm;
+mod breaks;
+mod commit_rule;
 mod confirm;
 mod filter;
 mod ha;
@@ -57,6 +59,8 @@ use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
 pub use alarm::{Alarm, DiskReport};
+#[cfg(feature = "sim")]
+pub(crate) use breaks::Breaks;
 pub use ha::Mode;
 use machine::Machine;
 pub(crate) use membership::reasons as membership_reasons;
@@ -797,8 +801,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     /// Starts an election now (standalone start-up and tests). Refused
-    /// with [`Error::Busy`] while campaigning is unsafe (see
-    /// [`Replica::may_campaign`]).
+    /// with [`Error::Busy`] while a snapshot install is being persisted, or
+    /// when this member already leads.
     pub fn campaign(&mut self) -> Result<()> {
         if let Some(why) = self.may_campaign().err() {
             return Err(Error::Busy {
@@ -1159,7 +1163,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// The replication mode this member runs (meaningful on the leader).
     pub fn mode(&self) -> Mode {
-        self.ha.mode
+        self.ha.mode()
     }
 
     /// The active role: leader inside the fenced lease, and, during
@@ -1371,7 +1375,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Member `id` lost synced state it had acknowledged to this leader:
     /// it counts for no commit from now on (`Ha::member_lost`).
     fn member_lost(&mut self, id: u64, why: String) {
-        let mode = self.ha.mode;
+        let mode = self.ha.mode();
         if !self
             .ha
             .member_lost(&mut self.raw, id, why.clone(), self.ticks)
@@ -1384,11 +1388,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             why = %why,
             "a member lost its data: it counts for no commit until replaced"
         );
-        if self.ha.mode != mode {
-            info!(member = self.cfg.id, mode = ?self.ha.mode, "replication mode changed");
-            self.out
-                .events
-                .push(Event::ModeChanged { mode: self.ha.mode });
+        if self.ha.mode() != mode {
+            info!(member = self.cfg.id, mode = ?self.ha.mode(), "replication mode changed");
+            self.out.events.push(Event::ModeChanged {
+                mode: self.ha.mode(),
+            });
         }
         self.after_input();
     }
@@ -1573,7 +1577,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             active: self.active_now(),
             lease_ticks_left: self.active_now().then(|| self.ha.lease_left(self.ticks)),
             fencing_token: self.fencing_token(),
-            mode: self.ha.mode,
+            mode: self.ha.mode(),
             witness: self.sm.is_witness(),
             witness_id: self.ha.witness,
             passive_lag_entries: if r.state == StateRole::Leader {
@@ -1684,7 +1688,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     /// Switches deliberate breaks on (the simulation's checker proofs).
-    pub(crate) fn set_breaks(&mut self, breaks: crate::sim::Breaks) {
+    #[cfg(feature = "sim")]
+    pub(crate) fn set_breaks(&mut self, breaks: breaks::Breaks) {
         self.ha.breaks = breaks;
         if self.raw.raft.state == raft::StateRole::Leader {
             self.ha.apply_policy(&mut self.raw);
@@ -1694,7 +1699,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// The low-priority-witness break: the witness gets raft priority 1,
     /// the data members 2 (see `Breaks::low_priority_witness`).
     fn break_priority(&mut self) {
-        if self.ha.breaks.low_priority_witness
+        if self.ha.breaks.low_priority_witness()
             && self.ha.witness.is_some()
             && self.raw.raft.term > 0
             && self.raw.raft.priority == 0
@@ -1760,9 +1765,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 let sync = self.elected_by_switchover();
                 self.switchover_hint = None;
                 self.ha.on_become_leader(&mut self.raw, sync);
-                self.out
-                    .events
-                    .push(Event::ModeChanged { mode: self.ha.mode });
+                self.out.events.push(Event::ModeChanged {
+                    mode: self.ha.mode(),
+                });
             }
         }
         self.release_confirmed_changes();

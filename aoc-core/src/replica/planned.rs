@@ -80,7 +80,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// turned off locally after it was appended.
     pub fn maintenance(&self) -> Option<(u64, u64)> {
         let floor = self.meta.maintenance_index.max(self.meta.local_off_index);
-        let appended = (!self.ha.breaks.maintenance_applied_only)
+        let appended = (!self.ha.breaks.maintenance_applied_only())
             .then(|| self.maintenance_tail.newest_above(floor))
             .flatten();
         match appended {
@@ -339,11 +339,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             Some(Error::Busy {
                 reason: "a switchover is already in progress".into(),
             })
-        } else if self.ha.mode != Mode::Sync {
+        } else if self.ha.mode() != Mode::Sync {
             Some(Error::Busy {
                 reason: format!(
                     "refused in {:?} mode: the passive is not in sync; wait for sync mode",
-                    self.ha.mode
+                    self.ha.mode()
                 ),
             })
         } else {

@@ -98,17 +98,3 @@ impl FromStr for Break {
             })
     }
 }
-
-/// The breaks a replica runs with (all off outside the simulation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Breaks {
-    pub(crate) ack_before_sync: bool,
-    pub(crate) witness_stays_leader: bool,
-    pub(crate) skip_fence: bool,
-    /// Applied once the member's term is past 0: raft-rs 0.7 panics when a
-    /// member at term 0 refuses a pre-vote for priority (it sends the
-    /// refusal with term 0), another reason the design leaves priority
-    /// alone.
-    pub(crate) low_priority_witness: bool,
-    pub(crate) maintenance_applied_only: bool,
-}

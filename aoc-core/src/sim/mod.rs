@@ -71,7 +71,6 @@ use crate::{
 };
 use audit::{AuditKv, Violations};
 pub use breaks::Break;
-pub(crate) use breaks::Breaks;
 use check::{Property, WitnessLead};
 pub use replace::ReplaceReport;
 pub use run::{run_seed, RunOptions, RunReport};
@@ -674,7 +673,7 @@ impl Cluster {
                 }
             }
         };
-        let breaks = Breaks {
+        let breaks = crate::replica::Breaks {
             ack_before_sync: self.opts.breaks.contains(&Break::AckBeforeSync),
             witness_stays_leader: self.opts.breaks.contains(&Break::WitnessStaysLeader),
             skip_fence: self.opts.breaks.contains(&Break::SkipFence),
