@@ -45,8 +45,6 @@ pub(crate) struct Ha {
     /// The tick of the last lease probe this term (none yet: one goes at
     /// once).
     last_probe: Option<u64>,
-    /// Since when this member's own log write has been pending.
-    pub(crate) write_pending_since: Option<u64>,
     /// The leader stopped ticking raft (its disk stalled and no passive was
     /// caught up): followers will elect someone else.
     pub(crate) silenced: bool,
@@ -74,7 +72,6 @@ impl Ha {
             clock: ModeClock::new(Mode::Majority),
             lease_until: 0,
             last_probe: None,
-            write_pending_since: None,
             silenced: false,
             waiting_for: None,
             data_persisted: 0,

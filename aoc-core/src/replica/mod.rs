@@ -32,19 +32,22 @@ mod lost;
 mod machine;
 mod maintenance;
 mod membership;
+mod output;
 mod planned;
 mod sessions;
 mod snapshot_source;
+mod status;
 mod view;
+mod writes;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
     Entry, EntryType, HardState, Message, MessageType,
 };
-use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, error, info, warn};
@@ -65,280 +68,17 @@ pub use ha::Mode;
 use machine::Machine;
 pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
+pub use output::{Completion, Event, ProposalResult, Ready, Role};
 use sessions::{ClientTable, Decision};
 use snapshot_source::SnapshotSource;
 pub use snapshot_source::StateSnapshot;
+pub use status::{PeerProgress, Status};
 use view::LogView;
+use writes::{Held, Writes, WrittenBytes};
 
 /// The witness compacts in steps of at least this many entries (one
 /// synced compaction write per step).
 pub(crate) const WITNESS_COMPACT_BATCH: u64 = 64;
-
-/// A member's raft role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The leader: the only member that accepts writes and serves reads.
-    Leader,
-    /// Follows a leader.
-    Follower,
-    /// Stands for election.
-    Candidate,
-    /// Checks whether it could win before standing (PreVote).
-    PreCandidate,
-}
-
-impl From<StateRole> for Role {
-    fn from(r: StateRole) -> Self {
-        match r {
-            StateRole::Leader => Role::Leader,
-            StateRole::Follower => Role::Follower,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::PreCandidate => Role::PreCandidate,
-        }
-    }
-}
-
-/// Something the embedding program may want to know about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// This member's role changed.
-    RoleChanged {
-        /// The new role.
-        role: Role,
-        /// The term it holds the role in.
-        term: u64,
-    },
-    /// The leader this member knows of changed.
-    LeaderChanged {
-        /// The new leader, if any is known.
-        leader: Option<u64>,
-        /// The term.
-        term: u64,
-    },
-    /// A snapshot was installed: the state now reflects `index`.
-    SnapshotInstalled {
-        /// The snapshot's index.
-        index: u64,
-        /// The snapshot's term.
-        term: u64,
-    },
-    /// A snapshot was sent to a lagging member.
-    SnapshotSent {
-        /// The receiving member.
-        to: u64,
-        /// The snapshot's index.
-        index: u64,
-    },
-    /// The replication mode changed (on the active).
-    ModeChanged {
-        /// The new mode.
-        mode: Mode,
-    },
-    /// This member took or lost the active role (the fenced lease): the
-    /// embedding program moves the management IP on it.
-    ActiveChanged {
-        /// Whether this member is now the active.
-        active: bool,
-    },
-    /// Maintenance mode changed on this member (applied from the log, or
-    /// turned off locally).
-    MaintenanceChanged {
-        /// Whether it is on.
-        on: bool,
-        /// The only member that may stand while it is on.
-        allowed: u64,
-    },
-    /// The voter set changed.
-    MembershipChanged {
-        /// The voters now (in a joint configuration, those of both halves).
-        voters: Vec<u64>,
-        /// The learners now.
-        learners: Vec<u64>,
-        /// The member directory now: the members added by membership
-        /// changes, with their roles and addresses.
-        members: Vec<Member>,
-    },
-}
-
-/// The outcome of a proposal: the state machine's response.
-pub type ProposalResult = Result<Vec<u8>>;
-
-/// A finished proposal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Completion {
-    /// The token the proposal was made with.
-    pub token: u64,
-    /// The index of the entry that carried it (0 when refused before it
-    /// reached the log).
-    pub index: u64,
-    /// The state machine's response, or why there is none.
-    pub result: ProposalResult,
-}
-
-/// Work for the driver (see the module docs for the order).
-#[derive(Debug, Default)]
-pub struct Ready {
-    /// Messages to send now.
-    pub messages: Vec<Message>,
-    /// A write to persist (synced), then report with
-    /// [`Replica::on_persisted`].
-    pub write: Option<LogWrite>,
-    /// Compact the log up to this index once `write` is persisted.
-    pub compact_to: Option<u64>,
-    /// Completed proposals.
-    pub completions: Vec<Completion>,
-    /// Completed linearizable reads: (token, outcome). On `Ok` the state
-    /// machine may be read and the answer is linearizable.
-    pub reads: Vec<(u64, Result<()>)>,
-    /// Events, in order.
-    pub events: Vec<Event>,
-    /// Notices to send (see [`crate::transport::Transport::send_notice`]).
-    pub notices: Vec<Notice>,
-    /// Finished switchovers: (token, the write pause in ticks, or why it
-    /// was refused or abandoned).
-    pub switchovers: Vec<(u64, Result<u64>)>,
-    /// Finished [`Replica::read_snapshot`] calls: (token, outcome).
-    pub snapshots: Vec<(u64, Result<StateSnapshot>)>,
-}
-
-impl Ready {
-    /// True when there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-            && self.write.is_none()
-            && self.compact_to.is_none()
-            && self.completions.is_empty()
-            && self.reads.is_empty()
-            && self.events.is_empty()
-            && self.notices.is_empty()
-            && self.switchovers.is_empty()
-            && self.snapshots.is_empty()
-    }
-}
-
-/// A follower's replication progress, as the leader sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerProgress {
-    /// The member.
-    pub id: u64,
-    /// The highest index known to be persisted on it.
-    pub matched: u64,
-    /// The next index to send.
-    pub next: u64,
-    /// raft-rs's progress state: `Probe`, `Replicate` or `Snapshot`.
-    pub state: String,
-}
-
-/// A snapshot of a replica's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// This member.
-    pub id: u64,
-    /// Its role.
-    pub role: Role,
-    /// Its term.
-    pub term: u64,
-    /// The leader it knows of.
-    pub leader: Option<u64>,
-    /// The commit index it knows of.
-    pub commit: u64,
-    /// The state machine's applied index.
-    pub applied: u64,
-    /// The first index in the log.
-    pub first_index: u64,
-    /// The last index in the log.
-    pub last_index: u64,
-    /// The voters.
-    pub voters: Vec<u64>,
-    /// The learners (members being added: they receive the log but neither
-    /// vote nor count for commits).
-    pub learners: Vec<u64>,
-    /// The member directory: the members added by membership changes, with
-    /// their roles and addresses.
-    pub members: Vec<Member>,
-    /// Open client sessions.
-    pub sessions: usize,
-    /// Followers' progress (on the leader only).
-    pub progress: Vec<PeerProgress>,
-    /// Whether this member holds the active role (leader inside its lease).
-    pub active: bool,
-    /// While active: the ticks left before the lease ends unless renewed
-    /// (a driver that stops publishing must not report the role past it).
-    pub lease_ticks_left: Option<u64>,
-    /// While active: the fencing token to stamp the platform's commands
-    /// with (see [`crate::fencing`]): the term this member leads in.
-    pub fencing_token: Option<u64>,
-    /// The replication mode (meaningful on the active).
-    pub mode: Mode,
-    /// Whether this member is the witness.
-    pub witness: bool,
-    /// The witness of this member's configuration (`None`: a standalone
-    /// member, or no witness known).
-    pub witness_id: Option<u64>,
-    /// The passive's lag behind the last index, in entries (on the active).
-    pub passive_lag_entries: Option<u64>,
-    /// The same lag in bytes of entry data (on the active; counted over
-    /// the entries this member wrote, so an estimate right after an
-    /// election).
-    pub passive_lag_bytes: Option<u64>,
-    /// Bytes the log store uses (on the witness: its retained log).
-    pub log_bytes: u64,
-    /// While maintenance mode is on (automatic failover suspended): the
-    /// only member that may stand, and since when (the leader's stamp, ms).
-    pub maintenance: Option<(u64, u64)>,
-    /// What the witness retains, as it last reported to this member (the
-    /// active): (bytes, entries).
-    pub witness_log: Option<(u64, u64)>,
-    /// When this member last took the active role from another one (the
-    /// driver's clock, ms), and how long after its last contact with the
-    /// previous leader (ms): the last failover as this member saw it.
-    pub last_failover_ms: Option<(u64, u64)>,
-    /// Why this member waits, when it does (a witness leader that cannot
-    /// hand over).
-    pub waiting_for: Option<String>,
-    /// The NOSPACE alarms in effect (writes that take space are refused).
-    pub alarms: Vec<Alarm>,
-    /// This member's disk as its driver last measured it, and whether it
-    /// is below its reserve.
-    pub disk: Option<(DiskReport, bool)>,
-}
-
-impl Status {
-    /// The status of a member that has not started its replica (a blank
-    /// member in the bootstrap handshake): `waiting_for` says why.
-    pub fn blank(id: u64, waiting_for: String) -> Self {
-        Status {
-            id,
-            role: Role::Follower,
-            term: 0,
-            leader: None,
-            commit: 0,
-            applied: 0,
-            first_index: 0,
-            last_index: 0,
-            voters: Vec::new(),
-            learners: Vec::new(),
-            members: Vec::new(),
-            sessions: 0,
-            progress: Vec::new(),
-            active: false,
-            lease_ticks_left: None,
-            fencing_token: None,
-            mode: Mode::Majority,
-            witness: false,
-            witness_id: None,
-            passive_lag_entries: None,
-            passive_lag_bytes: None,
-            log_bytes: 0,
-            maintenance: None,
-            last_failover_ms: None,
-            witness_log: None,
-            waiting_for: Some(waiting_for),
-            alarms: Vec::new(),
-            disk: None,
-        }
-    }
-}
 
 /// A switchover in progress on the active.
 #[derive(Debug)]
@@ -346,20 +86,6 @@ pub(crate) struct Switch {
     token: u64,
     target: u64,
     started: u64,
-}
-
-/// Where a ready's messages wait for its write.
-#[derive(Debug)]
-struct Held {
-    number: u64,
-    /// False for a ready that wrote nothing: it is released with the write
-    /// before it (messages leave in ready order).
-    needs_write: bool,
-    messages: Vec<Message>,
-    hard_state_commit: Option<u64>,
-    /// The configuration index the write makes durable, if it carries a
-    /// configuration.
-    conf_index: Option<u64>,
 }
 
 /// The sans-I/O replica (see the module docs).
@@ -381,24 +107,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     reads_waiting_index: BTreeMap<u64, u64>,
     /// Reads waiting for the state machine to reach their index.
     reads_waiting_apply: Vec<(u64, u64)>,
-    held: VecDeque<Held>,
-    /// Commit index of the last durable hard state.
-    persisted_commit: u64,
-    /// Term and vote of the last hard state handed out for writing.
-    written_term_vote: (u64, u64),
-    /// A hard state that moved only the commit index, not written yet: it
-    /// rides on the next write (see `defer_commit_only`).
-    deferred_hard_state: Option<HardState>,
-    /// The tick at which the deferred hard state was first held back.
-    deferred_since_tick: Option<u64>,
-    /// The deferred hard state has waited a whole tick: write it alone.
-    flush_deferred: bool,
-    /// The number of the last raft-rs ready (a write of the deferred hard
-    /// state alone reuses it, see `flush_deferred_hard_state`).
-    last_ready_number: u64,
-    applied_since_compact: u64,
-    /// Entry bytes written to the log since the last compaction.
-    bytes_since_compact: u64,
+    /// The writes in flight and what waits for them.
+    writes: Writes,
     /// Snapshot streams in flight: peer -> tick sent.
     snapshots_in_flight: BTreeMap<u64, u64>,
     /// The state snapshot being read, and the one ready to send.
@@ -413,12 +123,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Set when a leader showed this member lost synced data: it votes no
     /// more (its status says why).
     lost_data: Option<String>,
-    /// (index, cumulative entry bytes) of the entries this member wrote,
-    /// oldest first, for the passive's lag in bytes.
-    written_bytes: VecDeque<(u64, u64)>,
-    /// The log store's size, refreshed every election timeout (asking a
-    /// store can cost system calls; status is read often).
-    log_bytes: u64,
+    /// Entry bytes written, for the passive's lag, and the log's size.
+    written: WrittenBytes,
     /// The tick each peer was last heard from.
     last_heard: BTreeMap<u64, u64>,
     /// This member's persisted metadata (maintenance mode as applied).
@@ -620,23 +326,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             pending_proposals: BTreeMap::new(),
             reads_waiting_index: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
-            held: VecDeque::new(),
-            persisted_commit,
-            written_term_vote: (state.hard_state.term, state.hard_state.vote),
-            deferred_hard_state: None,
-            deferred_since_tick: None,
-            flush_deferred: false,
-            last_ready_number: 0,
-            applied_since_compact: 0,
-            bytes_since_compact: 0,
+            writes: Writes::new(
+                persisted_commit,
+                (state.hard_state.term, state.hard_state.vote),
+            ),
             snapshots_in_flight: BTreeMap::new(),
             snapshot_source: SnapshotSource::default(),
             out: Ready::default(),
             last_active: false,
             no_votes_before: 0,
             lost_data: None,
-            written_bytes: VecDeque::new(),
-            log_bytes: 0,
+            written: WrittenBytes::default(),
             last_heard: BTreeMap::new(),
             meta: MemberMeta::new(),
             maintenance_tail: maintenance::Tail::default(),
@@ -656,7 +356,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             disk_reports: alarm::DiskReports::default(),
             last_report: None,
         };
-        r.log_bytes = r.raw.store().store().size_bytes();
+        r.written.set_log_bytes(r.raw.store().store().size_bytes());
         r.load_meta()?;
         r.confirm = confirm::Confirmations::new(r.meta.conf_index);
         r.directory = r.meta.members.iter().map(membership::from_record).collect();
@@ -749,17 +449,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.drive_alarms();
         self.snapshot_for_new_learners();
         if self.ticks.is_multiple_of(self.cfg.election_tick as u64) {
-            self.log_bytes = self.raw.store().store().size_bytes();
+            let bytes = self.raw.store().store().size_bytes();
+            self.written.set_log_bytes(bytes);
         }
         self.retry_reads();
         self.check_snapshot_streams();
         self.poll_snapshot_read();
-        if self
-            .deferred_since_tick
-            .is_some_and(|since| self.ticks >= since + 2)
-        {
-            self.flush_deferred = true;
-        }
+        self.writes.on_tick(self.ticks);
         self.after_input();
     }
 
@@ -1214,7 +910,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.ha.silenced = false;
             return;
         }
-        let Some(since) = self.ha.write_pending_since else {
+        let Some(since) = self.writes.pending_since_tick() else {
             self.ha.silenced = false;
             return;
         };
@@ -1251,47 +947,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Remembers the cumulative size of written entries (bounded: the
-    /// oldest are dropped once the passive has them, or past a cap).
+    /// Records the entries written, for the passive's lag in bytes.
     fn record_written(&mut self, entries: &[Entry]) {
-        if let Some(first) = entries.first() {
-            while self
-                .written_bytes
-                .back()
-                .is_some_and(|(i, _)| *i >= first.index)
-            {
-                self.written_bytes.pop_back();
-            }
-        }
-        let mut total = self.written_bytes.back().map(|(_, b)| *b).unwrap_or(0);
-        for e in entries {
-            total += (e.data.len() + e.context.len()) as u64;
-            self.written_bytes.push_back((e.index, total));
-        }
-        let floor = self
+        let passive_matched = self
             .ha
             .passive(&self.raw)
             .and_then(|p| self.raw.raft.prs().get(p))
             .map(|p| p.matched)
             .unwrap_or(0);
-        while self.written_bytes.len() > 100_000
-            || self.written_bytes.get(1).is_some_and(|(i, _)| *i <= floor)
-        {
-            self.written_bytes.pop_front();
-        }
-    }
-
-    /// Bytes of the entries this member wrote after `index`.
-    fn bytes_after(&self, index: u64) -> u64 {
-        let last = self.written_bytes.back().map(|(_, b)| *b).unwrap_or(0);
-        let at = self
-            .written_bytes
-            .iter()
-            .rev()
-            .find(|(i, _)| *i <= index)
-            .map(|(_, b)| *b)
-            .unwrap_or_else(|| self.written_bytes.front().map(|(_, b)| *b).unwrap_or(0));
-        last.saturating_sub(at)
+        self.written.record(entries, passive_matched);
     }
 
     /// Takes a notice from a peer: answers a blank member's probe, and (on
@@ -1334,7 +998,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             {
                 self.ha.data_persisted = self.ha.data_persisted.max(d.index);
                 let mut report = WitnessReport::new();
-                report.log_bytes = self.log_bytes;
+                report.log_bytes = self.written.log_bytes();
                 report.first_index = self.raw.raft.raft_log.first_index();
                 report.last_index = self.raw.raft.raft_log.last_index();
                 let mut n = Notice::new();
@@ -1529,134 +1193,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             || self.meta_dirty
             || self.raw.has_ready()
             || self.reads_releasable()
-            || (self.flush_deferred && self.held.is_empty())
+            || self.writes.flush_ready()
             || self.snapshot_work()
     }
 
     fn reads_releasable(&self) -> bool {
         let applied = self.sm.applied_index();
         self.reads_waiting_apply.iter().any(|(i, _)| *i <= applied)
-    }
-
-    /// The current status.
-    pub fn status(&self) -> Status {
-        let r = &self.raw.raft;
-        let store = self.raw.store();
-        let mut progress = Vec::new();
-        if r.state == StateRole::Leader {
-            for (id, p) in r.prs().iter() {
-                if *id != self.cfg.id {
-                    progress.push(PeerProgress {
-                        id: *id,
-                        matched: p.matched,
-                        next: p.next_idx,
-                        state: format!("{:?}", p.state),
-                    });
-                }
-            }
-            progress.sort_by_key(|p| p.id);
-        }
-        let mut voters: Vec<u64> = r.prs().conf().voters().ids().iter().collect();
-        voters.sort_unstable();
-        let mut learners: Vec<u64> = r.prs().conf().learners().iter().copied().collect();
-        learners.sort_unstable();
-        Status {
-            id: self.cfg.id,
-            role: r.state.into(),
-            term: r.term,
-            leader: self.leader(),
-            commit: r.raft_log.committed,
-            applied: self.sm.applied_index(),
-            first_index: store.first_index().unwrap_or(0),
-            last_index: r.raft_log.last_index(),
-            voters,
-            learners,
-            members: self.directory.clone(),
-            sessions: self.sessions.len(),
-            progress,
-            active: self.active_now(),
-            lease_ticks_left: self.active_now().then(|| self.ha.lease_left(self.ticks)),
-            fencing_token: self.fencing_token(),
-            mode: self.ha.mode(),
-            witness: self.sm.is_witness(),
-            witness_id: self.ha.witness,
-            passive_lag_entries: if r.state == StateRole::Leader {
-                self.ha
-                    .passive(&self.raw)
-                    .and_then(|p| r.prs().get(p))
-                    .map(|p| r.raft_log.last_index().saturating_sub(p.matched))
-            } else {
-                None
-            },
-            waiting_for: self.waiting_for(),
-            passive_lag_bytes: if r.state == StateRole::Leader {
-                self.ha
-                    .passive(&self.raw)
-                    .and_then(|p| r.prs().get(p))
-                    .map(|p| self.bytes_after(p.matched))
-            } else {
-                None
-            },
-            log_bytes: self.log_bytes,
-            maintenance: self.maintenance(),
-            last_failover_ms: self.last_failover_ms,
-            witness_log: if r.state == StateRole::Leader {
-                self.witness_log
-            } else {
-                None
-            },
-            alarms: self.alarms(),
-            disk: self.disk.last().map(|d| (d, self.disk.low())),
-        }
-    }
-
-    /// Why this member waits, every reason it knows, most basic first.
-    fn waiting_for(&self) -> Option<String> {
-        let reasons: Vec<String> = [
-            self.lost_data.clone(),
-            self.ha.waiting_for.clone(),
-            self.ha.lost.note_for_status(self.ha.witness),
-            self.why_no_leader(),
-            self.why_not_standing(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        (!reasons.is_empty()).then(|| reasons.join("; "))
-    }
-
-    /// Why there is no active, once a member has known no leader for an
-    /// election timeout: which members it cannot hear from (a new active
-    /// needs the votes of a majority whose logs hold every committed entry).
-    fn why_no_leader(&self) -> Option<String> {
-        let since = self.leaderless_since?;
-        let election = self.cfg.election_tick as u64;
-        if self.ticks.saturating_sub(since) < election {
-            return None;
-        }
-        let silent: Vec<u64> = self
-            .voters()
-            .into_iter()
-            .filter(|v| *v != self.cfg.id)
-            .filter(|v| {
-                self.last_heard
-                    .get(v)
-                    .is_none_or(|t| self.ticks.saturating_sub(*t) > election)
-            })
-            .collect();
-        Some(if silent.is_empty() {
-            format!(
-                "no active for {} ticks: every member answers, but none can win an election \
-                 (a candidate needs a majority whose logs are no more up to date than its own)",
-                self.ticks - since
-            )
-        } else {
-            format!(
-                "no active for {} ticks: not heard from members {silent:?}; a new active needs \
-                 the votes of a majority",
-                self.ticks - since
-            )
-        })
     }
 
     /// The voters of the configuration raft-rs runs now, sorted.
@@ -1884,7 +1427,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.release_reads(&mut out);
         self.maybe_compact(&mut out)?;
-        self.flush_deferred_hard_state(&mut out);
+        if let Some(w) = self.writes.flush(out.write.is_some(), self.ticks) {
+            out.write = Some(w);
+        }
         out.events.append(&mut self.out.events);
         out.completions.append(&mut self.out.completions);
         out.reads.append(&mut self.out.reads);
@@ -1910,7 +1455,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn handle_raft_ready(&mut self, out: &mut Ready) -> Result<()> {
         let mut rd = self.raw.ready();
         let number = rd.number();
-        self.last_ready_number = number;
+        self.writes.on_ready(number);
         let mut messages = rd.take_messages();
         if messages
             .iter()
@@ -1967,7 +1512,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         write.entries = rd.take_entries();
         self.maintenance_tail.appended(&write.entries);
         write.hard_state = rd.hs().cloned();
-        self.defer_commit_only(&mut write);
+        self.writes.defer_commit_only(&mut write, self.ticks);
         let hard_state_commit = write.hard_state.as_ref().map(|h| h.commit);
         let committed = rd.take_committed_entries();
         let persisted_messages = rd.take_persisted_messages();
@@ -1990,7 +1535,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
         let needs_write = !write.is_empty();
         if needs_write {
-            self.bytes_since_compact += write.entry_bytes() as u64;
+            self.writes.on_written(write.entry_bytes() as u64);
             self.record_written(&write.entries);
             self.raw.mut_store().push(&write);
         }
@@ -2003,111 +1548,25 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         for peer in failed_snapshots {
             self.raw.report_snapshot(peer, SnapshotStatus::Failure);
         }
-        if !needs_write && self.held.is_empty() {
+        if !needs_write && self.writes.idle() {
             self.raw.on_persist_ready(number);
             out.messages.extend(persisted_messages);
         } else {
             // A ready without a write still waits behind earlier writes.
-            self.held.push_back(Held {
+            let held = Held {
                 number,
                 needs_write,
                 messages: persisted_messages,
                 hard_state_commit,
                 conf_index: write.conf_state.is_some().then_some(self.meta.conf_index),
-            });
+            };
+            self.writes.hold(held, self.ticks);
             if needs_write {
-                if self.ha.write_pending_since.is_none() {
-                    self.ha.write_pending_since = Some(self.ticks);
-                }
                 out.write = Some(write);
             }
         }
         self.after_input();
         Ok(())
-    }
-
-    /// Keeps a hard state that only moved the commit index out of the log
-    /// until something else is written (entries, a term or a vote, a
-    /// configuration, a snapshot): it then rides on that write.
-    ///
-    /// Why this is safe: the commit index is volatile in Raft. A member
-    /// restarted with an older one learns the commit from the leader again;
-    /// what it applied was committed, and at start the log view raises the
-    /// stored commit to the applied index (`LogView::initial_state`). Term and vote, which elections rely on, are
-    /// always written before any message that depends on them. Why it
-    /// matters: under a steady load every entry's commit came as a ready of
-    /// its own, one more synced write on each data member per write, which
-    /// the next entry's append waited behind.
-    ///
-    /// `persisted_commit` (the compaction bound) advances only when the
-    /// deferred commit is written; an idle member writes it alone after a
-    /// whole tick without another write (`flush_deferred_hard_state`), so
-    /// the bound keeps up and a restart finds a recent commit.
-    fn defer_commit_only(&mut self, write: &mut LogWrite) {
-        match write.hard_state.take() {
-            Some(hs) => {
-                let commit_only = (hs.term, hs.vote) == self.written_term_vote
-                    && write.entries.is_empty()
-                    && write.snapshot.is_none()
-                    && write.conf_state.is_none();
-                if commit_only {
-                    self.deferred_hard_state = Some(hs);
-                    self.deferred_since_tick.get_or_insert(self.ticks);
-                } else {
-                    // A newer hard state replaces the deferred one (raft-rs
-                    // never moves the commit index back).
-                    self.written_term_vote = (hs.term, hs.vote);
-                    self.clear_deferred();
-                    write.hard_state = Some(hs);
-                }
-            }
-            None if !write.is_empty() => {
-                write.hard_state = self.deferred_hard_state.take();
-                self.clear_deferred();
-            }
-            None => {}
-        }
-        debug_assert!(
-            self.deferred_hard_state.is_none() || write.hard_state.is_none(),
-            "a deferred hard state is never written alongside a newer one"
-        );
-    }
-
-    fn clear_deferred(&mut self) {
-        self.deferred_hard_state = None;
-        self.deferred_since_tick = None;
-        self.flush_deferred = false;
-    }
-
-    /// Writes the deferred hard state alone (see `defer_commit_only`), once
-    /// no other write is pending. The write reuses the last ready's number:
-    /// raft-rs and the log view take a number reported twice as done, and
-    /// with nothing pending before it, its completion releases only itself.
-    fn flush_deferred_hard_state(&mut self, out: &mut Ready) {
-        if !self.flush_deferred || out.write.is_some() || !self.held.is_empty() {
-            return;
-        }
-        let Some(hs) = self.deferred_hard_state.take() else {
-            self.clear_deferred();
-            return;
-        };
-        self.clear_deferred();
-        let number = self.last_ready_number;
-        self.held.push_back(Held {
-            number,
-            needs_write: true,
-            messages: Vec::new(),
-            hard_state_commit: Some(hs.commit),
-            conf_index: None,
-        });
-        if self.ha.write_pending_since.is_none() {
-            self.ha.write_pending_since = Some(self.ticks);
-        }
-        out.write = Some(LogWrite {
-            number,
-            hard_state: Some(hs),
-            ..Default::default()
-        });
     }
 
     /// Fills outgoing snapshots with the state machine's data. Returns the
@@ -2350,7 +1809,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 }
             }
         }
-        self.applied_since_compact += last_index.saturating_sub(sm_applied);
+        self.writes
+            .on_applied(last_index.saturating_sub(sm_applied));
         let view = self.raw.mut_store();
         if last_index > view.applied {
             view.applied = last_index;
@@ -2577,8 +2037,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let store = self.raw.store().store();
         // Counted by the replica, not asked of the store: a store's size on
         // disk moves in whole files and need not shrink at each compaction.
-        let due = self.applied_since_compact >= self.cfg.compact_every_entries
-            || self.bytes_since_compact >= self.cfg.compact_log_bytes;
+        let due = self
+            .writes
+            .compaction_due(self.cfg.compact_every_entries, self.cfg.compact_log_bytes);
         if !due || self.raw.store().has_pending() {
             return Ok(());
         }
@@ -2590,19 +2051,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let bound = self
             .sm
             .applied_index()
-            .min(self.persisted_commit)
+            .min(self.writes.persisted_commit())
             .saturating_sub(self.cfg.compact_keep_entries)
             .min(self.snapshot_compact_bound());
         if bound < store.first_index()? {
             return Ok(());
         }
-        self.applied_since_compact = 0;
-        self.bytes_since_compact = 0;
+        self.writes.on_compaction();
         let durable = self.sm.sync()?;
         // Never past the durable commit: raft-rs restarts with commit at the
         // compaction point at least, which must be a committed index.
         let upto = durable
-            .min(self.persisted_commit)
+            .min(self.writes.persisted_commit())
             .saturating_sub(self.cfg.compact_keep_entries)
             .min(self.snapshot_compact_bound());
         if upto >= store.first_index()? {
@@ -2623,7 +2083,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let upto = self
             .ha
             .data_persisted
-            .min(self.persisted_commit)
+            .min(self.writes.persisted_commit())
             .min(self.sm.applied_index());
         let first = self.raw.store().store().first_index()?;
         if upto >= first + WITNESS_COMPACT_BATCH {
@@ -2635,31 +2095,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Reports that every write up to `number` is durable. Releases the
     /// messages that waited for it (in the next [`Replica::ready`]).
     pub fn on_persisted(&mut self, number: u64) {
-        let mut released = 0;
-        while let Some(h) = self.held.front() {
-            if h.needs_write && h.number > number {
-                break;
-            }
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
-            released = released.max(h.number);
-            if let Some(c) = h.hard_state_commit {
-                self.persisted_commit = self.persisted_commit.max(c);
-            }
-            if let Some(i) = h.conf_index {
-                self.confirm.on_persisted(i);
-            }
-            self.out.messages.extend(h.messages);
+        let store = self.raw.store();
+        let released = self
+            .writes
+            .release(number, |n| store.has_pending_after(n), self.ticks);
+        for i in released.conf_indexes {
+            self.confirm.on_persisted(i);
         }
-        if released > 0 {
-            self.ha.write_pending_since = if self.raw.store().has_pending_after(released) {
-                Some(self.ticks)
-            } else {
-                None
-            };
-            self.raw.mut_store().persisted(released);
-            self.raw.on_persist_ready(released);
+        self.out.messages.extend(released.messages);
+        if released.number > 0 {
+            self.raw.mut_store().persisted(released.number);
+            self.raw.on_persist_ready(released.number);
             self.advance_raft_applied();
             self.report_to_leader(false);
             self.after_input();
