@@ -33,6 +33,7 @@ mod machine;
 mod maintenance;
 mod membership;
 mod output;
+mod pending;
 mod planned;
 mod sessions;
 mod snapshot_source;
@@ -69,6 +70,7 @@ use machine::Machine;
 pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
 pub use output::{Completion, Event, ProposalResult, Ready, Role};
+use pending::Pending;
 use sessions::{ClientTable, Decision};
 use snapshot_source::SnapshotSource;
 pub use snapshot_source::StateSnapshot;
@@ -102,11 +104,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     last_leader: u64,
     now_ms: u64,
     ticks: u64,
-    pending_proposals: BTreeMap<u64, ()>,
-    /// Reads waiting for their ReadIndex answer: token -> tick issued.
-    reads_waiting_index: BTreeMap<u64, u64>,
-    /// Reads waiting for the state machine to reach their index.
-    reads_waiting_apply: Vec<(u64, u64)>,
+    /// Proposals and reads in flight on this member.
+    pending: Pending,
     /// The writes in flight and what waits for them.
     writes: Writes,
     /// Snapshot streams in flight: peer -> tick sent.
@@ -323,9 +322,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             last_timeout: 0,
             now_ms: 0,
             ticks: 0,
-            pending_proposals: BTreeMap::new(),
-            reads_waiting_index: BTreeMap::new(),
-            reads_waiting_apply: Vec::new(),
+            pending: Pending::default(),
             writes: Writes::new(
                 persisted_commit,
                 (state.hard_state.term, state.hard_state.vote),
@@ -811,7 +808,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         match self.raw.propose(encode_context(self.cfg.id, token), data) {
             Ok(()) => {
-                self.pending_proposals.insert(token, ());
+                self.pending.proposed(token);
             }
             Err(e) => self.refuse(token, e.into()),
         }
@@ -836,7 +833,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 .push((token, Err(Error::NotLeader { leader_hint: hint })));
             return;
         }
-        self.reads_waiting_index.insert(token, self.ticks);
+        self.pending.read_asked(token, self.ticks);
         self.raw.read_index(token.to_le_bytes().to_vec());
         self.after_input();
     }
@@ -854,7 +851,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         }
         let commit = self.raw.raft.raft_log.committed;
-        self.reads_waiting_apply.push((commit, token));
+        self.pending.read_at(token, commit);
     }
 
     /// The replication mode this member runs (meaningful on the leader).
@@ -1198,8 +1195,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     fn reads_releasable(&self) -> bool {
-        let applied = self.sm.applied_index();
-        self.reads_waiting_apply.iter().any(|(i, _)| *i <= applied)
+        self.pending.reads_releasable(self.sm.applied_index())
     }
 
     /// The voters of the configuration raft-rs runs now, sorted.
@@ -1357,15 +1353,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// that did commit is not applied twice).
     fn fail_pending(&mut self, leader: u64) {
         let hint = (leader != 0).then_some(leader);
-        for (token, ()) in std::mem::take(&mut self.pending_proposals) {
+        let (proposals, reads) = self.pending.take_all();
+        for token in proposals {
             self.refuse(token, Error::NotLeader { leader_hint: hint });
         }
-        let waiting_index = std::mem::take(&mut self.reads_waiting_index);
-        let waiting_apply = std::mem::take(&mut self.reads_waiting_apply);
-        for token in waiting_index
-            .into_keys()
-            .chain(waiting_apply.into_iter().map(|(_, t)| t))
-        {
+        for token in reads {
             self.out
                 .reads
                 .push((token, Err(Error::NotLeader { leader_hint: hint })));
@@ -1375,14 +1367,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// raft-rs drops ReadIndex requests silently on a leader that has not
     /// committed in its term: ask again until answered.
     fn retry_reads(&mut self) {
-        let due: Vec<u64> = self
-            .reads_waiting_index
-            .iter()
-            .filter(|(_, issued)| self.ticks - **issued >= self.cfg.read_retry_ticks as u64)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in due {
-            self.reads_waiting_index.insert(token, self.ticks);
+        let retry_ticks = self.cfg.read_retry_ticks as u64;
+        for token in self.pending.reads_to_retry(self.ticks, retry_ticks) {
             self.raw.read_index(token.to_le_bytes().to_vec());
         }
     }
@@ -1524,9 +1510,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 continue;
             };
             let token = u64::from_le_bytes(bytes);
-            if self.reads_waiting_index.remove(&token).is_some() {
-                self.reads_waiting_apply.push((rs.index, token));
-            }
+            self.pending.read_answered(token, rs.index);
         }
         let conf_changed = self.apply_entries(committed, out)?;
         if let Some(cs) = conf_changed {
@@ -1793,7 +1777,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 Step::Nothing => None,
             };
             if let (Some(result), Some((member, token))) = (result, proposal_of(&e)) {
-                if member == self.cfg.id && self.pending_proposals.remove(&token).is_some() {
+                if member == self.cfg.id && self.pending.applied(token) {
                     let c = Completion {
                         token,
                         index: e.index,
@@ -2012,20 +1996,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             });
         }
         info!(member = self.cfg.id, ?change, "membership change proposed");
-        self.pending_proposals.insert(token, ());
+        self.pending.proposed(token);
         Ok(())
     }
 
     fn release_reads(&mut self, out: &mut Ready) {
-        let applied = self.sm.applied_index();
-        self.reads_waiting_apply.retain(|&(index, token)| {
-            if index <= applied {
-                out.reads.push((token, Ok(())));
-                false
-            } else {
-                true
-            }
-        });
+        self.pending
+            .release_reads(self.sm.applied_index(), &mut out.reads);
     }
 
     /// Syncs the state machine for real and compacts the log below the

@@ -216,7 +216,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         {
             Ok(()) => {
                 if token != INTERNAL_TOKEN {
-                    self.pending_proposals.insert(token, ());
+                    self.pending.proposed(token);
                 }
             }
             Err(e) if token != INTERNAL_TOKEN => self.refuse(token, e.into()),
