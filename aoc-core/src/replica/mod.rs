@@ -35,6 +35,7 @@ mod membership;
 mod output;
 mod pending;
 mod planned;
+mod roles;
 mod sessions;
 mod snapshot_source;
 mod status;
@@ -49,8 +50,6 @@ use raft::eraftpb::{
     Entry, EntryType, HardState, Message, MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use tracing::{debug, error, info, warn};
 
 use crate::config::ReplicaConfig;
@@ -71,6 +70,7 @@ pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
 pub use output::{Completion, Event, ProposalResult, Ready, Role};
 use pending::Pending;
+use roles::Roles;
 use sessions::{ClientTable, Decision};
 use snapshot_source::SnapshotSource;
 pub use snapshot_source::StateSnapshot;
@@ -92,16 +92,13 @@ pub(crate) struct Switch {
 
 /// The sans-I/O replica (see the module docs).
 pub struct Replica<L: LogStore, S: StateMachine> {
+    /// The role as last seen, the failover history, the election timer.
+    roles: Roles,
     cfg: ReplicaConfig,
     raw: RawNode<LogView<L>>,
     sm: Machine<S>,
     sessions: ClientTable,
     ha: ha::Ha,
-    rng: SmallRng,
-    last_timeout: usize,
-    last_term: u64,
-    last_role: StateRole,
-    last_leader: u64,
     now_ms: u64,
     ticks: u64,
     /// Proposals and reads in flight on this member.
@@ -114,8 +111,6 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     snapshot_source: SnapshotSource,
     /// Messages and completions produced outside `ready`.
     out: Ready,
-    /// Whether the last published state was active.
-    last_active: bool,
     /// A restarted member grants no vote before this tick: it restarts
     /// knowing no leader, hence with no lease of its own.
     no_votes_before: u64,
@@ -142,13 +137,7 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     switch: Option<Switch>,
     /// When a switchover notice named this member.
     switchover_hint: Option<u64>,
-    /// The driver's clock (ms) when this member last heard from a leader
-    /// other than itself.
-    last_leader_contact_ms: Option<u64>,
-    last_failover_ms: Option<(u64, u64)>,
     witness_log: Option<(u64, u64)>,
-    /// Since when this member knows no leader.
-    leaderless_since: Option<u64>,
     /// The member directory (see `membership`), as of the applied index.
     directory: Vec<Member>,
     /// Who holds the configuration; membership changes answered once
@@ -305,24 +294,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let raft_applied = replay_from.map_or(applied, |c| c - 1);
         let logger = crate::logging::raft_logger(cfg.id);
         let raw = RawNode::new(&cfg.raft_config(raft_applied), view, &logger)?;
+        let roles = Roles::new(raw.raft.term, raw.raft.state, raw.raft.leader_id, seed);
         let mut sessions = ClientTable::new(cfg.session_ttl_ms, cfg.max_sessions);
         sessions.load(sm.sessions()?);
         let persisted_commit = raw.raft.raft_log.committed;
         let ha = ha::Ha::new(&cfg);
         let mut r = Replica {
             ha,
-            last_term: raw.raft.term,
-            last_role: raw.raft.state,
-            last_leader: raw.raft.leader_id,
             cfg,
             raw,
             sm,
             sessions,
-            rng: SmallRng::seed_from_u64(seed),
-            last_timeout: 0,
             now_ms: 0,
             ticks: 0,
             pending: Pending::default(),
+            roles,
             writes: Writes::new(
                 persisted_commit,
                 (state.hard_state.term, state.hard_state.vote),
@@ -330,7 +316,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             snapshots_in_flight: BTreeMap::new(),
             snapshot_source: SnapshotSource::default(),
             out: Ready::default(),
-            last_active: false,
             no_votes_before: 0,
             lost_data: None,
             written: WrittenBytes::default(),
@@ -343,10 +328,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             off_proposed_term: 0,
             switch: None,
             switchover_hint: None,
-            last_leader_contact_ms: None,
-            last_failover_ms: None,
             witness_log: None,
-            leaderless_since: Some(0),
             directory: Vec::new(),
             confirm: confirm::Confirmations::default(),
             disk: alarm::DiskWatch::default(),
@@ -668,7 +650,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.last_heard.insert(msg.from, self.ticks);
         if msg.from == self.raw.raft.leader_id && msg.from != self.cfg.id {
-            self.last_leader_contact_ms = Some(self.now_ms);
+            self.roles.heard_from_leader(self.now_ms);
         }
         self.note_vote_request(msg.from, msg.get_msg_type(), msg.log_term, msg.index);
         let vote_request = (msg.from, msg.get_msg_type(), self.raw.raft.msgs.len());
@@ -1258,56 +1240,28 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// thread-local one, which would make simulations irreproducible), and
     /// reacts to role changes.
     fn after_input(&mut self) {
-        // A data member whose disk is below its reserve stands after the
-        // others (`defers_for_disk`), so a data member with room wins
-        // first when both can.
-        let (lo, hi) = (self.cfg.min_election_tick, self.cfg.max_election_tick);
-        let (lo, hi) = if self.defers_for_disk() {
-            (hi, 2 * hi - lo)
-        } else {
-            (lo, hi)
-        };
-        let r = &mut self.raw.raft;
-        if r.term != self.last_term
-            || r.state != self.last_role
-            || r.election_elapsed == 0
-            || r.randomized_election_timeout() != self.last_timeout
-        {
-            let t = self.rng.gen_range(lo..hi);
-            r.set_randomized_election_timeout(t);
-            self.last_timeout = t;
-        }
+        let (lo, hi) = self.election_range();
+        self.roles.draw_timeout(&mut self.raw.raft, lo, hi);
+        let r = &self.raw.raft;
         let (term, role, leader) = (r.term, r.state, r.leader_id);
-        if role != self.last_role || term != self.last_term {
-            if self.last_role == StateRole::Leader && role != StateRole::Leader {
-                self.fail_pending(leader);
-                self.disk_reports.clear();
-                for mut c in self.confirm.on_step_down() {
-                    // Applied, not confirmed: the caller asks the next
-                    // leader, which answers once every voter holds it.
-                    c.result = Err(Error::NotLeader {
-                        leader_hint: (leader != 0).then_some(leader),
-                    });
-                    self.out.completions.push(c);
-                }
-                self.ha.on_step_down();
-                self.finish_switchover(leader);
-            }
-            if role != self.last_role {
-                info!(member = self.cfg.id, term, role = ?role, "role changed");
-                self.out.events.push(Event::RoleChanged {
-                    role: role.into(),
-                    term,
-                });
-            }
-            if role == StateRole::Leader {
-                let sync = self.elected_by_switchover();
-                self.switchover_hint = None;
-                self.ha.on_become_leader(&mut self.raw, sync);
-                self.out.events.push(Event::ModeChanged {
-                    mode: self.ha.mode(),
-                });
-            }
+        let moved = self.roles.compare(term, role);
+        if moved.stepped_down {
+            self.on_step_down(leader);
+        }
+        if moved.role_changed {
+            info!(member = self.cfg.id, term, role = ?role, "role changed");
+            self.out.events.push(Event::RoleChanged {
+                role: role.into(),
+                term,
+            });
+        }
+        if moved.became_leader {
+            let sync = self.elected_by_switchover();
+            self.switchover_hint = None;
+            self.ha.on_become_leader(&mut self.raw, sync);
+            self.out.events.push(Event::ModeChanged {
+                mode: self.ha.mode(),
+            });
         }
         self.release_confirmed_changes();
         if let Some(mode) = self.ha.update_mode(&mut self.raw, self.ticks) {
@@ -1316,36 +1270,49 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.ha.maybe_probe(&mut self.raw, self.ticks);
         let active = self.active_now();
-        if active != self.last_active {
-            if active {
-                if let Some(contact) = self.last_leader_contact_ms.take() {
-                    let took = self.now_ms.saturating_sub(contact);
-                    self.last_failover_ms = Some((self.now_ms, took));
-                    info!(
-                        member = self.cfg.id,
-                        took_ms = took,
-                        "took over the active role"
-                    );
-                }
+        if let Some((active, took)) = self.roles.record_active(active, self.now_ms) {
+            if let Some(took_ms) = took {
+                info!(member = self.cfg.id, took_ms, "took over the active role");
             }
             info!(member = self.cfg.id, active, "active role changed");
             self.out.events.push(Event::ActiveChanged { active });
-            self.last_active = active;
         }
-        if leader == 0 {
-            self.leaderless_since.get_or_insert(self.ticks);
-        } else {
-            self.leaderless_since = None;
-        }
-        if leader != self.last_leader {
+        if self.roles.record(term, role, leader, self.ticks) {
             self.out.events.push(Event::LeaderChanged {
                 leader: (leader != 0).then_some(leader),
                 term,
             });
         }
-        self.last_role = role;
-        self.last_term = term;
-        self.last_leader = leader;
+    }
+
+    /// The range raft draws election timeouts from. A data member whose
+    /// disk is below its reserve stands after the others
+    /// (`defers_for_disk`), so a data member with room wins first when
+    /// both can.
+    fn election_range(&self) -> (usize, usize) {
+        let (lo, hi) = (self.cfg.min_election_tick, self.cfg.max_election_tick);
+        if self.defers_for_disk() {
+            (hi, 2 * hi - lo)
+        } else {
+            (lo, hi)
+        }
+    }
+
+    /// This member led and leads no more: what it had in flight is refused
+    /// with a hint of the new leader (`leader`, 0: none known).
+    fn on_step_down(&mut self, leader: u64) {
+        self.fail_pending(leader);
+        self.disk_reports.clear();
+        for mut c in self.confirm.on_step_down() {
+            // Applied, not confirmed: the caller asks the next leader,
+            // which answers once every voter holds it.
+            c.result = Err(Error::NotLeader {
+                leader_hint: (leader != 0).then_some(leader),
+            });
+            self.out.completions.push(c);
+        }
+        self.ha.on_step_down();
+        self.finish_switchover(leader);
     }
 
     /// A leader that steps down fails what it was waiting for: the caller

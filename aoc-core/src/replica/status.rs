@@ -193,7 +193,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             },
             log_bytes: self.written.log_bytes(),
             maintenance: self.maintenance(),
-            last_failover_ms: self.last_failover_ms,
+            last_failover_ms: self.roles.last_failover_ms(),
             witness_log: if r.state == StateRole::Leader {
                 self.witness_log
             } else {
@@ -223,7 +223,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// election timeout: which members it cannot hear from (a new active
     /// needs the votes of a majority whose logs hold every committed entry).
     fn why_no_leader(&self) -> Option<String> {
-        let since = self.leaderless_since?;
+        let since = self.roles.leaderless_since()?;
         let election = self.cfg.election_tick as u64;
         if self.ticks.saturating_sub(since) < election {
             return None;
