@@ -40,6 +40,7 @@ mod sessions;
 mod snapshot_source;
 mod status;
 mod view;
+mod votes;
 mod writes;
 
 use std::collections::BTreeMap;
@@ -50,12 +51,12 @@ use raft::eraftpb::{
     Entry, EntryType, HardState, Message, MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ReplicaConfig;
 use crate::payload::{decode_context, encode_context, Payload};
 use crate::proto::{
-    BlankAnswer, DataPersisted, FollowerReport, LostData, MemberMeta, Notice, Notice_oneof_body,
+    BlankAnswer, DataPersisted, FollowerReport, MemberMeta, Notice, Notice_oneof_body,
     WitnessReport,
 };
 use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
@@ -70,30 +71,28 @@ pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
 pub use output::{Completion, Event, ProposalResult, Ready, Role};
 use pending::Pending;
+use planned::Planned;
 use roles::Roles;
 use sessions::{ClientTable, Decision};
 use snapshot_source::SnapshotSource;
 pub use snapshot_source::StateSnapshot;
 pub use status::{PeerProgress, Status};
 use view::LogView;
+use votes::{is_vote_request, Votes};
 use writes::{Held, Writes, WrittenBytes};
 
 /// The witness compacts in steps of at least this many entries (one
 /// synced compaction write per step).
 pub(crate) const WITNESS_COMPACT_BATCH: u64 = 64;
 
-/// A switchover in progress on the active.
-#[derive(Debug)]
-pub(crate) struct Switch {
-    token: u64,
-    target: u64,
-    started: u64,
-}
-
 /// The sans-I/O replica (see the module docs).
 pub struct Replica<L: LogStore, S: StateMachine> {
     /// The role as last seen, the failover history, the election timer.
     roles: Roles,
+    /// When this member withholds its vote, and when the witness stands.
+    votes: Votes,
+    /// The planned operations in progress (see `planned`).
+    planned: Planned,
     cfg: ReplicaConfig,
     raw: RawNode<LogView<L>>,
     sm: Machine<S>,
@@ -111,12 +110,6 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     snapshot_source: SnapshotSource,
     /// Messages and completions produced outside `ready`.
     out: Ready,
-    /// A restarted member grants no vote before this tick: it restarts
-    /// knowing no leader, hence with no lease of its own.
-    no_votes_before: u64,
-    /// Set when a leader showed this member lost synced data: it votes no
-    /// more (its status says why).
-    lost_data: Option<String>,
     /// Entry bytes written, for the passive's lag, and the log's size.
     written: WrittenBytes,
     /// The tick each peer was last heard from.
@@ -126,17 +119,6 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Maintenance settings appended above the applied one.
     maintenance_tail: maintenance::Tail,
     meta_dirty: bool,
-    /// Stand at the next chance: the allowed member of a maintenance window
-    /// was refused for a shorter log.
-    stand_for_allowed: bool,
-    /// On the witness: the tick at which it refused (or, in lease, ignored)
-    /// a data member's vote request (see `witness_stands_for_data`).
-    refused_data_vote_at: Option<u64>,
-    /// The term in which this leader proposed the replicated maintenance off.
-    off_proposed_term: u64,
-    switch: Option<Switch>,
-    /// When a switchover notice named this member.
-    switchover_hint: Option<u64>,
     witness_log: Option<(u64, u64)>,
     /// The member directory (see `membership`), as of the applied index.
     directory: Vec<Member>,
@@ -309,6 +291,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             ticks: 0,
             pending: Pending::default(),
             roles,
+            votes: Votes::default(),
+            planned: Planned::default(),
             writes: Writes::new(
                 persisted_commit,
                 (state.hard_state.term, state.hard_state.vote),
@@ -316,18 +300,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             snapshots_in_flight: BTreeMap::new(),
             snapshot_source: SnapshotSource::default(),
             out: Ready::default(),
-            no_votes_before: 0,
-            lost_data: None,
             written: WrittenBytes::default(),
             last_heard: BTreeMap::new(),
             meta: MemberMeta::new(),
             maintenance_tail: maintenance::Tail::default(),
             meta_dirty: false,
-            stand_for_allowed: false,
-            refused_data_vote_at: None,
-            off_proposed_term: 0,
-            switch: None,
-            switchover_hint: None,
             witness_log: None,
             directory: Vec::new(),
             confirm: confirm::Confirmations::default(),
@@ -342,7 +319,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         r.ha.witness = r.witness_id();
         r.raw.mut_store().header_only_to = r.ha.witness;
         if r.raw.raft.term > 0 {
-            r.no_votes_before = r.cfg.election_tick as u64;
+            r.votes.hold_after_restart(r.cfg.election_tick as u64);
         }
         r.after_input();
         info!(member = r.cfg.id, applied, first, last, "replica opened");
@@ -590,12 +567,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 return;
             }
         }
-        if self.ticks < self.no_votes_before
-            && matches!(
-                msg.get_msg_type(),
-                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-            )
-        {
+        if self.votes.held_after_restart(self.ticks) && is_vote_request(&msg) {
             debug!(
                 member = self.cfg.id,
                 from = msg.from,
@@ -611,41 +583,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             return;
         }
-        if msg.get_msg_type() == MessageType::MsgHeartbeat
-            && msg.commit > self.raw.raft.raft_log.last_index()
-            && msg.term >= self.raw.raft.term
-        {
-            // A leader only sends a commit index this member acknowledged
-            // holding: this member lost synced data (a disk rolled back).
-            // raft-rs would panic on it; the member stops voting instead.
-            let reason = format!(
-                "lost synced data: leader {} says index {} is held here, but the log ends at {}",
-                msg.from,
-                msg.commit,
-                self.raw.raft.raft_log.last_index()
-            );
-            if self.lost_data.is_none() {
-                error!(member = self.cfg.id, "{reason}");
-            }
-            self.lost_data = Some(reason);
-            // The leader counts this member's old acknowledgements toward
-            // commit until told (see `Ha::member_lost`).
-            let mut lost = LostData::new();
-            lost.last_index = self.raw.raft.raft_log.last_index();
-            lost.commit = msg.commit;
-            let mut n = Notice::new();
-            n.from = self.cfg.id;
-            n.to = msg.from;
-            n.set_lost_data(lost);
-            self.out.notices.push(n);
+        if self.heartbeat_shows_lost_data(&msg) {
             return;
         }
-        if self.lost_data.is_some()
-            && matches!(
-                msg.get_msg_type(),
-                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-            )
-        {
+        if self.votes.lost_data().is_some() && is_vote_request(&msg) {
             return;
         }
         self.last_heard.insert(msg.from, self.ticks);
@@ -664,76 +605,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ha.witness_hand_over(&mut self.raw);
         self.after_input();
         self.drive_planned();
-    }
-
-    /// Whether raft-rs ignores vote requests here now: a leader was heard
-    /// within `election_tick` (CheckQuorum's lease), or the member
-    /// restarted moments ago.
-    fn in_vote_lease(&self) -> bool {
-        let r = &self.raw.raft;
-        (r.leader_id != raft::INVALID_ID && r.election_elapsed < r.election_timeout())
-            || self.ticks < self.no_votes_before
-    }
-
-    /// On the witness, after a message `(from, type, messages queued
-    /// before it)` was stepped: notes a data member's vote request that
-    /// raft-rs refused (this witness holds a longer log: the active died
-    /// between its sends to the two members, so the witness has entries the
-    /// passive never received) or ignored in lease (its last message from
-    /// the active came a little after the passive's). Read from raft-rs's
-    /// own answer, so a vote it grants (a hand-over's, say) is never noted.
-    fn note_data_vote_refused(&mut self, (from, msg_type, queued): (u64, MessageType, usize)) {
-        let answer_type = match msg_type {
-            MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
-            MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
-            _ => return,
-        };
-        if !self.is_witness() || from == self.cfg.id || self.raw.raft.state != StateRole::Follower {
-            return;
-        }
-        let answer = self.raw.raft.msgs.get(queued..).and_then(|new| {
-            new.iter()
-                .find(|m| m.to == from && m.get_msg_type() == answer_type)
-        });
-        let refused = match answer {
-            Some(m) => m.reject,
-            None => self.in_vote_lease(),
-        };
-        if refused {
-            self.refused_data_vote_at = Some(self.ticks);
-        }
-    }
-
-    /// A witness that refused a data member's vote stands itself as soon as
-    /// it is out of lease, instead of at its own election timeout (up to
-    /// `max_election_tick` later, while no member can serve): it wins with
-    /// that member's vote, its log being the longer, and hands leadership
-    /// to it once raft has brought it up to date (`Ha::witness_hand_over`).
-    /// Not during maintenance (the maintenance rules decide who stands),
-    /// after a restart or with lost data (this member grants no vote then),
-    /// nor for a request older than an election timeout.
-    fn witness_stands_for_data(&mut self) {
-        let Some(at) = self.refused_data_vote_at else {
-            return;
-        };
-        let r = &self.raw.raft;
-        if r.state != StateRole::Follower
-            || self.ticks.saturating_sub(at) > self.cfg.election_tick as u64
-            || self.suppressed()
-            || self.lost_data.is_some()
-        {
-            self.refused_data_vote_at = None;
-            return;
-        }
-        if self.in_vote_lease() {
-            return;
-        }
-        if self.stand(
-            "a data member could not be elected (this witness's log is longer, or it was in \
-             lease); to hand over to it",
-        ) {
-            self.refused_data_vote_at = None;
-        }
     }
 
     /// Proposes a command. The outcome arrives in [`Ready::completions`]
@@ -779,7 +650,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.refuse(token, Error::NotLeader { leader_hint: hint });
             return;
         }
-        if self.switch.is_some() {
+        if self.planned.switching() {
             self.refuse(
                 token,
                 Error::Busy {
@@ -1256,8 +1127,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             });
         }
         if moved.became_leader {
-            let sync = self.elected_by_switchover();
-            self.switchover_hint = None;
+            let sync = self.take_switchover_election();
             self.ha.on_become_leader(&mut self.raw, sync);
             self.out.events.push(Event::ModeChanged {
                 mode: self.ha.mode(),

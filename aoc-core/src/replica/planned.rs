@@ -28,7 +28,7 @@ use raft::eraftpb::{Entry, MessageType};
 use raft::StateRole;
 use tracing::{info, warn};
 
-use super::{Replica, Switch};
+use super::Replica;
 use crate::payload::{encode_context, Payload};
 use crate::proto::{MemberMeta, Notice, SwitchoverNotice};
 use crate::state::StateMachine;
@@ -37,6 +37,36 @@ use crate::{Error, Mode, Result};
 
 /// Token of proposals the replica makes itself (never completed).
 pub(crate) const INTERNAL_TOKEN: u64 = 0;
+
+/// A switchover in progress on the active.
+#[derive(Debug)]
+pub(crate) struct Switch {
+    token: u64,
+    target: u64,
+    started: u64,
+}
+
+/// The planned operations in progress on this member.
+#[derive(Debug, Default)]
+pub(crate) struct Planned {
+    /// The switchover this member (the active) runs.
+    switch: Option<Switch>,
+    /// When a switchover notice named this member.
+    switchover_hint: Option<u64>,
+    /// The term in which this leader proposed the replicated maintenance
+    /// off.
+    off_proposed_term: u64,
+    /// Stand at the next chance: the allowed member of a maintenance window
+    /// was refused for a shorter log.
+    stand_for_allowed: bool,
+}
+
+impl Planned {
+    /// Whether a switchover is in progress.
+    pub(crate) fn switching(&self) -> bool {
+        self.switch.is_some()
+    }
+}
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Whether maintenance mode forbids this member to stand.
@@ -260,7 +290,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             if (last_term, last) > (log_term, index) {
                 // raft refuses it; no leaderless state may last: stand,
                 // then hand over (below).
-                self.stand_for_allowed = true;
+                self.planned.stand_for_allowed = true;
             }
         }
     }
@@ -269,12 +299,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     pub(crate) fn drive_planned(&mut self) {
         if self.raw.raft.state != StateRole::Leader {
             self.finish_switchover(self.raw.raft.leader_id);
-            if let Some(sw) = self.switch.as_ref() {
+            if let Some(sw) = self.planned.switch.as_ref() {
                 if self.ticks.saturating_sub(sw.started)
                     >= 2 * self.cfg.switchover_timeout_ticks as u64
                 {
                     let token = sw.token;
-                    self.switch = None;
+                    self.planned.switch = None;
                     self.out.switchovers.push((
                         token,
                         Err(Error::Timeout {
@@ -284,21 +314,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     ));
                 }
             }
-            if self.stand_for_allowed
+            if self.planned.stand_for_allowed
                 && self.raw.raft.state == StateRole::Follower
                 && self.stand("to bring the allowed member up to date")
             {
-                self.stand_for_allowed = false;
+                self.planned.stand_for_allowed = false;
             }
             return;
         }
-        self.stand_for_allowed = false;
+        self.planned.stand_for_allowed = false;
         // A local off waits for a leader to commit the replicated off.
         if self.meta.replicated_on
             && !self.meta.maintenance
-            && self.off_proposed_term != self.raw.raft.term
+            && self.planned.off_proposed_term != self.raw.raft.term
         {
-            self.off_proposed_term = self.raw.raft.term;
+            self.planned.off_proposed_term = self.raw.raft.term;
             let payload = Payload::Maintenance {
                 on: false,
                 allowed: 0,
@@ -335,7 +365,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             Some(Error::NotLeader {
                 leader_hint: self.active_hint(),
             })
-        } else if self.switch.is_some() {
+        } else if self.planned.switch.is_some() {
             Some(Error::Busy {
                 reason: "a switchover is already in progress".into(),
             })
@@ -409,7 +439,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             };
             self.propose_internal(INTERNAL_TOKEN, payload);
         }
-        self.switch = Some(Switch {
+        self.planned.switch = Some(Switch {
             token,
             target,
             started: self.ticks,
@@ -419,12 +449,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Moves a switchover on: transfer once the target holds everything;
     /// abandon after the timeout.
     fn drive_switchover(&mut self) {
-        let Some(sw) = self.switch.as_ref() else {
+        let Some(sw) = self.planned.switch.as_ref() else {
             return;
         };
         let (token, target, started) = (sw.token, sw.target, sw.started);
         if self.ticks.saturating_sub(started) >= self.cfg.switchover_timeout_ticks as u64 {
-            self.switch = None;
+            self.planned.switch = None;
             if self.raw.raft.lead_transferee.is_some() {
                 self.raw.raft.abort_leader_transfer();
             }
@@ -460,7 +490,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if new_leader == 0 || self.raw.raft.state == StateRole::Leader {
             return;
         }
-        if let Some(sw) = self.switch.take() {
+        if let Some(sw) = self.planned.switch.take() {
             let result = if new_leader == sw.target {
                 info!(member = self.cfg.id, to = sw.target, "switchover done");
                 Ok(self.ticks.saturating_sub(sw.started))
@@ -477,16 +507,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// sync mode if it becomes leader soon after.
     pub(crate) fn on_switchover_notice(&mut self, term: u64) {
         if term >= self.raw.raft.term {
-            self.switchover_hint = Some(self.ticks);
+            self.planned.switchover_hint = Some(self.ticks);
         }
     }
 
-    /// Whether a leader elected now comes from a planned switchover.
-    pub(crate) fn elected_by_switchover(&self) -> bool {
-        self.switchover_hint.is_some_and(|t| {
-            self.ticks.saturating_sub(t)
-                <= 2 * self.cfg.election_tick as u64 + self.cfg.switchover_timeout_ticks as u64
-        })
+    /// Whether a leader elected now comes from a planned switchover (the
+    /// hint is used up).
+    pub(crate) fn take_switchover_election(&mut self) -> bool {
+        let window = 2 * self.cfg.election_tick as u64 + self.cfg.switchover_timeout_ticks as u64;
+        self.planned
+            .switchover_hint
+            .take()
+            .is_some_and(|t| self.ticks.saturating_sub(t) <= window)
     }
 
     /// The metadata to persist with the next write, if it changed.

@@ -207,7 +207,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Why this member waits, every reason it knows, most basic first.
     fn waiting_for(&self) -> Option<String> {
         let reasons: Vec<String> = [
-            self.lost_data.clone(),
+            self.votes.lost_data().cloned(),
             self.ha.waiting_for.clone(),
             self.ha.lost.note_for_status(self.ha.witness),
             self.why_no_leader(),
