@@ -104,9 +104,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     pending: Pending,
     /// The writes in flight and what waits for them.
     writes: Writes,
-    /// Snapshot streams in flight: peer -> tick sent.
-    snapshots_in_flight: BTreeMap<u64, u64>,
-    /// The state snapshot being read, and the one ready to send.
+    /// The state snapshot being read, the one ready to send, and the
+    /// streams in flight.
     snapshot_source: SnapshotSource,
     /// Messages and completions produced outside `ready`.
     out: Ready,
@@ -297,7 +296,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 persisted_commit,
                 (state.hard_state.term, state.hard_state.vote),
             ),
-            snapshots_in_flight: BTreeMap::new(),
             snapshot_source: SnapshotSource::default(),
             out: Ready::default(),
             written: WrittenBytes::default(),
@@ -1026,17 +1024,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Reports the outcome of a snapshot stream to `to`.
-    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
-        self.snapshots_in_flight.remove(&to);
-        let status = if delivered {
-            SnapshotStatus::Finish
-        } else {
-            SnapshotStatus::Failure
-        };
-        self.raw.report_snapshot(to, status);
-    }
-
     /// Whether [`Replica::ready`] has work.
     pub fn has_ready(&self) -> bool {
         !self.out.is_empty()
@@ -1210,35 +1197,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// A snapshot stream that is neither acknowledged nor reported in time
-    /// is reported failed, or raft would keep the follower paused for good.
-    fn check_snapshot_streams(&mut self) {
-        let mut done = Vec::new();
-        for (&peer, &sent) in &self.snapshots_in_flight {
-            let in_snapshot = self
-                .raw
-                .raft
-                .prs()
-                .get(peer)
-                .is_some_and(|p| p.state == raft::ProgressState::Snapshot);
-            if !in_snapshot || !self.is_leader() {
-                done.push((peer, false));
-            } else if self.ticks - sent >= self.cfg.snapshot_timeout_ticks as u64 {
-                done.push((peer, true));
-            }
-        }
-        for (peer, failed) in done {
-            self.snapshots_in_flight.remove(&peer);
-            if failed {
-                warn!(
-                    member = self.cfg.id,
-                    peer, "snapshot stream timed out; retrying"
-                );
-                self.raw.report_snapshot(peer, SnapshotStatus::Failure);
-            }
-        }
-    }
-
     /// Takes the work produced since the last call. Errors are fatal for
     /// this member (its state machine or log could not be updated).
     pub fn ready(&mut self) -> Result<Ready> {
@@ -1388,58 +1346,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.after_input();
         Ok(())
-    }
-
-    /// Fills outgoing snapshots with the state machine's data. Returns the
-    /// peers whose snapshot could not be built (reported failed).
-    fn fill_snapshots(
-        &mut self,
-        messages: &mut Vec<Message>,
-        events: &mut Vec<Event>,
-    ) -> Result<Vec<u64>> {
-        let mut failed = Vec::new();
-        let mut i = 0;
-        while i < messages.len() {
-            if messages[i].get_msg_type() != MessageType::MsgSnapshot {
-                i += 1;
-                continue;
-            }
-            let to = messages[i].to;
-            let index = messages[i].get_snapshot().get_metadata().index;
-            // The witness gets the header alone, at the applied index raft
-            // asked at (nothing was applied since: application happens
-            // only in `ready`, after messages are taken); a data member
-            // gets the snapshot read for it (see `snapshot_source.rs`).
-            let data = if Some(to) == self.ha.witness {
-                (self.sm.applied_index() == index)
-                    .then(|| membership::wrap_snapshot(&self.directory, Vec::new()).into())
-            } else {
-                self.snapshot_data(index)
-            };
-            let Some(data) = data else {
-                warn!(
-                    member = self.cfg.id,
-                    to,
-                    index,
-                    applied = self.sm.applied_index(),
-                    "snapshot no longer at hand; retrying"
-                );
-                messages.remove(i);
-                failed.push(to);
-                continue;
-            };
-            messages[i].mut_snapshot().set_data(data);
-            // The snapshot serves a request set by `snapshot_for_new_learners`:
-            // raft-rs would clear it only on a snapshot report, and send
-            // snapshot after snapshot until then.
-            if let Some(pr) = self.raw.raft.mut_prs().get_mut(to) {
-                pr.pending_request_snapshot = raft::INVALID_INDEX;
-            }
-            self.snapshots_in_flight.insert(to, self.ticks);
-            events.push(Event::SnapshotSent { to, index });
-            i += 1;
-        }
-        Ok(failed)
     }
 
     /// Applies committed entries to the state machine in one atomic batch.

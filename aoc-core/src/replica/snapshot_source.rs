@@ -24,10 +24,12 @@
 //! gets the state of a read at or past the index it needs.
 
 use bytes::Bytes;
-use raft::eraftpb::SnapshotMetadata;
-use tracing::{debug, info};
+use raft::eraftpb::{Message, MessageType, SnapshotMetadata};
+use raft::SnapshotStatus;
+use tracing::{debug, info, warn};
 
 use super::membership::{self, Member};
+use super::Event;
 use super::Replica;
 use crate::state::{SnapshotRead, StateMachine};
 use crate::storage::LogStore;
@@ -59,6 +61,8 @@ pub(crate) struct SnapshotSource {
     /// Callers of [`Replica::read_snapshot`] waiting: token -> the lowest
     /// index the state must be read at.
     local: std::collections::BTreeMap<u64, u64>,
+    /// Snapshot streams in flight: peer -> tick sent.
+    streams: std::collections::BTreeMap<u64, u64>,
 }
 
 struct Reading {
@@ -120,7 +124,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.drop_snapshots("no longer the leader");
             return;
         }
-        if !self.snapshots_in_flight.is_empty()
+        if !self.snapshot_source.streams.is_empty()
             || !self.raw.store().snapshot_wanted.borrow().is_empty()
             || !self.snapshot_source.local.is_empty()
         {
@@ -354,5 +358,98 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let view = self.raw.mut_store();
         view.ready_snapshot = None;
         view.snapshot_wanted.borrow_mut().clear();
+    }
+}
+
+/// Outgoing snapshot streams.
+impl<L: LogStore, S: StateMachine> Replica<L, S> {
+    /// Reports the outcome of a snapshot stream to `to`.
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        self.snapshot_source.streams.remove(&to);
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+    /// A snapshot stream that is neither acknowledged nor reported in time
+    /// is reported failed, or raft would keep the follower paused for good.
+    pub(super) fn check_snapshot_streams(&mut self) {
+        let mut done = Vec::new();
+        for (&peer, &sent) in &self.snapshot_source.streams {
+            let in_snapshot = self
+                .raw
+                .raft
+                .prs()
+                .get(peer)
+                .is_some_and(|p| p.state == raft::ProgressState::Snapshot);
+            if !in_snapshot || !self.is_leader() {
+                done.push((peer, false));
+            } else if self.ticks - sent >= self.cfg.snapshot_timeout_ticks as u64 {
+                done.push((peer, true));
+            }
+        }
+        for (peer, failed) in done {
+            self.snapshot_source.streams.remove(&peer);
+            if failed {
+                warn!(
+                    member = self.cfg.id,
+                    peer, "snapshot stream timed out; retrying"
+                );
+                self.raw.report_snapshot(peer, SnapshotStatus::Failure);
+            }
+        }
+    }
+    /// Fills outgoing snapshots with the state machine's data. Returns the
+    /// peers whose snapshot could not be built (reported failed).
+    pub(super) fn fill_snapshots(
+        &mut self,
+        messages: &mut Vec<Message>,
+        events: &mut Vec<Event>,
+    ) -> Result<Vec<u64>> {
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while i < messages.len() {
+            if messages[i].get_msg_type() != MessageType::MsgSnapshot {
+                i += 1;
+                continue;
+            }
+            let to = messages[i].to;
+            let index = messages[i].get_snapshot().get_metadata().index;
+            // The witness gets the header alone, at the applied index raft
+            // asked at (nothing was applied since: application happens
+            // only in `ready`, after messages are taken); a data member
+            // gets the snapshot read for it (see `snapshot_source.rs`).
+            let data = if Some(to) == self.ha.witness {
+                (self.sm.applied_index() == index)
+                    .then(|| membership::wrap_snapshot(&self.directory, Vec::new()).into())
+            } else {
+                self.snapshot_data(index)
+            };
+            let Some(data) = data else {
+                warn!(
+                    member = self.cfg.id,
+                    to,
+                    index,
+                    applied = self.sm.applied_index(),
+                    "snapshot no longer at hand; retrying"
+                );
+                messages.remove(i);
+                failed.push(to);
+                continue;
+            };
+            messages[i].mut_snapshot().set_data(data);
+            // The snapshot serves a request set by `snapshot_for_new_learners`:
+            // raft-rs would clear it only on a snapshot report, and send
+            // snapshot after snapshot until then.
+            if let Some(pr) = self.raw.raft.mut_prs().get_mut(to) {
+                pr.pending_request_snapshot = raft::INVALID_INDEX;
+            }
+            self.snapshot_source.streams.insert(to, self.ticks);
+            events.push(Event::SnapshotSent { to, index });
+            i += 1;
+        }
+        Ok(failed)
     }
 }
