@@ -76,6 +76,15 @@ impl Alarm {
     }
 }
 
+/// The disks: this member's own, and on the leader every member's report.
+#[derive(Debug, Default)]
+pub(crate) struct Disks {
+    /// This member's disk.
+    pub(crate) own: DiskWatch,
+    /// On the leader: the members' disks as they reported them.
+    pub(crate) reports: DiskReports,
+}
+
 /// This member's own disk, with the hysteresis (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct DiskWatch {
@@ -154,8 +163,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// NOSPACE alarm through the leader; one back above the reserve and
     /// its margin clears it.
     pub fn report_disk(&mut self, r: DiskReport) {
-        if self.disk.report(r) {
-            if self.disk.low() {
+        if self.disks.own.report(r) {
+            if self.disks.own.low() {
                 warn!(
                     member = self.cfg.id,
                     free_bytes = r.free_bytes,
@@ -218,11 +227,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         }
         let before = self.meta.alarms.len();
-        self.meta
-            .alarms
-            .retain(|a| alarm.member != 0 && a.member != alarm.member);
+        let alarms = &mut self.meta.change().alarms;
+        alarms.retain(|a| alarm.member != 0 && a.member != alarm.member);
         if on && alarm.member != 0 {
-            self.meta.alarms.push(alarm.to_record());
+            alarms.push(alarm.to_record());
             warn!(
                 member = self.cfg.id,
                 alarmed = alarm.member,
@@ -237,7 +245,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 "NOSPACE alarm cleared"
             );
         }
-        self.meta_dirty = true;
     }
 
     /// The refusal of a command while an alarm is in effect, unless it only
@@ -265,13 +272,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let every = self.cfg.election_tick as u64;
         for m in self.ha.data_members(&self.raw) {
             let known = if m == self.cfg.id {
-                self.disk.last().map(|d| (self.disk.low(), d))
+                self.disks.own.last().map(|d| (self.disks.own.low(), d))
             } else {
-                self.disk_reports.of(m)
+                self.disks.reports.of(m)
             };
             let Some((low, d)) = known else { continue };
             let alarmed = self.meta.alarms.iter().any(|a| a.member == m);
-            if low != alarmed && self.disk_reports.may_propose(m, low, self.ticks, every) {
+            if low != alarmed && self.disks.reports.may_propose(m, low, self.ticks, every) {
                 let payload = Payload::Alarm {
                     member: m,
                     on: low,
@@ -290,7 +297,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// alarms in effect say). It then stands later than the others
     /// (`election_ticks`) and, as the leader, hands over.
     pub(crate) fn defers_for_disk(&self) -> bool {
-        if self.is_witness() || !self.disk.low() {
+        if self.is_witness() || !self.disks.own.low() {
             return false;
         }
         self.ha

@@ -54,6 +54,9 @@ pub(crate) struct Ha {
     pub(crate) data_persisted: u64,
     /// On the active: what it last told the witness.
     pub(crate) told_witness: u64,
+    /// On the active: what the witness retains, as it last reported:
+    /// (bytes, entries).
+    pub(crate) witness_log: Option<(u64, u64)>,
     /// Members known to have lost synced state they had acknowledged
     /// (see [`Ha::member_lost`]).
     pub(crate) lost: LostMembers,
@@ -76,6 +79,7 @@ impl Ha {
             waiting_for: None,
             data_persisted: 0,
             told_witness: 0,
+            witness_log: None,
             lost: LostMembers::default(),
             breaks: Breaks::default(),
         }

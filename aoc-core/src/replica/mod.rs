@@ -32,6 +32,7 @@ mod lost;
 mod machine;
 mod maintenance;
 mod membership;
+mod meta;
 mod output;
 mod pending;
 mod planned;
@@ -69,6 +70,7 @@ pub use ha::Mode;
 use machine::Machine;
 pub(crate) use membership::reasons as membership_reasons;
 pub use membership::{Member, MemberRole, MembershipChange, CATCH_UP_MARGIN_ENTRIES};
+use meta::Meta;
 pub use output::{Completion, Event, ProposalResult, Ready, Role};
 use pending::Pending;
 use planned::Planned;
@@ -113,21 +115,17 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     written: WrittenBytes,
     /// The tick each peer was last heard from.
     last_heard: BTreeMap<u64, u64>,
-    /// This member's persisted metadata (maintenance mode as applied).
-    meta: MemberMeta,
-    /// Maintenance settings appended above the applied one.
-    maintenance_tail: maintenance::Tail,
-    meta_dirty: bool,
-    witness_log: Option<(u64, u64)>,
+    /// This member's persisted metadata, and the maintenance settings
+    /// appended above it.
+    meta: Meta,
     /// The member directory (see `membership`), as of the applied index.
     directory: Vec<Member>,
     /// Who holds the configuration; membership changes answered once
     /// every voter does (see `confirm`).
     confirm: confirm::Confirmations,
-    /// This member's disk (see `alarm`).
-    disk: alarm::DiskWatch,
-    /// On the leader: the members' disks as they reported them.
-    disk_reports: alarm::DiskReports,
+    /// This member's disk, and on the leader the members' reports (see
+    /// `alarm`).
+    disks: alarm::Disks,
     /// The last report sent to a leader, and to which (see
     /// `report_to_leader`).
     last_report: Option<(u64, FollowerReport)>,
@@ -300,14 +298,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             out: Ready::default(),
             written: WrittenBytes::default(),
             last_heard: BTreeMap::new(),
-            meta: MemberMeta::new(),
-            maintenance_tail: maintenance::Tail::default(),
-            meta_dirty: false,
-            witness_log: None,
+            meta: Meta::default(),
             directory: Vec::new(),
             confirm: confirm::Confirmations::default(),
-            disk: alarm::DiskWatch::default(),
-            disk_reports: alarm::DiskReports::default(),
+            disks: alarm::Disks::default(),
             last_report: None,
         };
         r.written.set_log_bytes(r.raw.store().store().size_bytes());
@@ -862,7 +856,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         free_bytes: r.free_bytes,
                         reserve_bytes: r.reserve_bytes,
                     };
-                    self.disk_reports.on_report(notice.from, r.disk_low, d);
+                    self.disks.reports.on_report(notice.from, r.disk_low, d);
                     self.drive_alarms();
                 }
                 self.after_input();
@@ -877,8 +871,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 self.member_lost(notice.from, why);
             }
             Some(Notice_oneof_body::witness_report(r)) if Some(notice.from) == self.ha.witness => {
-                self.witness_log =
-                    Some((r.log_bytes, r.last_index.saturating_sub(r.first_index) + 1));
+                let entries = r.last_index.saturating_sub(r.first_index) + 1;
+                self.ha.witness_log = Some((r.log_bytes, entries));
             }
             _ => {}
         }
@@ -931,11 +925,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         let mut report = FollowerReport::new();
         report.conf_index = self.confirm.persisted();
-        if let Some(d) = self.disk.last() {
+        if let Some(d) = self.disks.own.last() {
             report.disk_known = true;
             report.free_bytes = d.free_bytes;
             report.reserve_bytes = d.reserve_bytes;
-            report.disk_low = self.disk.low();
+            report.disk_low = self.disks.own.low();
         }
         let same = self
             .last_report
@@ -1027,7 +1021,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Whether [`Replica::ready`] has work.
     pub fn has_ready(&self) -> bool {
         !self.out.is_empty()
-            || self.meta_dirty
+            || self.meta.is_dirty()
             || self.raw.has_ready()
             || self.reads_releasable()
             || self.writes.flush_ready()
@@ -1159,7 +1153,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// with a hint of the new leader (`leader`, 0: none known).
     fn on_step_down(&mut self, leader: u64) {
         self.fail_pending(leader);
-        self.disk_reports.clear();
+        self.disks.reports.clear();
         for mut c in self.confirm.on_step_down() {
             // Applied, not confirmed: the caller asks the next leader,
             // which answers once every voter holds it.
@@ -1218,7 +1212,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         out.notices.append(&mut self.out.notices);
         out.switchovers.append(&mut self.out.switchovers);
         out.snapshots.append(&mut self.out.snapshots);
-        if let Some(meta) = self.take_meta() {
+        if let Some(meta) = self.meta.take_dirty() {
             // Persisted with the next write (atomically with it), or alone.
             match &mut out.write {
                 Some(w) => w.member_meta = Some(meta),
@@ -1267,10 +1261,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             if let Some(members) = members {
                 self.directory = members;
             }
-            self.meta.members = self.directory.iter().map(membership::to_record).collect();
-            self.meta.conf_index = meta.index;
-            self.meta_dirty = true;
-            self.maintenance_tail.applied_up_to(meta.index);
+            let record = self.meta.change();
+            record.members = self.directory.iter().map(membership::to_record).collect();
+            record.conf_index = meta.index;
+            self.meta.tail.applied_up_to(meta.index);
             self.ha.witness = self.witness_id();
             self.raw.mut_store().header_only_to = self.ha.witness;
             let view = self.raw.mut_store();
@@ -1291,7 +1285,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             write.snapshot = Some(meta);
         }
         write.entries = rd.take_entries();
-        self.maintenance_tail.appended(&write.entries);
+        self.meta.tail.appended(&write.entries);
         write.hard_state = rd.hs().cloned();
         self.writes.defer_commit_only(&mut write, self.ticks);
         let hard_state_commit = write.hard_state.as_ref().map(|h| h.commit);
@@ -1582,13 +1576,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .collect();
         self.ha.lost.retain_members(&in_either_half);
         // A removed member's alarm goes with it (nobody would clear it).
-        self.meta
-            .alarms
-            .retain(|a| in_either_half.contains(&a.member));
-        self.meta.members = self.directory.iter().map(membership::to_record).collect();
-        self.meta.conf_index = e.index;
         // Written with the conf state, in the same log write.
-        self.meta_dirty = true;
+        let record = self.meta.change();
+        record.alarms.retain(|a| in_either_half.contains(&a.member));
+        record.members = self.directory.iter().map(membership::to_record).collect();
+        record.conf_index = e.index;
         self.ha.witness = self.witness_id();
         self.raw.mut_store().header_only_to = self.ha.witness;
         info!(

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::Replica;
 use crate::payload::{encode_context, Payload};
-use crate::proto::{MemberMeta, Notice, SwitchoverNotice};
+use crate::proto::{Notice, SwitchoverNotice};
 use crate::state::StateMachine;
 use crate::storage::LogStore;
 use crate::{Error, Mode, Result};
@@ -111,7 +111,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     pub fn maintenance(&self) -> Option<(u64, u64)> {
         let floor = self.meta.maintenance_index.max(self.meta.local_off_index);
         let appended = (!self.ha.breaks.maintenance_applied_only())
-            .then(|| self.maintenance_tail.newest_above(floor))
+            .then(|| self.meta.tail.newest_above(floor))
             .flatten();
         match appended {
             Some(s) => s.on.then_some((s.allowed, s.stamp_ms)),
@@ -128,7 +128,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// committed).
     pub(crate) fn load_meta(&mut self) -> Result<()> {
         let store = self.raw.store().store();
-        self.meta = store.member_meta()?;
+        self.meta.loaded(store.member_meta()?);
         let from = (self.meta.maintenance_index + 1).max(store.first_index()?);
         let last = store.last_index()?;
         let committed = self.raw.raft.raft_log.committed.min(last);
@@ -141,7 +141,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             for e in &applied {
                 self.apply_if_setting(e);
             }
-            self.maintenance_tail.appended(&tail);
+            self.meta.tail.appended(&tail);
         }
         Ok(())
     }
@@ -187,17 +187,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// off after it); the replicated state still records it, so a leader
     /// commits the replicated off.
     pub(crate) fn apply_maintenance(&mut self, index: u64, on: bool, allowed: u64, stamp_ms: u64) {
-        self.maintenance_tail.applied_up_to(index);
+        self.meta.tail.applied_up_to(index);
         if index <= self.meta.maintenance_index {
             return;
         }
         info!(member = self.cfg.id, on, allowed, index, "maintenance mode");
-        self.meta.maintenance = on && index > self.meta.local_off_index;
-        self.meta.replicated_on = on;
-        self.meta.maintenance_allowed = if on { allowed } else { 0 };
-        self.meta.maintenance_since_ms = if on { stamp_ms } else { 0 };
-        self.meta.maintenance_index = index;
-        self.meta_dirty = true;
+        let record = self.meta.change();
+        record.maintenance = on && index > record.local_off_index;
+        record.replicated_on = on;
+        record.maintenance_allowed = if on { allowed } else { 0 };
+        record.maintenance_since_ms = if on { stamp_ms } else { 0 };
+        record.maintenance_index = index;
         self.out
             .events
             .push(crate::Event::MaintenanceChanged { on, allowed });
@@ -227,10 +227,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         }
         warn!(member = self.cfg.id, "maintenance turned off locally");
-        self.meta.maintenance = false;
+        let last = self.raw.raft.raft_log.last_index();
+        let record = self.meta.change();
+        record.maintenance = false;
         // Settings already in the log, applied later, stay off here.
-        self.meta.local_off_index = self.raw.raft.raft_log.last_index();
-        self.meta_dirty = true;
+        record.local_off_index = last;
         self.out.events.push(crate::Event::MaintenanceChanged {
             on: false,
             allowed: 0,
@@ -519,15 +520,5 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .switchover_hint
             .take()
             .is_some_and(|t| self.ticks.saturating_sub(t) <= window)
-    }
-
-    /// The metadata to persist with the next write, if it changed.
-    pub(crate) fn take_meta(&mut self) -> Option<MemberMeta> {
-        if self.meta_dirty {
-            self.meta_dirty = false;
-            Some(self.meta.clone())
-        } else {
-            None
-        }
     }
 }

@@ -195,12 +195,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             maintenance: self.maintenance(),
             last_failover_ms: self.roles.last_failover_ms(),
             witness_log: if r.state == StateRole::Leader {
-                self.witness_log
+                self.ha.witness_log
             } else {
                 None
             },
             alarms: self.alarms(),
-            disk: self.disk.last().map(|d| (d, self.disk.low())),
+            disk: self.disks.own.last().map(|d| (d, self.disks.own.low())),
         }
     }
 
