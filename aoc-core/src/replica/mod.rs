@@ -23,6 +23,7 @@
 //! are committed (persisted by a quorum) and persisted locally.
 
 mod alarm;
+mod apply;
 mod breaks;
 mod commit_rule;
 mod confirm;
@@ -55,12 +56,12 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tracing::{debug, info, warn};
 
 use crate::config::ReplicaConfig;
-use crate::payload::{decode_context, encode_context, Payload};
+use crate::payload::{encode_context, Payload};
 use crate::proto::{
     BlankAnswer, DataPersisted, FollowerReport, MemberMeta, Notice, Notice_oneof_body,
     WitnessReport,
 };
-use crate::state::{ApplyBatch, ApplyCommand, Session, SessionStamp, StateMachine};
+use crate::state::{Session, StateMachine};
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
 pub use alarm::{Alarm, DiskReport};
@@ -75,7 +76,7 @@ pub use output::{Completion, Event, ProposalResult, Ready, Role};
 use pending::Pending;
 use planned::Planned;
 use roles::Roles;
-use sessions::{ClientTable, Decision};
+use sessions::ClientTable;
 use snapshot_source::SnapshotSource;
 pub use snapshot_source::StateSnapshot;
 pub use status::{PeerProgress, Status};
@@ -1342,207 +1343,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
-    /// Applies committed entries to the state machine in one atomic batch.
-    /// Returns the new conf state if a membership change was applied.
-    fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut Ready) -> Result<Option<ConfState>> {
-        let Some(last) = entries.last() else {
-            return Ok(None);
-        };
-        let last_index = last.index;
-        let last_term = last.term;
-        let sm_applied = self.sm.applied_index();
-        let mut conf_changed = None;
-
-        // Pass 1: decide each entry against the client table.
-        enum Step {
-            Apply {
-                session: Option<SessionStamp>,
-            },
-            /// A retry of a write applied earlier in this same batch: its
-            /// response is known only after the batch is applied.
-            DuplicateInBatch(u64),
-            Done(ProposalResult),
-            Nothing,
-        }
-        let mut applied_in_batch = std::collections::BTreeSet::new();
-        let mut decided: Vec<(Entry, Step, Vec<u8>)> = Vec::with_capacity(entries.len());
-        let mut batch_new = Vec::new();
-        let mut batch_expired = Vec::new();
-        for e in entries {
-            let conf = matches!(
-                e.get_entry_type(),
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
-            );
-            if conf && e.index > self.meta.conf_index {
-                // Applied even when the state machine has the index: the
-                // stored conf state lacks it (see `open`).
-                let cs = self.apply_conf_change(&e)?;
-                conf_changed = Some(cs);
-                decided.push((e, Step::Done(Ok(Vec::new())), Vec::new()));
-                continue;
-            }
-            if conf || e.index <= sm_applied {
-                // Already in the state, or in the stored conf state (a
-                // restart replays from the log).
-                continue;
-            }
-            match e.get_entry_type() {
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    unreachable!("membership changes are handled above")
-                }
-                EntryType::EntryNormal if self.sm.is_witness() => {
-                    // The witness runs no state machine: it only advances
-                    // its applied index past commands, and applies
-                    // maintenance mode.
-                    self.apply_if_setting(&e);
-                    decided.push((e, Step::Nothing, Vec::new()));
-                }
-                EntryType::EntryNormal => {
-                    let (step, command) = match Payload::decode(&e.data) {
-                        Err(err) => (Step::Done(Err(err)), Vec::new()),
-                        Ok(Payload::Noop) => (Step::Nothing, Vec::new()),
-                        Ok(p @ (Payload::Maintenance { .. } | Payload::Alarm { .. })) => {
-                            self.apply_setting(e.index, p);
-                            (Step::Done(Ok(Vec::new())), Vec::new())
-                        }
-                        Ok(Payload::RegisterClient { stamp_ms }) => {
-                            batch_expired.extend(self.sessions.expire(stamp_ms));
-                            batch_expired.extend(self.sessions.register(e.index, stamp_ms));
-                            batch_new.push(Session {
-                                client_id: e.index,
-                                last_sequence: 0,
-                                last_response: Vec::new(),
-                                last_active_ms: stamp_ms,
-                            });
-                            (Step::Done(Ok(e.index.to_le_bytes().to_vec())), Vec::new())
-                        }
-                        Ok(Payload::Command {
-                            session,
-                            stamp_ms,
-                            command,
-                        }) => {
-                            batch_expired.extend(self.sessions.expire(stamp_ms));
-                            match session {
-                                None => (Step::Apply { session: None }, command),
-                                Some((client, seq)) => match self.sessions.decide(client, seq) {
-                                    Decision::Apply => {
-                                        // Recorded now so that a duplicate
-                                        // later in this batch is caught; the
-                                        // response is filled after apply.
-                                        self.sessions.record(client, seq, Vec::new(), stamp_ms);
-                                        applied_in_batch.insert(client);
-                                        let stamp = SessionStamp {
-                                            client_id: client,
-                                            sequence: seq,
-                                            stamp_ms,
-                                        };
-                                        (
-                                            Step::Apply {
-                                                session: Some(stamp),
-                                            },
-                                            command,
-                                        )
-                                    }
-                                    Decision::Duplicate(_)
-                                        if applied_in_batch.contains(&client) =>
-                                    {
-                                        (Step::DuplicateInBatch(client), Vec::new())
-                                    }
-                                    Decision::Duplicate(resp) => (Step::Done(Ok(resp)), Vec::new()),
-                                    Decision::Refuse(err) => (Step::Done(Err(err)), Vec::new()),
-                                },
-                            }
-                        }
-                    };
-                    decided.push((e, step, command));
-                }
-            }
-        }
-
-        // Pass 2: one atomic batch.
-        let mut batch = ApplyBatch {
-            applied_index: last_index,
-            commands: Vec::new(),
-            new_sessions: batch_new,
-            expired_sessions: batch_expired,
-        };
-        for (e, step, command) in &decided {
-            if let Step::Apply { session } = step {
-                batch.commands.push(ApplyCommand {
-                    index: e.index,
-                    command,
-                    session: *session,
-                });
-            }
-        }
-        let responses = if last_index > sm_applied {
-            self.sm.apply(&batch)?
-        } else {
-            Vec::new()
-        };
-        if responses.len() != batch.commands.len() {
-            return Err(Error::storage(
-                "state machine",
-                format!(
-                    "apply returned {} responses for {} commands",
-                    responses.len(),
-                    batch.commands.len()
-                ),
-            ));
-        }
-        debug_assert!(self.sm.applied_index() >= last_index || last_index <= sm_applied);
-        drop(batch);
-
-        // Pass 3: complete proposals of this member.
-        let mut responses = responses.into_iter();
-        let mut last_of_client: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        for (e, step, _) in decided {
-            let result = match step {
-                Step::Apply { session } => {
-                    let resp = responses.next().unwrap_or_default();
-                    if let Some(s) = session {
-                        self.sessions
-                            .record(s.client_id, s.sequence, resp.clone(), s.stamp_ms);
-                        last_of_client.insert(s.client_id, resp.clone());
-                    }
-                    Some(Ok(resp))
-                }
-                Step::DuplicateInBatch(client) => {
-                    Some(Ok(last_of_client.get(&client).cloned().unwrap_or_default()))
-                }
-                Step::Done(r) => Some(r),
-                Step::Nothing => None,
-            };
-            if let (Some(result), Some((member, token))) = (result, proposal_of(&e)) {
-                if member == self.cfg.id && self.pending.applied(token) {
-                    let c = Completion {
-                        token,
-                        index: e.index,
-                        result,
-                    };
-                    if e.get_entry_type() == EntryType::EntryNormal || c.result.is_err() {
-                        out.completions.push(c);
-                    } else {
-                        // A membership change is done once every voter
-                        // holds it (`confirm`).
-                        self.confirm.hold(c);
-                    }
-                }
-            }
-        }
-        self.writes
-            .on_applied(last_index.saturating_sub(sm_applied));
-        let view = self.raw.mut_store();
-        if last_index > view.applied {
-            view.applied = last_index;
-            view.applied_term = last_term;
-        }
-        if let Some(cs) = &conf_changed {
-            view.applied_conf = cs.clone();
-        }
-        Ok(conf_changed)
-    }
-
     fn apply_conf_change(&mut self, e: &Entry) -> Result<ConfState> {
         let cs = if e.get_entry_type() == EntryType::EntryConfChange {
             let cc = ConfChange::parse_from_bytes(&e.data)
@@ -1833,16 +1633,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if applied > log.applied && applied <= log.committed.min(log.persisted) {
             self.raw.advance_apply_to(applied);
         }
-    }
-}
-
-/// The proposal an applied entry completes: (proposing member, token).
-fn proposal_of(e: &Entry) -> Option<(u64, u64)> {
-    match e.get_entry_type() {
-        EntryType::EntryNormal => decode_context(&e.context),
-        _ => membership::decode_context(&e.context)
-            .ok()
-            .map(|(member, token, _)| (member, token)),
     }
 }
 
