@@ -1248,40 +1248,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             ..Default::default()
         };
         if !rd.snapshot().is_empty() {
-            let snap = rd.snapshot().clone();
-            let meta = snap.get_metadata().clone();
-            // The state is durable before the log records the snapshot and
-            // before anything acknowledges it (the ack is a persisted
-            // message, released after `write`).
-            let (members, state) = membership::unwrap_snapshot(snap.get_data())?;
-            self.drop_snapshots("installing a snapshot");
-            self.sm.restore(meta.index, state)?;
-            self.sessions.load(self.sm.sessions()?);
-            // The snapshot's conf state is stored with it: it holds every
-            // change up to its index.
-            if let Some(members) = members {
-                self.directory = members;
-            }
-            let record = self.meta.change();
-            record.members = self.directory.iter().map(membership::to_record).collect();
-            record.conf_index = meta.index;
-            self.meta.tail.applied_up_to(meta.index);
-            self.ha.witness = self.witness_id();
-            self.raw.mut_store().header_only_to = self.ha.witness;
-            let view = self.raw.mut_store();
-            view.applied = meta.index;
-            view.applied_term = meta.term;
-            view.applied_conf = meta.get_conf_state().clone();
-            info!(
-                member = self.cfg.id,
-                index = meta.index,
-                term = meta.term,
-                "snapshot installed"
-            );
-            out.events.push(Event::SnapshotInstalled {
-                index: meta.index,
-                term: meta.term,
-            });
+            let meta = self.install_snapshot(rd.snapshot(), out)?;
             write.conf_state = Some(meta.get_conf_state().clone());
             write.snapshot = Some(meta);
         }
@@ -1292,16 +1259,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let hard_state_commit = write.hard_state.as_ref().map(|h| h.commit);
         let committed = rd.take_committed_entries();
         let persisted_messages = rd.take_persisted_messages();
-        for rs in rd.take_read_states() {
-            if self.ha.on_read_state(&rs.request_ctx) {
-                continue;
-            }
-            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
-                continue;
-            };
-            let token = u64::from_le_bytes(bytes);
-            self.pending.read_answered(token, rs.index);
-        }
+        self.on_read_states(rd.take_read_states());
         let conf_changed = self.apply_entries(committed, out)?;
         if let Some(cs) = conf_changed {
             write.conf_state = Some(cs);
@@ -1309,9 +1267,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
         let needs_write = !write.is_empty();
         if needs_write {
-            self.writes.on_written(write.entry_bytes() as u64);
-            self.record_written(&write.entries);
-            self.raw.mut_store().push(&write);
+            self.stage_write(&write);
         }
         self.raw.advance_append_async(rd);
         self.advance_raft_applied();
@@ -1341,6 +1297,30 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.after_input();
         Ok(())
+    }
+
+    /// raft's ReadIndex answers: lease probes renew the lease, client reads
+    /// wait for their index to be applied.
+    fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            if self.ha.on_read_state(&rs.request_ctx) {
+                continue;
+            }
+            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            let token = u64::from_le_bytes(bytes);
+            self.pending.read_answered(token, rs.index);
+        }
+    }
+
+    /// A write is handed out: counted for compaction and the passive's lag,
+    /// and overlaid on the log view (raft-rs reads its own unpersisted
+    /// entries from it).
+    fn stage_write(&mut self, write: &LogWrite) {
+        self.writes.on_written(write.entry_bytes() as u64);
+        self.record_written(&write.entries);
+        self.raw.mut_store().push(write);
     }
 
     fn apply_conf_change(&mut self, e: &Entry) -> Result<ConfState> {

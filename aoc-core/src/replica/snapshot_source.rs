@@ -24,13 +24,13 @@
 //! gets the state of a read at or past the index it needs.
 
 use bytes::Bytes;
-use raft::eraftpb::{Message, MessageType, SnapshotMetadata};
+use raft::eraftpb::{Message, MessageType, Snapshot, SnapshotMetadata};
 use raft::SnapshotStatus;
 use tracing::{debug, info, warn};
 
 use super::membership::{self, Member};
-use super::Event;
 use super::Replica;
+use super::{Event, Ready};
 use crate::state::{SnapshotRead, StateMachine};
 use crate::storage::LogStore;
 use crate::{Error, Result};
@@ -451,5 +451,48 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             i += 1;
         }
         Ok(failed)
+    }
+
+    /// Installs a snapshot raft-rs received: the state goes to the state
+    /// machine (durable before the log records the snapshot and before
+    /// anything acknowledges it: the acknowledgement is a persisted
+    /// message, released after the write), the directory and the metadata
+    /// follow it. Returns its metadata, for the log write.
+    pub(super) fn install_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        out: &mut Ready,
+    ) -> Result<SnapshotMetadata> {
+        let meta = snap.get_metadata().clone();
+        let (members, state) = membership::unwrap_snapshot(snap.get_data())?;
+        self.drop_snapshots("installing a snapshot");
+        self.sm.restore(meta.index, state)?;
+        self.sessions.load(self.sm.sessions()?);
+        // The snapshot's conf state is stored with it: it holds every
+        // change up to its index.
+        if let Some(members) = members {
+            self.directory = members;
+        }
+        let record = self.meta.change();
+        record.members = self.directory.iter().map(membership::to_record).collect();
+        record.conf_index = meta.index;
+        self.meta.tail.applied_up_to(meta.index);
+        self.ha.witness = self.witness_id();
+        self.raw.mut_store().header_only_to = self.ha.witness;
+        let view = self.raw.mut_store();
+        view.applied = meta.index;
+        view.applied_term = meta.term;
+        view.applied_conf = meta.get_conf_state().clone();
+        info!(
+            member = self.cfg.id,
+            index = meta.index,
+            term = meta.term,
+            "snapshot installed"
+        );
+        out.events.push(Event::SnapshotInstalled {
+            index: meta.index,
+            term: meta.term,
+        });
+        Ok(meta)
     }
 }
