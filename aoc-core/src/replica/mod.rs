@@ -493,43 +493,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Steps a message from a peer. Invalid messages are dropped and logged.
     pub fn step(&mut self, msg: Message) {
-        let refused = filter::refuse(&msg)
-            .or_else(|| {
-                // A leader transfer to this member while it persists a snapshot
-                // install would campaign as above (a correct leader waits for
-                // the install's answer, which waits for the write).
-                // A leader never gets one from a correct peer (a transfer's
-                // target has acknowledged the transferring leader's term); taking
-                // it, a leader with an unpersisted entry could be elected on an
-                // unsolicited grant with its log unpersisted (a raft-rs assertion).
-                (msg.get_msg_type() == MessageType::MsgTimeoutNow && self.may_campaign().is_err())
-                    .then_some("a leader transfer during a snapshot install, or to a leader")
-            })
-            .or_else(|| {
-                // Only members of the configuration take part. A member left out
-                // by a forced recovery (`crate::recovery`) that comes back must
-                // not make the recovered member step down or vote for it.
-                // A joining member has no configuration yet: it takes the
-                // leader's messages, but no entry before the snapshot that
-                // gives it the configuration (entries alone would build one
-                // without the bootstrap voters).
-                let conf = self.raw.raft.prs().conf();
-                let joining = conf.voters().ids().is_empty() && conf.learners().is_empty();
-                if joining {
-                    (msg.get_msg_type() == MessageType::MsgAppend && !msg.entries.is_empty())
-                        .then_some("entries before the snapshot a joining member needs first")
-                } else {
-                    (!conf.voters().contains(msg.from) && !conf.learners().contains(&msg.from))
-                        .then_some("a sender that is not a member of the configuration")
-                }
-            })
-            .or_else(|| {
-                // Anything a member that lost its data sent predates the
-                // loss: its acknowledgements are void (`Ha::member_lost`).
-                self.ha
-                    .is_lost(msg.from)
-                    .then_some("a sender known to have lost its data")
-            });
+        let refused = self.refusal(&msg);
         if let Some(why) = refused {
             warn!(
                 member = self.cfg.id,
@@ -540,25 +504,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             return;
         }
-        if msg.get_msg_type() == MessageType::MsgSnapshot {
-            let snap = msg.get_snapshot();
-            // Restoring is fatal when it fails: check first, refuse here.
-            let checked = membership::unwrap_snapshot(snap.get_data()).and_then(|(_, state)| {
-                if state.is_empty() && !self.is_witness() {
-                    return Err(Error::storage("snapshot", "a data member needs state"));
-                }
-                self.sm.check_snapshot(snap.get_metadata().index, state)
-            });
-            if let Err(e) = checked {
-                warn!(
-                    member = self.cfg.id,
-                    from = msg.from,
-                    index = snap.get_metadata().index,
-                    error = %e,
-                    "refused a snapshot that cannot be restored"
-                );
-                return;
-            }
+        if msg.get_msg_type() == MessageType::MsgSnapshot && !self.snapshot_restorable(&msg) {
+            return;
         }
         if self.votes.held_after_restart(self.ticks) && is_vote_request(&msg) {
             debug!(
@@ -598,6 +545,73 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ha.witness_hand_over(&mut self.raw);
         self.after_input();
         self.drive_planned();
+    }
+
+    /// Why `msg` is dropped unstepped: a message no correct peer sends
+    /// here (see `filter`), a transfer this member cannot take now, a
+    /// sender outside the configuration, or one known to have lost its
+    /// data.
+    fn refusal(&self, msg: &Message) -> Option<&'static str> {
+        filter::refuse(msg)
+            .or_else(|| {
+                // A leader transfer to this member while it persists a snapshot
+                // install would campaign as above (a correct leader waits for
+                // the install's answer, which waits for the write).
+                // A leader never gets one from a correct peer (a transfer's
+                // target has acknowledged the transferring leader's term); taking
+                // it, a leader with an unpersisted entry could be elected on an
+                // unsolicited grant with its log unpersisted (a raft-rs assertion).
+                (msg.get_msg_type() == MessageType::MsgTimeoutNow && self.may_campaign().is_err())
+                    .then_some("a leader transfer during a snapshot install, or to a leader")
+            })
+            .or_else(|| {
+                // Only members of the configuration take part. A member left out
+                // by a forced recovery (`crate::recovery`) that comes back must
+                // not make the recovered member step down or vote for it.
+                // A joining member has no configuration yet: it takes the
+                // leader's messages, but no entry before the snapshot that
+                // gives it the configuration (entries alone would build one
+                // without the bootstrap voters).
+                let conf = self.raw.raft.prs().conf();
+                let joining = conf.voters().ids().is_empty() && conf.learners().is_empty();
+                if joining {
+                    (msg.get_msg_type() == MessageType::MsgAppend && !msg.entries.is_empty())
+                        .then_some("entries before the snapshot a joining member needs first")
+                } else {
+                    (!conf.voters().contains(msg.from) && !conf.learners().contains(&msg.from))
+                        .then_some("a sender that is not a member of the configuration")
+                }
+            })
+            .or_else(|| {
+                // Anything a member that lost its data sent predates the
+                // loss: its acknowledgements are void (`Ha::member_lost`).
+                self.ha
+                    .is_lost(msg.from)
+                    .then_some("a sender known to have lost its data")
+            })
+    }
+
+    /// Whether the snapshot `msg` carries can be restored here: restoring
+    /// is fatal when it fails, so it is checked first and refused here.
+    fn snapshot_restorable(&self, msg: &Message) -> bool {
+        let snap = msg.get_snapshot();
+        let checked = membership::unwrap_snapshot(snap.get_data()).and_then(|(_, state)| {
+            if state.is_empty() && !self.is_witness() {
+                return Err(Error::storage("snapshot", "a data member needs state"));
+            }
+            self.sm.check_snapshot(snap.get_metadata().index, state)
+        });
+        if let Err(e) = checked {
+            warn!(
+                member = self.cfg.id,
+                from = msg.from,
+                index = snap.get_metadata().index,
+                error = %e,
+                "refused a snapshot that cannot be restored"
+            );
+            return false;
+        }
+        true
     }
 
     /// Proposes a command. The outcome arrives in [`Ready::completions`]
@@ -808,59 +822,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         }
         match notice.body {
-            Some(Notice_oneof_body::blank_probe(_)) => {
-                // A blank probe from a member that had acknowledged entries
-                // to this leader: it lost its log. (At cluster creation
-                // every member probes, holding nothing yet, and a member
-                // that starts late probes while the others already run:
-                // neither has acknowledged anything to this leader.)
-                let acked_before = self.is_leader()
-                    && self
-                        .raw
-                        .raft
-                        .prs()
-                        .get(notice.from)
-                        .is_some_and(|p| p.matched > 0);
-                // Later probes keep the mark (its matched index is 0 by then).
-                if acked_before || self.ha.is_lost(notice.from) {
-                    self.member_lost(notice.from, "it probes as a blank member".into());
-                }
-                let r = &self.raw.raft;
-                let mut answer = BlankAnswer::new();
-                answer.fresh = r.term == 0 && r.raft_log.last_index() == 0;
-                answer.voters = self.status().voters;
-                let mut n = Notice::new();
-                n.from = self.cfg.id;
-                n.to = notice.from;
-                n.set_blank_answer(answer);
-                self.out.notices.push(n);
-            }
+            Some(Notice_oneof_body::blank_probe(_)) => self.on_blank_probe(notice.from),
             Some(Notice_oneof_body::switchover(sw)) => self.on_switchover_notice(sw.term),
             Some(Notice_oneof_body::data_persisted(d))
                 if self.is_witness() && d.term >= self.raw.raft.term.saturating_sub(1) =>
             {
-                self.ha.data_persisted = self.ha.data_persisted.max(d.index);
-                let mut report = WitnessReport::new();
-                report.log_bytes = self.written.log_bytes();
-                report.first_index = self.raw.raft.raft_log.first_index();
-                report.last_index = self.raw.raft.raft_log.last_index();
-                let mut n = Notice::new();
-                n.from = self.cfg.id;
-                n.to = notice.from;
-                n.set_witness_report(report);
-                self.out.notices.push(n);
+                self.answer_data_persisted(notice.from, d.index);
             }
             Some(Notice_oneof_body::follower_report(r)) if self.is_leader() => {
-                self.confirm.on_report(notice.from, r.conf_index);
-                if r.disk_known {
-                    let d = DiskReport {
-                        free_bytes: r.free_bytes,
-                        reserve_bytes: r.reserve_bytes,
-                    };
-                    self.disks.reports.on_report(notice.from, r.disk_low, d);
-                    self.drive_alarms();
-                }
-                self.after_input();
+                self.on_follower_report(notice.from, &r);
             }
             Some(Notice_oneof_body::lost_data(lost))
                 if self.is_leader() && self.raw.raft.prs().get(notice.from).is_some() =>
@@ -877,6 +847,62 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             _ => {}
         }
+    }
+
+    /// A blank member probed: marks it lost if it had acknowledged entries
+    /// to this leader, and answers it.
+    fn on_blank_probe(&mut self, from: u64) {
+        // A blank probe from a member that had acknowledged entries
+        // to this leader: it lost its log. (At cluster creation
+        // every member probes, holding nothing yet, and a member
+        // that starts late probes while the others already run:
+        // neither has acknowledged anything to this leader.)
+        let acked_before =
+            self.is_leader() && self.raw.raft.prs().get(from).is_some_and(|p| p.matched > 0);
+        // Later probes keep the mark (its matched index is 0 by then).
+        if acked_before || self.ha.is_lost(from) {
+            self.member_lost(from, "it probes as a blank member".into());
+        }
+        let r = &self.raw.raft;
+        let mut answer = BlankAnswer::new();
+        answer.fresh = r.term == 0 && r.raft_log.last_index() == 0;
+        answer.voters = self.status().voters;
+        let mut n = Notice::new();
+        n.from = self.cfg.id;
+        n.to = from;
+        n.set_blank_answer(answer);
+        self.out.notices.push(n);
+    }
+
+    /// On the witness: the active says how far both data members
+    /// persisted (the witness's compaction bound); the witness answers
+    /// with what it retains.
+    fn answer_data_persisted(&mut self, from: u64, index: u64) {
+        self.ha.data_persisted = self.ha.data_persisted.max(index);
+        let mut report = WitnessReport::new();
+        report.log_bytes = self.written.log_bytes();
+        report.first_index = self.raw.raft.raft_log.first_index();
+        report.last_index = self.raw.raft.raft_log.last_index();
+        let mut n = Notice::new();
+        n.from = self.cfg.id;
+        n.to = from;
+        n.set_witness_report(report);
+        self.out.notices.push(n);
+    }
+
+    /// On the leader: a follower's report (the configuration it holds, its
+    /// disk).
+    fn on_follower_report(&mut self, from: u64, r: &FollowerReport) {
+        self.confirm.on_report(from, r.conf_index);
+        if r.disk_known {
+            let d = DiskReport {
+                free_bytes: r.free_bytes,
+                reserve_bytes: r.reserve_bytes,
+            };
+            self.disks.reports.on_report(from, r.disk_low, d);
+            self.drive_alarms();
+        }
+        self.after_input();
     }
 
     /// Member `id` lost synced state it had acknowledged to this leader:
