@@ -26,6 +26,7 @@ mod alarm;
 mod apply;
 mod breaks;
 mod commit_rule;
+mod compact;
 mod confirm;
 mod filter;
 mod ha;
@@ -34,6 +35,7 @@ mod machine;
 mod maintenance;
 mod membership;
 mod meta;
+mod notices;
 mod output;
 mod pending;
 mod planned;
@@ -54,16 +56,15 @@ use tracing::{debug, info, warn};
 
 use crate::config::ReplicaConfig;
 use crate::payload::{encode_context, Payload};
-use crate::proto::{
-    BlankAnswer, DataPersisted, FollowerReport, MemberMeta, Notice, Notice_oneof_body,
-    WitnessReport,
-};
+use crate::proto::{FollowerReport, MemberMeta};
 use crate::state::{Session, StateMachine};
 use crate::storage::{LogStore, LogWrite};
 use crate::{Error, Result};
 pub use alarm::{Alarm, DiskReport};
 #[cfg(feature = "sim")]
 pub(crate) use breaks::Breaks;
+#[cfg(feature = "sim")]
+pub(crate) use compact::WITNESS_COMPACT_BATCH;
 pub use ha::Mode;
 use machine::Machine;
 pub(crate) use membership::reasons as membership_reasons;
@@ -80,10 +81,6 @@ pub use status::{PeerProgress, Status};
 use view::LogView;
 use votes::{is_vote_request, Votes};
 use writes::{Held, Writes, WrittenBytes};
-
-/// The witness compacts in steps of at least this many entries (one
-/// synced compaction write per step).
-pub(crate) const WITNESS_COMPACT_BATCH: u64 = 64;
 
 /// The sans-I/O replica (see the module docs).
 pub struct Replica<L: LogStore, S: StateMachine> {
@@ -775,191 +772,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.written.record(entries, passive_matched);
     }
 
-    /// Takes a notice from a peer: answers a blank member's probe, and (on
-    /// the witness) learns up to where both data members persisted.
-    pub fn on_notice(&mut self, notice: Notice) {
-        if notice.to != self.cfg.id {
-            return;
-        }
-        match notice.body {
-            Some(Notice_oneof_body::blank_probe(_)) => self.on_blank_probe(notice.from),
-            Some(Notice_oneof_body::switchover(sw)) => self.on_switchover_notice(sw.term),
-            Some(Notice_oneof_body::data_persisted(d))
-                if self.is_witness() && d.term >= self.raw.raft.term.saturating_sub(1) =>
-            {
-                self.answer_data_persisted(notice.from, d.index);
-            }
-            Some(Notice_oneof_body::follower_report(r)) if self.is_leader() => {
-                self.on_follower_report(notice.from, &r);
-            }
-            Some(Notice_oneof_body::lost_data(lost))
-                if self.is_leader() && self.raw.raft.prs().get(notice.from).is_some() =>
-            {
-                let why = format!(
-                    "its log ends at {}, below the commit index {} it had acknowledged",
-                    lost.last_index, lost.commit
-                );
-                self.member_lost(notice.from, why);
-            }
-            Some(Notice_oneof_body::witness_report(r)) if Some(notice.from) == self.ha.witness => {
-                let entries = r.last_index.saturating_sub(r.first_index) + 1;
-                self.ha.witness_log = Some((r.log_bytes, entries));
-            }
-            _ => {}
-        }
-    }
-
-    /// A blank member probed: marks it lost if it had acknowledged entries
-    /// to this leader, and answers it.
-    fn on_blank_probe(&mut self, from: u64) {
-        // A blank probe from a member that had acknowledged entries
-        // to this leader: it lost its log. (At cluster creation
-        // every member probes, holding nothing yet, and a member
-        // that starts late probes while the others already run:
-        // neither has acknowledged anything to this leader.)
-        let acked_before =
-            self.is_leader() && self.raw.raft.prs().get(from).is_some_and(|p| p.matched > 0);
-        // Later probes keep the mark (its matched index is 0 by then).
-        if acked_before || self.ha.is_lost(from) {
-            self.member_lost(from, "it probes as a blank member".into());
-        }
-        let r = &self.raw.raft;
-        let mut answer = BlankAnswer::new();
-        answer.fresh = r.term == 0 && r.raft_log.last_index() == 0;
-        answer.voters = self.status().voters;
-        let mut n = Notice::new();
-        n.from = self.cfg.id;
-        n.to = from;
-        n.set_blank_answer(answer);
-        self.out.notices.push(n);
-    }
-
-    /// On the witness: the active says how far both data members
-    /// persisted (the witness's compaction bound); the witness answers
-    /// with what it retains.
-    fn answer_data_persisted(&mut self, from: u64, index: u64) {
-        self.ha.data_persisted = self.ha.data_persisted.max(index);
-        let mut report = WitnessReport::new();
-        report.log_bytes = self.written.log_bytes();
-        report.first_index = self.raw.raft.raft_log.first_index();
-        report.last_index = self.raw.raft.raft_log.last_index();
-        let mut n = Notice::new();
-        n.from = self.cfg.id;
-        n.to = from;
-        n.set_witness_report(report);
-        self.out.notices.push(n);
-    }
-
-    /// On the leader: a follower's report (the configuration it holds, its
-    /// disk).
-    fn on_follower_report(&mut self, from: u64, r: &FollowerReport) {
-        self.confirm.on_report(from, r.conf_index);
-        if r.disk_known {
-            let d = DiskReport {
-                free_bytes: r.free_bytes,
-                reserve_bytes: r.reserve_bytes,
-            };
-            self.disks.reports.on_report(from, r.disk_low, d);
-            self.drive_alarms();
-        }
-        self.after_input();
-    }
-
-    /// Member `id` lost synced state it had acknowledged to this leader:
-    /// it counts for no commit from now on (`Ha::member_lost`).
-    fn member_lost(&mut self, id: u64, why: String) {
-        let mode = self.ha.mode();
-        if !self
-            .ha
-            .member_lost(&mut self.raw, id, why.clone(), self.ticks)
-        {
-            return;
-        }
-        warn!(
-            member = self.cfg.id,
-            lost = id,
-            why = %why,
-            "a member lost its data: it counts for no commit until replaced"
-        );
-        if self.ha.mode() != mode {
-            info!(member = self.cfg.id, mode = ?self.ha.mode(), "replication mode changed");
-            self.out.events.push(Event::ModeChanged {
-                mode: self.ha.mode(),
-            });
-        }
-        self.after_input();
-    }
-
-    /// Lifts the marks of members that sent no evidence of a loss for two
-    /// election timeouts (see `lost.rs`).
-    fn expire_lost_marks(&mut self) {
-        let quiet = 2 * self.cfg.election_tick as u64;
-        for id in self.ha.lost.expire(self.ticks, quiet) {
-            info!(
-                member = self.cfg.id,
-                id, "no more evidence that member {id} lost its data: its messages count again"
-            );
-        }
-    }
-
-    /// A follower tells its leader what the leader needs of it beside
-    /// raft's answers (`FollowerReport`): when it changed, when the leader
-    /// changed, and when `periodic`.
-    fn report_to_leader(&mut self, periodic: bool) {
-        let leader = self.raw.raft.leader_id;
-        if leader == 0 || leader == self.cfg.id {
-            return;
-        }
-        let mut report = FollowerReport::new();
-        report.conf_index = self.confirm.persisted();
-        if let Some(d) = self.disks.own.last() {
-            report.disk_known = true;
-            report.free_bytes = d.free_bytes;
-            report.reserve_bytes = d.reserve_bytes;
-            report.disk_low = self.disks.own.low();
-        }
-        let same = self
-            .last_report
-            .as_ref()
-            .is_some_and(|(to, last)| *to == leader && *last == report);
-        if same && !periodic {
-            return;
-        }
-        self.last_report = Some((leader, report.clone()));
-        let mut n = Notice::new();
-        n.from = self.cfg.id;
-        n.to = leader;
-        n.set_follower_report(report);
-        self.out.notices.push(n);
-    }
-
-    /// The active tells the witness up to where both data members have
-    /// persisted, whenever that moved (and once per election timeout).
-    fn tell_witness(&mut self) {
-        let Some(w) = self.ha.witness else { return };
-        if !self.is_leader() || self.is_witness() {
-            return;
-        }
-        let data = self.ha.data_members(&self.raw);
-        let both = data
-            .iter()
-            .map(|d| self.raw.raft.prs().get(*d).map(|p| p.matched).unwrap_or(0))
-            .min()
-            .unwrap_or(0);
-        let periodic = self.ticks.is_multiple_of(self.cfg.election_tick as u64);
-        if both > self.ha.told_witness || (periodic && both > 0) {
-            self.ha.told_witness = both;
-            let mut d = DataPersisted::new();
-            d.term = self.raw.raft.term;
-            d.index = both;
-            let mut n = Notice::new();
-            n.from = self.cfg.id;
-            n.to = w;
-            n.set_data_persisted(d);
-            self.out.notices.push(n);
-        }
-    }
-
     /// Reports that a message to `to` could not be delivered.
     pub fn report_unreachable(&mut self, to: u64) {
         self.raw.report_unreachable(to);
@@ -1283,70 +1095,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn release_reads(&mut self, out: &mut Ready) {
         self.pending
             .release_reads(self.sm.applied_index(), &mut out.reads);
-    }
-
-    /// Syncs the state machine for real and compacts the log below the
-    /// durable applied index, once enough was applied or the log is large.
-    fn maybe_compact(&mut self, out: &mut Ready) -> Result<()> {
-        if self.is_witness() {
-            return self.witness_compact(out);
-        }
-        let store = self.raw.store().store();
-        // Counted by the replica, not asked of the store: a store's size on
-        // disk moves in whole files and need not shrink at each compaction.
-        let due = self
-            .writes
-            .compaction_due(self.cfg.compact_every_entries, self.cfg.compact_log_bytes);
-        if !due || self.raw.store().has_pending() {
-            return Ok(());
-        }
-        // The durable commit trails the applied index by one write (commit
-        // moves are written with the next write, or after a tick: see
-        // `defer_commit_only`). Until it leaves something to compact, wait
-        // (without the state machine's costly sync) rather than skip a
-        // whole round.
-        let bound = self
-            .sm
-            .applied_index()
-            .min(self.writes.persisted_commit())
-            .saturating_sub(self.cfg.compact_keep_entries)
-            .min(self.snapshot_compact_bound());
-        if bound < store.first_index()? {
-            return Ok(());
-        }
-        self.writes.on_compaction();
-        let durable = self.sm.sync()?;
-        // Never past the durable commit: raft-rs restarts with commit at the
-        // compaction point at least, which must be a committed index.
-        let upto = durable
-            .min(self.writes.persisted_commit())
-            .saturating_sub(self.cfg.compact_keep_entries)
-            .min(self.snapshot_compact_bound());
-        if upto >= store.first_index()? {
-            debug!(member = self.cfg.id, upto, durable, "compacting the log");
-            out.compact_to = Some(upto);
-        }
-        Ok(())
-    }
-
-    /// The witness keeps only the entries above min(what both data members
-    /// persisted, as the active reported it; its own durable commit; its
-    /// applied index): in sync mode, just the in-flight tail; while a data
-    /// member lags, everything that member lacks.
-    fn witness_compact(&mut self, out: &mut Ready) -> Result<()> {
-        if self.raw.store().has_pending() {
-            return Ok(());
-        }
-        let upto = self
-            .ha
-            .data_persisted
-            .min(self.writes.persisted_commit())
-            .min(self.sm.applied_index());
-        let first = self.raw.store().store().first_index()?;
-        if upto >= first + WITNESS_COMPACT_BATCH {
-            out.compact_to = Some(upto);
-        }
-        Ok(())
     }
 
     /// Reports that every write up to `number` is durable. Releases the
