@@ -25,6 +25,7 @@
 mod alarm;
 mod apply;
 mod breaks;
+mod client;
 mod commit_rule;
 mod compact;
 mod confirm;
@@ -43,6 +44,7 @@ mod reconfig;
 mod roles;
 mod sessions;
 mod snapshot_source;
+mod standing;
 mod status;
 mod view;
 mod votes;
@@ -55,7 +57,6 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tracing::{debug, info, warn};
 
 use crate::config::ReplicaConfig;
-use crate::payload::{encode_context, Payload};
 use crate::proto::{FollowerReport, MemberMeta};
 use crate::state::{Session, StateMachine};
 use crate::storage::{LogStore, LogWrite};
@@ -402,52 +403,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.after_input();
     }
 
-    /// Starts an election now (standalone start-up and tests). Refused
-    /// with [`Error::Busy`] while a snapshot install is being persisted, or
-    /// when this member already leads.
-    pub fn campaign(&mut self) -> Result<()> {
-        if let Some(why) = self.may_campaign().err() {
-            return Err(Error::Busy {
-                reason: format!("cannot stand now: {why}; try again"),
-            });
-        }
-        self.raw.campaign()?;
-        self.after_input();
-        Ok(())
-    }
-
-    /// The one place that decides whether this member may start an
-    /// election now (every campaign the replica makes goes through it;
-    /// raft-rs's own, at the election timeout, is held off by
-    /// `hold_during_snapshot_install`). Not while a snapshot install is
-    /// being persisted: raft-rs would read the entries between its applied
-    /// index (not moved to the snapshot yet) and its commit index from a
-    /// log that now starts past them, and panic ("unexpected error getting
-    /// unapplied entries ... Compacted", the `core_messages` fuzz
-    /// target). Not as a leader, which has nothing to stand for.
-    fn may_campaign(&self) -> std::result::Result<(), &'static str> {
-        if self.raw.store().snapshot_pending() {
-            return Err("a snapshot install is being persisted");
-        }
-        if self.raw.raft.state == StateRole::Leader {
-            return Err("this member leads");
-        }
-        Ok(())
-    }
-
-    /// Campaigns if it may (see `may_campaign`); false when it did not.
-    fn stand(&mut self, why: &str) -> bool {
-        if let Err(not_now) = self.may_campaign() {
-            debug!(member = self.cfg.id, why, not_now, "not standing now");
-            return false;
-        }
-        info!(member = self.cfg.id, "{why}: standing");
-        if let Err(e) = self.raw.campaign() {
-            debug!(member = self.cfg.id, error = %e, "campaign refused");
-        }
-        true
-    }
-
     /// Steps a message from a peer. Invalid messages are dropped and logged.
     pub fn step(&mut self, msg: Message) {
         let refused = self.refusal(&msg);
@@ -571,106 +526,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         true
     }
 
-    /// Proposes a command. The outcome arrives in [`Ready::completions`]
-    /// under `token` once the entry is applied (or at once on refusal).
-    /// `session` is (client id, sequence) for exactly-once writes.
-    pub fn propose(&mut self, token: u64, command: Vec<u8>, session: Option<(u64, u64)>) {
-        if let Some(e) = self.no_space_refusal(&command) {
-            self.refuse(token, e);
-            return;
-        }
-        let payload = Payload::Command {
-            session,
-            stamp_ms: self.now_ms,
-            command,
-        };
-        self.propose_payload(token, payload);
-    }
-
-    /// Opens a client session. The completion carries the new client id
-    /// (8 bytes, little-endian).
-    pub fn register_client(&mut self, token: u64) {
-        let payload = Payload::RegisterClient {
-            stamp_ms: self.now_ms,
-        };
-        self.propose_payload(token, payload);
-    }
-
-    fn propose_payload(&mut self, token: u64, payload: Payload) {
-        let data = payload.encode();
-        if data.len() > self.cfg.max_proposal_bytes {
-            self.refuse(
-                token,
-                Error::TooLarge {
-                    what: "proposal".into(),
-                    size: data.len(),
-                    limit: self.cfg.max_proposal_bytes,
-                },
-            );
-            return;
-        }
-        if !self.is_leader() || self.is_witness() || self.suppressed() {
-            let hint = self.active_hint();
-            self.refuse(token, Error::NotLeader { leader_hint: hint });
-            return;
-        }
-        if self.planned.switching() {
-            self.refuse(
-                token,
-                Error::Busy {
-                    reason: "a switchover is in progress; retry on the new active".into(),
-                },
-            );
-            return;
-        }
-        match self.raw.propose(encode_context(self.cfg.id, token), data) {
-            Ok(()) => {
-                self.pending.proposed(token);
-            }
-            Err(e) => self.refuse(token, e.into()),
-        }
-        self.after_input();
-    }
-
-    fn refuse(&mut self, token: u64, error: Error) {
-        self.out.completions.push(Completion {
-            token,
-            index: 0,
-            result: Err(error),
-        });
-    }
-
-    /// Asks for a linearizable read (ReadIndex). The outcome arrives in
-    /// [`Ready::reads`] under `token`; on `Ok`, read the state machine.
-    pub fn read(&mut self, token: u64) {
-        if !self.is_leader() || self.is_witness() {
-            let hint = self.active_hint();
-            self.out
-                .reads
-                .push((token, Err(Error::NotLeader { leader_hint: hint })));
-            return;
-        }
-        self.pending.read_asked(token, self.ticks);
-        self.raw.read_index(token.to_le_bytes().to_vec());
-        self.after_input();
-    }
-
-    /// A lease read: served at once by the active inside its fenced lease
-    /// (no round trip), once the state machine has applied everything
-    /// committed; elsewhere [`Error::NotLeader`]. The outcome arrives in
-    /// [`Ready::reads`] like a ReadIndex read's.
-    pub fn read_lease(&mut self, token: u64) {
-        if !self.active_now() {
-            let hint = self.active_hint();
-            self.out
-                .reads
-                .push((token, Err(Error::NotLeader { leader_hint: hint })));
-            return;
-        }
-        let commit = self.raw.raft.raft_log.committed;
-        self.pending.read_at(token, commit);
-    }
-
     /// The replication mode this member runs (meaningful on the leader).
     pub fn mode(&self) -> Mode {
         self.ha.mode()
@@ -715,52 +570,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.leader().filter(|l| *l != self.cfg.id)
     }
 
-    /// An active whose own log write has been pending for `sync_timeout`
-    /// (its disk stalled) must not hold the role while writing nothing: it
-    /// hands leadership to a caught-up passive, or else stops ticking raft
-    /// (no heartbeats, no lease renewal) so the others elect.
-    fn check_own_disk(&mut self) {
-        if self.raw.raft.state != StateRole::Leader || self.is_witness() {
-            self.ha.silenced = false;
-            return;
-        }
-        let Some(since) = self.writes.pending_since_tick() else {
-            self.ha.silenced = false;
-            return;
-        };
-        if self.ticks.saturating_sub(since) < self.cfg.sync_timeout_ticks as u64 {
-            return;
-        }
-        let last = self.raw.raft.raft_log.last_index();
-        let caught_up = self.ha.passive(&self.raw).filter(|p| {
-            self.raw
-                .raft
-                .prs()
-                .get(*p)
-                .is_some_and(|pr| pr.matched >= last)
-        });
-        match caught_up {
-            Some(p) if self.raw.raft.lead_transferee.is_none() => {
-                warn!(
-                    member = self.cfg.id,
-                    to = p,
-                    "own disk stalled; handing over"
-                );
-                self.raw.transfer_leader(p);
-            }
-            Some(_) => {}
-            None => {
-                if !self.ha.silenced {
-                    warn!(
-                        member = self.cfg.id,
-                        "own disk stalled and no passive caught up; going silent"
-                    );
-                }
-                self.ha.silenced = true;
-            }
-        }
-    }
-
     /// Records the entries written, for the passive's lag in bytes.
     fn record_written(&mut self, entries: &[Entry]) {
         let passive_matched = self
@@ -798,36 +607,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             || self.snapshot_work()
     }
 
-    fn reads_releasable(&self) -> bool {
-        self.pending.reads_releasable(self.sm.applied_index())
-    }
-
     /// The voters of the configuration raft-rs runs now, sorted.
     pub(crate) fn voters(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
         v.sort_unstable();
         v
-    }
-
-    /// No election while a snapshot install is being persisted: raft-rs
-    /// would campaign and read the entries between its applied index (not
-    /// yet moved to the snapshot) and its commit index from a log that now
-    /// starts past them, and panic (found by the `core_messages` fuzz
-    /// target with a slow disk). The member stands once the write is done.
-    fn hold_during_snapshot_install(&mut self) {
-        if !self.raw.store().snapshot_pending() || self.raw.raft.state == StateRole::Leader {
-            return;
-        }
-        // raft-rs campaigns when the tick brings `election_elapsed` to the
-        // randomized timeout: keep it two below.
-        let limit = self
-            .raw
-            .raft
-            .randomized_election_timeout()
-            .saturating_sub(2);
-        if self.raw.raft.election_elapsed > limit {
-            self.raw.raft.election_elapsed = limit;
-        }
     }
 
     /// Switches deliberate breaks on (the simulation's checker proofs).
@@ -836,19 +620,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.ha.breaks = breaks;
         if self.raw.raft.state == raft::StateRole::Leader {
             self.ha.apply_policy(&mut self.raw);
-        }
-    }
-
-    /// The low-priority-witness break: the witness gets raft priority 1,
-    /// the data members 2 (see `Breaks::low_priority_witness`).
-    fn break_priority(&mut self) {
-        if self.ha.breaks.low_priority_witness()
-            && self.ha.witness.is_some()
-            && self.raw.raft.term > 0
-            && self.raw.raft.priority == 0
-        {
-            let priority = if self.is_witness() { 1 } else { 2 };
-            self.raw.raft.set_priority(priority);
         }
     }
 
@@ -934,31 +705,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.ha.on_step_down();
         self.finish_switchover(leader);
-    }
-
-    /// A leader that steps down fails what it was waiting for: the caller
-    /// retries on the new leader (with the same session sequence, a write
-    /// that did commit is not applied twice).
-    fn fail_pending(&mut self, leader: u64) {
-        let hint = (leader != 0).then_some(leader);
-        let (proposals, reads) = self.pending.take_all();
-        for token in proposals {
-            self.refuse(token, Error::NotLeader { leader_hint: hint });
-        }
-        for token in reads {
-            self.out
-                .reads
-                .push((token, Err(Error::NotLeader { leader_hint: hint })));
-        }
-    }
-
-    /// raft-rs drops ReadIndex requests silently on a leader that has not
-    /// committed in its term: ask again until answered.
-    fn retry_reads(&mut self) {
-        let retry_ticks = self.cfg.read_retry_ticks as u64;
-        for token in self.pending.reads_to_retry(self.ticks, retry_ticks) {
-            self.raw.read_index(token.to_le_bytes().to_vec());
-        }
     }
 
     /// Takes the work produced since the last call. Errors are fatal for
@@ -1090,11 +836,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.writes.on_written(write.entry_bytes() as u64);
         self.record_written(&write.entries);
         self.raw.mut_store().push(write);
-    }
-
-    fn release_reads(&mut self, out: &mut Ready) {
-        self.pending
-            .release_reads(self.sm.applied_index(), &mut out.reads);
     }
 
     /// Reports that every write up to `number` is durable. Releases the

@@ -116,7 +116,7 @@ pub struct Ready {
     /// Messages to send now.
     pub messages: Vec<Message>,
     /// A write to persist (synced), then report with
-    /// [`Replica::on_persisted`].
+    /// [`Replica::on_persisted`](crate::Replica::on_persisted).
     pub write: Option<LogWrite>,
     /// Compact the log up to this index once `write` is persisted.
     pub compact_to: Option<u64>,
@@ -132,7 +132,7 @@ pub struct Ready {
     /// Finished switchovers: (token, the write pause in ticks, or why it
     /// was refused or abandoned).
     pub switchovers: Vec<(u64, Result<u64>)>,
-    /// Finished [`Replica::read_snapshot`] calls: (token, outcome).
+    /// Finished [`Replica::read_snapshot`](crate::Replica::read_snapshot) calls: (token, outcome).
     pub snapshots: Vec<(u64, Result<StateSnapshot>)>,
 }
 
