@@ -85,14 +85,19 @@ impl Ha {
         }
     }
 
+    /// The voters, sorted.
+    fn voters<T: Storage>(raw: &RawNode<T>) -> Vec<u64> {
+        let mut v: Vec<u64> = raw.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The configuration as the commit rule reads it.
     fn conf<T: Storage>(&self, raw: &RawNode<T>) -> Conf {
-        let conf = raw.raft.prs().conf();
-        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
-        voters.sort_unstable();
+        let outgoing = raw.raft.prs().conf().to_conf_state().voters_outgoing;
         Conf {
-            voters,
-            joint: !conf.to_conf_state().voters_outgoing.is_empty(),
+            voters: Self::voters(raw),
+            joint: !outgoing.is_empty(),
             witness: self.witness,
         }
     }
@@ -102,9 +107,14 @@ impl Ha {
         self.clock.mode
     }
 
-    /// The data members among the voters.
+    /// The data members among the voters (the same list as
+    /// [`Conf::data_members`], without the joint-configuration check this
+    /// per-write path does not need).
     pub(crate) fn data_members<T: Storage>(&self, raw: &RawNode<T>) -> Vec<u64> {
-        self.conf(raw).data_members()
+        Self::voters(raw)
+            .into_iter()
+            .filter(|v| Some(*v) != self.witness)
+            .collect()
     }
 
     /// The other data member, seen from a data leader.
