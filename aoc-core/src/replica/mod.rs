@@ -85,32 +85,36 @@ use writes::{Held, Writes, WrittenBytes};
 
 /// The sans-I/O replica (see the module docs).
 pub struct Replica<L: LogStore, S: StateMachine> {
+    cfg: ReplicaConfig,
+    /// raft-rs, over the log store and the writes not yet persisted.
+    raw: RawNode<LogView<L>>,
+    /// What committed entries are applied to.
+    sm: Machine<S>,
+    /// The client table (exactly-once sessions), as applied.
+    sessions: ClientTable,
+    /// The driver's clock as of the last input (ms), and the ticks so far.
+    now_ms: u64,
+    ticks: u64,
+    /// Messages and completions produced outside `ready`.
+    out: Ready,
+    /// The HA layer: the commit rule's knobs, the lease, the witness's
+    /// hand-over, members known to have lost data.
+    ha: ha::Ha,
     /// The role as last seen, the failover history, the election timer.
     roles: Roles,
     /// When this member withholds its vote, and when the witness stands.
     votes: Votes,
     /// The planned operations in progress (see `planned`).
     planned: Planned,
-    cfg: ReplicaConfig,
-    raw: RawNode<LogView<L>>,
-    sm: Machine<S>,
-    sessions: ClientTable,
-    ha: ha::Ha,
-    now_ms: u64,
-    ticks: u64,
     /// Proposals and reads in flight on this member.
     pending: Pending,
     /// The writes in flight and what waits for them.
     writes: Writes,
+    /// Entry bytes written, for the passive's lag, and the log's size.
+    written: WrittenBytes,
     /// The state snapshot being read, the one ready to send, and the
     /// streams in flight.
     snapshot_source: SnapshotSource,
-    /// Messages and completions produced outside `ready`.
-    out: Ready,
-    /// Entry bytes written, for the passive's lag, and the log's size.
-    written: WrittenBytes,
-    /// The tick each peer was last heard from.
-    last_heard: BTreeMap<u64, u64>,
     /// This member's persisted metadata, and the maintenance settings
     /// appended above it.
     meta: Meta,
@@ -122,6 +126,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// This member's disk, and on the leader the members' reports (see
     /// `alarm`).
     disks: alarm::Disks,
+    /// The tick each peer was last heard from.
+    last_heard: BTreeMap<u64, u64>,
     /// The last report sent to a leader, and to which (see
     /// `report_to_leader`).
     last_report: Option<(u64, FollowerReport)>,
