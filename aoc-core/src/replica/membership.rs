@@ -124,122 +124,137 @@ pub(crate) enum Step {
 /// (more than one: a joint-consensus change); the error says why it is
 /// refused and what to do.
 pub(crate) fn check(change: &MembershipChange, v: &ConfView<'_>) -> Result<Vec<Step>> {
-    let caught_up = |id: u64| -> Result<()> {
-        let matched = (v.matched)(id);
-        // Nothing matched: it has not installed its first snapshot yet (a
-        // short log would otherwise pass the margin).
-        if matched == 0 || matched + CATCH_UP_MARGIN_ENTRIES < v.last_index {
-            return Err(Error::membership(format!(
-                "member {id} {NOT_CAUGHT_UP}: it holds the log up to index {matched}, \
-                 which ends at {}; try again",
-                v.last_index
-            )));
-        }
-        Ok(())
-    };
-    let member = |id: u64| v.voters.contains(&id) || v.learners.contains(&id);
     match change {
-        MembershipChange::AddLearner(m) => {
-            if m.id == 0 {
-                return Err(Error::membership("member ids must be non-zero"));
-            }
-            if m.ha_addr.trim().is_empty() {
-                return Err(Error::membership(format!(
-                    "member {}: its ha_addr (host:port) is required",
-                    m.id
-                )));
-            }
-            if v.voters.contains(&m.id) {
-                return Err(Error::membership(format!(
-                    "member {} {ALREADY_VOTER}",
-                    m.id
-                )));
-            }
-            let others = v
-                .voters
-                .iter()
-                .chain(v.learners)
-                .copied()
-                .filter(|id| *id != m.id);
-            let (mut data, mut witness) = (0, None);
-            for id in others {
-                if Some(id) == v.witness {
-                    witness = Some(id);
-                } else {
-                    data += 1;
-                }
-            }
-            match m.role {
-                MemberRole::Witness if witness.is_some() => Err(Error::membership(format!(
-                    "the cluster already has a witness (member {}): remove it first",
-                    witness.unwrap_or_default()
-                ))),
-                MemberRole::Data if data >= 2 => Err(Error::membership(
-                    "the cluster already has two data members: remove one first",
-                )),
-                _ => Ok(vec![Step::AddLearner(m.id)]),
-            }
-        }
-        MembershipChange::Promote(id) => {
-            if v.voters.contains(id) {
-                return Err(Error::membership(format!("member {id} {ALREADY_VOTER}")));
-            }
-            if !v.learners.contains(id) {
-                return Err(Error::membership(format!(
-                    "member {id} is not a learner: add it first"
-                )));
-            }
-            caught_up(*id)?;
-            if v.voters != [v.leader] {
-                return Ok(vec![Step::AddVoter(*id)]);
-            }
-            // A standalone leader: both learners at once (see
-            // `MembershipChange::Promote`).
-            let others: Vec<u64> = v.learners.iter().copied().filter(|l| l != id).collect();
-            if others.is_empty() {
-                return Err(Error::membership(format!(
-                    "member {id} is caught up and {AWAITS_PAIR}: a standalone member becomes HA \
-                     with its passive and its witness promoted together (with one alone, \
-                     either failing would stop every write). Add the other member; both are \
-                     then promoted"
-                )));
-            }
-            let mut steps = vec![Step::AddVoter(*id)];
-            for o in others {
-                caught_up(o)?;
-                steps.push(Step::AddVoter(o));
-            }
-            Ok(steps)
-        }
-        MembershipChange::Remove(id) => {
-            if !member(*id) {
-                return Err(Error::membership(format!(
-                    "member {id} {NOT_A_MEMBER} (voters {:?}, learners {:?})",
-                    v.voters, v.learners
-                )));
-            }
-            if *id == v.leader {
-                return Err(Error::membership(format!(
-                    "member {id} is the leader: switch over to another member first"
-                )));
-            }
-            Ok(vec![Step::Remove(*id)])
-        }
-        MembershipChange::Shrink => {
-            let steps: Vec<Step> = v
-                .voters
-                .iter()
-                .chain(v.learners)
-                .copied()
-                .filter(|id| *id != v.leader)
-                .map(Step::Remove)
-                .collect();
-            if steps.is_empty() {
-                return Err(Error::membership("the leader is standalone already"));
-            }
-            Ok(steps)
+        MembershipChange::AddLearner(m) => check_add_learner(m, v),
+        MembershipChange::Promote(id) => check_promote(*id, v),
+        MembershipChange::Remove(id) => check_remove(*id, v),
+        MembershipChange::Shrink => check_shrink(v),
+    }
+}
+
+/// A member that holds the log up to the margin (see `check`).
+fn caught_up(v: &ConfView<'_>, id: u64) -> Result<()> {
+    let matched = (v.matched)(id);
+    // Nothing matched: it has not installed its first snapshot yet (a
+    // short log would otherwise pass the margin).
+    if matched == 0 || matched + CATCH_UP_MARGIN_ENTRIES < v.last_index {
+        return Err(Error::membership(format!(
+            "member {id} {NOT_CAUGHT_UP}: it holds the log up to index {matched}, \
+             which ends at {}; try again",
+            v.last_index
+        )));
+    }
+    Ok(())
+}
+
+/// Adding a learner: a new id with an address, within one witness and two
+/// data members.
+fn check_add_learner(m: &Member, v: &ConfView<'_>) -> Result<Vec<Step>> {
+    if m.id == 0 {
+        return Err(Error::membership("member ids must be non-zero"));
+    }
+    if m.ha_addr.trim().is_empty() {
+        return Err(Error::membership(format!(
+            "member {}: its ha_addr (host:port) is required",
+            m.id
+        )));
+    }
+    if v.voters.contains(&m.id) {
+        return Err(Error::membership(format!(
+            "member {} {ALREADY_VOTER}",
+            m.id
+        )));
+    }
+    let others = v
+        .voters
+        .iter()
+        .chain(v.learners)
+        .copied()
+        .filter(|id| *id != m.id);
+    let (mut data, mut witness) = (0, None);
+    for id in others {
+        if Some(id) == v.witness {
+            witness = Some(id);
+        } else {
+            data += 1;
         }
     }
+    match m.role {
+        MemberRole::Witness if witness.is_some() => Err(Error::membership(format!(
+            "the cluster already has a witness (member {}): remove it first",
+            witness.unwrap_or_default()
+        ))),
+        MemberRole::Data if data >= 2 => Err(Error::membership(
+            "the cluster already has two data members: remove one first",
+        )),
+        _ => Ok(vec![Step::AddLearner(m.id)]),
+    }
+}
+
+/// Promoting a caught-up learner (both learners at once on a standalone
+/// leader).
+fn check_promote(id: u64, v: &ConfView<'_>) -> Result<Vec<Step>> {
+    if v.voters.contains(&id) {
+        return Err(Error::membership(format!("member {id} {ALREADY_VOTER}")));
+    }
+    if !v.learners.contains(&id) {
+        return Err(Error::membership(format!(
+            "member {id} is not a learner: add it first"
+        )));
+    }
+    caught_up(v, id)?;
+    if v.voters != [v.leader] {
+        return Ok(vec![Step::AddVoter(id)]);
+    }
+    // A standalone leader: both learners at once (see
+    // `MembershipChange::Promote`).
+    let others: Vec<u64> = v.learners.iter().copied().filter(|l| *l != id).collect();
+    if others.is_empty() {
+        return Err(Error::membership(format!(
+            "member {id} is caught up and {AWAITS_PAIR}: a standalone member becomes HA \
+             with its passive and its witness promoted together (with one alone, \
+             either failing would stop every write). Add the other member; both are \
+             then promoted"
+        )));
+    }
+    let mut steps = vec![Step::AddVoter(id)];
+    for o in others {
+        caught_up(v, o)?;
+        steps.push(Step::AddVoter(o));
+    }
+    Ok(steps)
+}
+
+/// Removing a member other than the leader.
+fn check_remove(id: u64, v: &ConfView<'_>) -> Result<Vec<Step>> {
+    if !(v.voters.contains(&id) || v.learners.contains(&id)) {
+        return Err(Error::membership(format!(
+            "member {id} {NOT_A_MEMBER} (voters {:?}, learners {:?})",
+            v.voters, v.learners
+        )));
+    }
+    if id == v.leader {
+        return Err(Error::membership(format!(
+            "member {id} is the leader: switch over to another member first"
+        )));
+    }
+    Ok(vec![Step::Remove(id)])
+}
+
+/// Shrinking to the leader alone.
+fn check_shrink(v: &ConfView<'_>) -> Result<Vec<Step>> {
+    let steps: Vec<Step> = v
+        .voters
+        .iter()
+        .chain(v.learners)
+        .copied()
+        .filter(|id| *id != v.leader)
+        .map(Step::Remove)
+        .collect();
+    if steps.is_empty() {
+        return Err(Error::membership("the leader is standalone already"));
+    }
+    Ok(steps)
 }
 
 pub(crate) fn to_record(m: &Member) -> MemberRecord {
