@@ -226,46 +226,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn open(cfg: ReplicaConfig, log: L, sm: Machine<S>, seed: u64, joining: bool) -> Result<Self> {
         cfg.validate()?;
         let state = log.initial_state()?;
-        if !state.initialized() && !joining {
-            return Err(Error::config(
-                "voters",
-                "the log store holds no configuration: bootstrap the member first",
-            ));
-        }
-        let first = log.first_index()?;
-        let last = log.last_index()?;
-        let sm_applied = sm.applied_index();
-        if sm_applied + 1 < first {
-            return Err(Error::storage(
-                "state machine",
-                format!(
-                    "the state machine is at index {sm_applied} but the log was compacted up \
-                     to {}: the state machine lost synced data",
-                    first - 1
-                ),
-            ));
-        }
-        // raft-rs requires applied <= min(commit, last persisted index).
-        // The state machine can be ahead of the local log only after a
-        // snapshot install whose log write was lost in a crash: raft then
-        // re-sends those entries and the replica skips what it has applied.
-        let applied = sm_applied.min(last);
-        let mut view = LogView::new(log);
-        // The witness has no state to send: raft-rs must never get a
-        // snapshot from it (and panics on every error but this one).
-        view.snapshots_unavailable = sm.is_witness();
-        view.applied = applied;
-        view.applied_term = view.store().term(applied).map_err(|e| {
-            Error::storage(
-                "log",
-                format!("no term for the applied index {applied}: {e}"),
-            )
-        })?;
-        view.applied_conf = state.conf_state.clone();
-        // Entries the state machine applied were committed; raft-rs requires
-        // applied <= commit at start. The raised commit reaches the log with
-        // the next hard state raft-rs writes.
-        view.min_commit = applied;
+        let (view, applied) = Self::open_view(log, &sm, &state, joining)?;
+        let (first, last) = (view.store().first_index()?, view.store().last_index()?);
         // A membership change the state machine applied may be missing from
         // the stored conf state (a crash between the state machine's write
         // and the log's): raft-rs hands out entries again from before the
@@ -318,6 +280,58 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         r.after_input();
         info!(member = r.cfg.id, applied, first, last, "replica opened");
         Ok(r)
+    }
+
+    /// The log view a replica starts on, once the stores are checked to
+    /// agree: (the view, the applied index raft-rs starts from before any
+    /// replay).
+    fn open_view(
+        log: L,
+        sm: &Machine<S>,
+        state: &raft::RaftState,
+        joining: bool,
+    ) -> Result<(LogView<L>, u64)> {
+        if !state.initialized() && !joining {
+            return Err(Error::config(
+                "voters",
+                "the log store holds no configuration: bootstrap the member first",
+            ));
+        }
+        let first = log.first_index()?;
+        let last = log.last_index()?;
+        let sm_applied = sm.applied_index();
+        if sm_applied + 1 < first {
+            return Err(Error::storage(
+                "state machine",
+                format!(
+                    "the state machine is at index {sm_applied} but the log was compacted up \
+                     to {}: the state machine lost synced data",
+                    first - 1
+                ),
+            ));
+        }
+        // raft-rs requires applied <= min(commit, last persisted index).
+        // The state machine can be ahead of the local log only after a
+        // snapshot install whose log write was lost in a crash: raft then
+        // re-sends those entries and the replica skips what it has applied.
+        let applied = sm_applied.min(last);
+        let mut view = LogView::new(log);
+        // The witness has no state to send: raft-rs must never get a
+        // snapshot from it (and panics on every error but this one).
+        view.snapshots_unavailable = sm.is_witness();
+        view.applied = applied;
+        view.applied_term = view.store().term(applied).map_err(|e| {
+            Error::storage(
+                "log",
+                format!("no term for the applied index {applied}: {e}"),
+            )
+        })?;
+        view.applied_conf = state.conf_state.clone();
+        // Entries the state machine applied were committed; raft-rs requires
+        // applied <= commit at start. The raised commit reaches the log with
+        // the next hard state raft-rs writes.
+        view.min_commit = applied;
+        Ok((view, applied))
     }
 
     /// This member's id.
