@@ -206,6 +206,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 reason: "another membership change is not applied yet; try again".into(),
             });
         }
+        let steps = self.check_change(change)?;
+        self.propose_steps(token, change, &steps)?;
+        info!(member = self.cfg.id, ?change, "membership change proposed");
+        self.pending.proposed(token);
+        Ok(())
+    }
+
+    /// The steps `change` takes from the applied configuration, or why it
+    /// is refused. A change already done answers Busy until every voter
+    /// holds it.
+    fn check_change(&self, change: &MembershipChange) -> Result<Vec<membership::Step>> {
         let conf = self.raw.raft.prs().conf();
         let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
         voters.sort_unstable();
@@ -224,19 +235,29 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 matched: &matched,
             },
         );
-        let steps = match checked {
+        match checked {
             // "Already done": a caller takes it as done, which it is only
             // once every voter holds the configuration.
             Err(Error::Membership { reason }) if membership::reasons::is_done(&reason) => {
-                return Err(match self.unconfirmed() {
+                Err(match self.unconfirmed() {
                     Some(why) => Error::Busy {
                         reason: format!("{reason}, but {why}; try again"),
                     },
                     None => Error::Membership { reason },
-                });
+                })
             }
-            other => other?,
-        };
+            other => other,
+        }
+    }
+
+    /// Proposes `steps`: one change alone, several voters through joint
+    /// consensus.
+    fn propose_steps(
+        &mut self,
+        token: u64,
+        change: &MembershipChange,
+        steps: &[membership::Step],
+    ) -> Result<()> {
         let single = |step: &membership::Step| {
             let mut cc = ConfChangeSingle::default();
             let (kind, id) = match *step {
@@ -250,7 +271,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         };
         let ctx = membership::encode_context(self.cfg.id, token, change);
         let before = self.raw.raft.raft_log.last_index();
-        let proposed = match steps.as_slice() {
+        let proposed = match steps {
             [one] => {
                 let s = single(one);
                 let mut cc = ConfChange::default();
@@ -274,8 +295,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     .into(),
             });
         }
-        info!(member = self.cfg.id, ?change, "membership change proposed");
-        self.pending.proposed(token);
         Ok(())
     }
 }
