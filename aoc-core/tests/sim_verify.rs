@@ -120,6 +120,26 @@ fn swarm_seeds_that_failed_on_a_checker_pass() {
     }
 }
 
+/// Swarm seed 272176081176, found by the volume runs: the active (2), its
+/// own disk stalled, handed over to the passive (1), whose disk stalled
+/// too: 1's vote requests for the new term waited 1.5 s behind its disk.
+/// raft-rs abandoned the transfer, 2 renewed its lease with the witness,
+/// then 1's late requests arrived; a transfer's vote request bypasses
+/// every follower's lease, so the witness left 2's term, stood, and handed
+/// over to 1, which became active while 2's lease still ran. A leader now
+/// holds no lease again in a term it handed over in, and steps down when
+/// that hand-over is abandoned (the build before these rules fails this
+/// seed with two actives; either rule alone passes it: the step-down ends
+/// the leadership, the lease rule the active role).
+#[test]
+fn a_late_transfer_vote_never_makes_a_second_active() {
+    let r = run_seed(&RunOptions {
+        swarm: true,
+        ..RunOptions::new(272_176_081_176)
+    });
+    assert!(r.passed(), "{:#?}", r.violations);
+}
+
 /// `--replace` seeds the volume runs found (each failed before its fix):
 /// - 704662482271, 704662483802: a data member's NOSPACE alarm, proposed
 ///   while its removal was in flight, was applied after the removal: no

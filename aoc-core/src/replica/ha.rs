@@ -42,6 +42,12 @@ pub(crate) struct Ha {
     clock: ModeClock,
     /// The lease ends at this tick (exclusive).
     lease_until: u64,
+    /// The term in which this leader sent `MsgTimeoutNow` (handed over).
+    /// It holds no lease again in that term: the transferee's vote
+    /// requests bypass every follower's lease and may arrive late (held
+    /// behind the transferee's stalled disk, say), after raft-rs abandoned
+    /// the transfer.
+    handed_over_term: Option<u64>,
     /// The tick of the last lease probe this term (none yet: one goes at
     /// once).
     last_probe: Option<u64>,
@@ -74,6 +80,7 @@ impl Ha {
             sync_timeout_ticks: cfg.sync_timeout_ticks as u64,
             clock: ModeClock::new(Mode::Majority),
             lease_until: 0,
+            handed_over_term: None,
             last_probe: None,
             silenced: false,
             waiting_for: None,
@@ -306,9 +313,17 @@ impl Ha {
         true
     }
 
-    /// Ends the lease at once (the leader sent `MsgTimeoutNow`).
-    pub(crate) fn end_lease(&mut self) {
+    /// Ends the lease at once, for the rest of `term` (the leader sent
+    /// `MsgTimeoutNow` in it).
+    pub(crate) fn end_lease(&mut self, term: u64) {
         self.lease_until = 0;
+        self.handed_over_term = Some(term);
+    }
+
+    /// Whether this leader handed over in `term` (and may not hold the
+    /// lease again in it).
+    pub(crate) fn handed_over_in(&self, term: u64) -> bool {
+        self.handed_over_term == Some(term)
     }
 
     /// Ticks left in the lease at `tick` (0 when it has ended).
@@ -321,7 +336,7 @@ impl Ha {
         commit_rule::holds_active(
             raw.raft.state == StateRole::Leader,
             Some(raw.raft.id) == self.witness,
-            raw.raft.lead_transferee.is_some(),
+            raw.raft.lead_transferee.is_some() || self.handed_over_in(raw.raft.term),
             tick,
             self.lease_until,
             self.breaks.skip_fence(),

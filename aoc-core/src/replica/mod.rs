@@ -398,6 +398,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.now_ms = now_ms;
         self.ticks += 1;
         self.check_own_disk();
+        self.step_down_after_abandoned_hand_over();
         self.break_priority();
         if !self.ha.silenced {
             self.hold_election_timer();
@@ -772,8 +773,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .iter()
             .any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow)
         {
-            // Handing over: the lease ends before the transferee can stand.
-            self.ha.end_lease();
+            // Handing over: the lease ends before the transferee can stand,
+            // for the rest of this term.
+            self.ha.end_lease(self.raw.raft.term);
         }
         let failed_snapshots = self.fill_snapshots(&mut messages, &mut out.events)?;
         out.messages.extend(messages);

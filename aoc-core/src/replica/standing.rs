@@ -93,6 +93,29 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
+    /// A data leader whose hand-over was abandoned (raft-rs gives up a
+    /// transfer after an election timeout) steps down: it may not hold the
+    /// lease again in the term it handed over in (`Ha::end_lease`), and a
+    /// leader that is never active would leave the cluster without one.
+    /// The next election, in a higher term, brings an active back; the
+    /// transferee's late vote requests can no longer overlap a lease.
+    pub(super) fn step_down_after_abandoned_hand_over(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader
+            || self.is_witness()
+            || r.lead_transferee.is_some()
+            || !self.ha.handed_over_in(r.term)
+        {
+            return;
+        }
+        let term = r.term;
+        warn!(
+            member = self.cfg.id,
+            term, "hand-over abandoned; stepping down so that a new term elects an active"
+        );
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+    }
+
     /// An active whose own log write has been pending for `sync_timeout`
     /// (its disk stalled) must not hold the role while writing nothing: it
     /// hands leadership to a caught-up passive, or else stops ticking raft
