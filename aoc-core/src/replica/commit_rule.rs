@@ -54,12 +54,17 @@ impl Conf {
 
     /// The data members among the voters, in order.
     pub(crate) fn data_members(&self) -> Vec<u64> {
-        self.voters
-            .iter()
-            .copied()
-            .filter(|v| Some(*v) != self.witness)
-            .collect()
+        data_members(&self.voters, self.witness)
     }
+}
+
+/// The data members among `voters`: every voter but the witness.
+pub(crate) fn data_members(voters: &[u64], witness: Option<u64>) -> Vec<u64> {
+    voters
+        .iter()
+        .copied()
+        .filter(|v| Some(*v) != witness)
+        .collect()
 }
 
 /// What raft-rs is to be told: the commit groups and the group-commit

@@ -114,14 +114,10 @@ impl Ha {
         self.clock.mode
     }
 
-    /// The data members among the voters (the same list as
-    /// [`Conf::data_members`], without the joint-configuration check this
-    /// per-write path does not need).
+    /// The data members among the voters (without building the whole
+    /// [`Conf`]: this runs on every write, for the passive's lag).
     pub(crate) fn data_members<T: Storage>(&self, raw: &RawNode<T>) -> Vec<u64> {
-        Self::voters(raw)
-            .into_iter()
-            .filter(|v| Some(*v) != self.witness)
-            .collect()
+        commit_rule::data_members(&Self::voters(raw), self.witness)
     }
 
     /// The other data member, seen from a data leader.
